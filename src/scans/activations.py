@@ -1,0 +1,119 @@
+"""Batched activation capture: every layer at once, at named positions, left padded."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .models import find_layers
+from .prompts import build_batch, context_length
+from .steering import SteeringPlan, steer
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def position_ids_of(mask: torch.Tensor) -> torch.Tensor:
+    """Row positions for a left-padded mask (pads get 0; they are masked anyway)."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def forward_capture(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    positions: dict[str, torch.Tensor],
+    *,
+    cache: Any = None,
+    layers_path: str | None = None,
+    plan: SteeringPlan | None = None,
+    logits_at: str | None = None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """One forward pass of ``input_ids`` (after an optional KV ``cache``).
+
+    ``attention_mask`` covers cached and new tokens; ``positions[name]`` (B,) index into
+    the new tokens. Returns ``{name: (B, L, D) float32}`` block outputs and, with
+    ``logits_at``, the (B, V) float32 next-token logits at that position.
+    """
+    layers = find_layers(model, layers_path)
+    device = model_device(model)
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    positions = {k: v.to(device) for k, v in positions.items()}
+    rows = torch.arange(input_ids.shape[0], device=device)
+    captured: dict[str, list[Any]] = {n: [None] * len(layers) for n in positions}
+
+    def make_hook(index: int):
+        def hook(_module: nn.Module, _args: tuple, output: Any) -> None:
+            hidden = output[0] if isinstance(output, tuple) else output
+            for name, pos in positions.items():
+                captured[name][index] = hidden[rows, pos].float()
+
+        return hook
+
+    handles = [layer.register_forward_hook(make_hook(i)) for i, layer in enumerate(layers)]
+    base = getattr(model, "base_model", model)
+    length = input_ids.shape[1]
+    try:
+        with steer(model, plan) if plan is not None else nullcontext():
+            out = base(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids_of(attention_mask)[:, -length:],
+                past_key_values=cache,
+                use_cache=cache is not None,
+            )
+    finally:
+        for handle in handles:
+            handle.remove()
+    logits = None
+    if logits_at is not None:
+        last = out.last_hidden_state[rows, positions[logits_at]]
+        logits = model.get_output_embeddings()(last).float()
+    result = {name: torch.stack(captured[name], dim=1) for name in positions}
+    for name, value in result.items():
+        assert value.shape[:2] == (input_ids.shape[0], len(layers)), value.shape
+        assert torch.isfinite(value).all(), f"non-finite activations at {name!r}"
+    return result, logits
+
+
+def batches_by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Index buckets of similar length (sorted), to limit padding waste."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.no_grad()
+def collect(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    system: str | None = None,
+    probe: str | None = None,
+    batch_size: int = 16,
+    layers_path: str | None = None,
+    progress: bool = True,
+    desc: str = "activations",
+) -> dict[str, torch.Tensor]:
+    """Block outputs of every layer at the instruction end (``"inst"``) and, with ``probe``,
+    at the probe's last token (``"probe"``): ``{name: (N, L, D) float32}`` in prompt order.
+    """
+    full = build_batch(tokenizer, prompts, system=system, probe=probe, max_length=context_length(model))
+    lengths = full.attention_mask.sum(-1).tolist()
+    out: dict[str, list[Any]] = {n: [None] * len(prompts) for n in full.positions}
+    buckets = batches_by_length(lengths, batch_size)
+    for bucket in tqdm(buckets, desc=desc, disable=not progress, leave=False):
+        sub = build_batch(tokenizer, [prompts[i] for i in bucket], system=system, probe=probe)
+        acts, _ = forward_capture(
+            model, sub.input_ids, sub.attention_mask, sub.positions, layers_path=layers_path
+        )
+        for name in full.positions:
+            for j, i in enumerate(bucket):
+                out[name][i] = acts[name][j]
+    return {name: torch.stack(vals) for name, vals in out.items()}

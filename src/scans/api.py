@@ -1,0 +1,376 @@
+"""The Python API: ``Scans.fit / classify / generate / save / load``."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .activations import collect
+from .calibration import average_precision, calibrate
+from .embedded import cache_dir
+from .engine import GenerationConfig, Prefill, generate_from, prefill, probe_pass
+from .errors import ScansError
+from .layers import candidate_bands, choose_band, logit_lens, toward_refusal_gain
+from .models import LoadedModel, find_layers, load_model, model_fingerprint
+from .profile import Profile
+from .prompts import DEFAULT_PROBE, build_batch, context_length
+from .steering import SteeringPlan
+from .vectors import (
+    contrast_direction,
+    mean_difference,
+    mean_norms,
+    projection_stats,
+    reference_transition,
+    transitions,
+)
+
+DEFAULT_ALPHA = 0.05  # relative: coefficient = alpha * mean residual norm of the layer
+DEFAULT_TARGET_RECALL = 0.9  # calibrated threshold flags at least 90% of held-out harmful anchors
+
+
+@dataclass
+class Verdict:
+    """The classifier's decision on one prompt; ``sign`` is the steering direction applied."""
+
+    prompt: str
+    score: float
+    harmful: bool
+    sign: int
+
+
+@dataclass
+class Generation:
+    """One answer: the verdict, the (steered) response and optionally the unsteered one."""
+
+    prompt: str
+    verdict: Verdict
+    response: str
+    unsteered: str | None = None
+
+
+@dataclass
+class FitReport:
+    """What ``fit`` measured, for printing."""
+
+    profile: Profile
+    seconds: float
+
+
+def _hash_prompts(prompts: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16]
+
+
+def default_profile_dir(name: str, fingerprint: str) -> Path:
+    """Where ``fit`` saves and ``generate`` looks by default: one profile per model."""
+    slug = "".join(c if c.isalnum() or c in "-._" else "-" for c in name).strip("-")
+    return cache_dir() / "profiles" / f"{slug}-{fingerprint}"
+
+
+class Scans:
+    """A model with its tokenizer and (after ``fit`` or ``load``) a steering profile."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        *,
+        name: str = "model",
+        profile: Profile | None = None,
+        layers_path: str | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.layers_path = layers_path
+        self.n_layers = len(find_layers(model, layers_path))
+        self.fingerprint = model_fingerprint(model)
+        self.profile = profile
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | None = None,
+        *,
+        profile: str | Path | None = None,
+        dtype: str | torch.dtype | None = None,
+        device: str | None = None,
+        device_map: str | dict | None = None,
+        trust_remote_code: bool = False,
+        layers_path: str | None = None,
+    ) -> "Scans":
+        """Load a model (``None`` = the embedded default) and optionally a profile."""
+        loaded: LoadedModel = load_model(
+            model, dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code
+        )
+        scans = cls(loaded.model, loaded.tokenizer, name=loaded.name, layers_path=layers_path)
+        if profile is not None:
+            scans.load(profile)
+        return scans
+
+    # ----------------------------------------------------------------- profiles
+    @property
+    def default_profile_path(self) -> Path:
+        return default_profile_dir(self.name, self.fingerprint)
+
+    def load(self, path: str | Path | None = None) -> Profile:
+        """Load a profile (default: this model's cached one), checking the fingerprint."""
+        self.profile = Profile.load(path or self.default_profile_path, fingerprint=self.fingerprint)
+        if self.profile.n_layers != self.n_layers:
+            raise ScansError(
+                f"profile has {self.profile.n_layers} layers, the model {self.n_layers}; "
+                "fix: fit a profile for this model"
+            )
+        return self.profile
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Save the profile (default: this model's cache slot)."""
+        return self._require_profile().save(path or self.default_profile_path)
+
+    def _require_profile(self) -> Profile:
+        if self.profile is None:
+            raise ScansError("no steering profile loaded; fix: run `scans fit` (Scans.fit) or pass --profile")
+        return self.profile
+
+    # ---------------------------------------------------------------------- fit
+    def fit(
+        self,
+        harmful: Sequence[str] | None = None,
+        harmless: Sequence[str] | None = None,
+        borderline: Sequence[str] | None = None,
+        *,
+        n_fit: int = 64,
+        n_heldout: int = 32,
+        n_layer_eval: int = 16,
+        seed: int = 0,
+        layers: Sequence[int] | None = None,
+        threshold: float | None = None,
+        alpha: float = DEFAULT_ALPHA,
+        alpha_mode: str = "relative",
+        classifier: str = "contrast",
+        target_recall: float | None = DEFAULT_TARGET_RECALL,
+        harmful_policy: str = "auto",
+        probe: str = DEFAULT_PROBE,
+        system: str | None = None,
+        batch_size: int = 16,
+        progress: bool = True,
+    ) -> Profile:
+        """Steps 1-3: refusal vectors, layers, classifier and calibration.
+
+        Anchors default to the shipped ones: matched harmful/harmless pairs and borderline
+        (benign but scary-sounding) prompts. Each side is shuffled with ``seed``; ``n_fit``
+        per side build the vectors (harmful vs harmless) and the classifier (harmful vs
+        harmless + borderline), the next ``n_heldout`` per side calibrate the threshold.
+        """
+        from .datafiles import shipped_anchors, shipped_borderline
+
+        if harmful is None or harmless is None:
+            shipped_h, shipped_b = shipped_anchors()
+            harmful = harmful if harmful is not None else shipped_h
+            harmless = harmless if harmless is not None else shipped_b
+        if borderline is None:
+            borderline = shipped_borderline()
+        fit_h, held_h = _split(harmful, n_fit, n_heldout, seed, "harmful")
+        fit_b, held_b = _split(harmless, n_fit, n_heldout, seed, "harmless")
+        fit_x, held_x = _split(borderline, min(n_fit, len(borderline) - n_heldout), n_heldout, seed, "borderline")
+        if classifier not in ("cosine", "contrast"):
+            raise ScansError(f"classifier {classifier!r}; fix: use 'cosine' or 'contrast'")
+        if harmful_policy not in ("auto", "refuse", "none"):
+            raise ScansError(f"harmful_policy {harmful_policy!r}; fix: use auto, refuse or none")
+
+        acts = collect(
+            self.model, self.tokenizer, [*fit_h, *fit_b, *fit_x], system=system, probe=probe,
+            batch_size=batch_size, layers_path=self.layers_path, progress=progress, desc="fit anchors",
+        )  # fmt: skip
+        n_h, n_b = len(fit_h), len(fit_b)
+        inst_h, inst_b = acts["inst"][:n_h], acts["inst"][n_h : n_h + n_b]
+        tau = transitions(acts["inst"], acts["probe"])
+        tau_h, tau_neg = tau[:n_h], tau[n_h:]
+        vectors = mean_difference(inst_h, inst_b)  # step 1
+        norms = mean_norms(inst_h, inst_b)
+        coefficients = alpha * norms if alpha_mode == "relative" else torch.full_like(norms, alpha)
+        lens_scores, top_tokens = logit_lens(self.model, self.tokenizer, vectors)
+
+        extra: dict[str, Any] = {}
+        k = min(n_layer_eval, len(fit_h), len(fit_b))
+        choice = choose_band(  # step 2
+            self.model, self.tokenizer, vectors, coefficients, fit_h[:k], fit_b[:k],
+            system=system, width=len(layers) if layers else None, progress=progress,
+        )  # fmt: skip
+        extra["bands"] = [
+            {"start": e.start, "end": e.end, "drop": e.drop, "drift": e.drift, "score": e.score}
+            for e in choice.effects
+        ]
+        extra["refusal_opening"] = choice.opening
+        extra["anchor_refusal_rate"] = choice.refusal_rate
+        if layers:
+            steer_layers = sorted(int(l) for l in layers)
+            extra["layers_source"] = "user"
+        else:
+            steer_layers = list(range(choice.band.start, choice.band.end + 1))
+            extra["layers_source"] = "measured effect (drop - drift)"
+        gain_h, gain_b = toward_refusal_gain(self.model, choice, vectors, coefficients)
+        extra["toward_refusal_gain"] = {"harmful": gain_h, "harmless": gain_b}
+        if harmful_policy == "auto":
+            harmful_sign = 1 if gain_h > 0 else 0
+        else:
+            harmful_sign = 1 if harmful_policy == "refuse" else 0
+
+        cls_layers = list(range(steer_layers[0], self.n_layers))  # step 3
+        reference = reference_transition(tau_h)
+        contrast = contrast_direction(tau_h, tau_neg)
+        contrast_mean, contrast_std = projection_stats(tau, contrast)
+        held = collect(
+            self.model, self.tokenizer, [*held_h, *held_b, *held_x], system=system, probe=probe,
+            batch_size=batch_size, layers_path=self.layers_path, progress=progress, desc="held-out anchors",
+        )  # fmt: skip
+        held_tau = transitions(held["inst"], held["probe"])
+        labels = np.array([True] * len(held_h) + [False] * (len(held_b) + len(held_x)))
+        common = dict(reference=reference, contrast=contrast, contrast_mean=contrast_mean, contrast_std=contrast_std)
+        scorer = Profile(self.name, self.fingerprint, vectors, norms=norms, steer_layers=steer_layers,
+                         cls_layers=cls_layers, alpha=alpha, threshold=0.0, classifier=classifier, **common)  # fmt: skip
+        scores = scorer.scores(held_tau).numpy()
+        calibration = calibrate(scores, labels, target_recall).to_dict()
+        for name in ("cosine", "contrast"):  # both classifiers' held-out AUPRC, for the record
+            scorer.classifier = name
+            extra[f"heldout_auprc_{name}"] = average_precision(scorer.scores(held_tau).numpy(), labels)
+        if threshold is not None:
+            calibration["threshold_override"] = float(threshold)
+        mid = steer_layers[len(steer_layers) // 2]
+        projection = (held["inst"][:, mid] @ vectors[mid]).numpy()
+        extra["vector_separation_auprc"] = average_precision(projection, labels)
+        n_hb = len(held_h) + len(held_b)
+        extra["heldout_scores"] = {
+            "harmful": scores[: len(held_h)].tolist(),
+            "harmless": scores[len(held_h) : n_hb].tolist(),
+            "borderline": scores[n_hb:].tolist(),
+        }
+
+        evidence = []
+        by_start = {e.start: e.score for e in choice.effects}
+        for layer in range(self.n_layers):
+            evidence.append(
+                {"layer": layer, "lens_score": lens_scores[layer], "top_tokens": top_tokens[layer],
+                 "band_effect": by_start.get(layer), "norm": float(norms[layer])}
+            )  # fmt: skip
+        self.profile = Profile(
+            model_name=self.name,
+            fingerprint=self.fingerprint,
+            vectors=vectors,
+            norms=norms,
+            classifier=classifier,
+            **common,
+            steer_layers=steer_layers,
+            cls_layers=cls_layers,
+            alpha=alpha,
+            alpha_mode=alpha_mode,
+            threshold=float(threshold if threshold is not None else calibration["threshold"]),
+            harmful_sign=harmful_sign,
+            probe=probe,
+            system=system,
+            calibration=calibration,
+            layer_evidence=evidence,
+            anchors={
+                "harmful_sha256": _hash_prompts(harmful), "harmless_sha256": _hash_prompts(harmless),
+                "borderline_sha256": _hash_prompts(borderline), "n_fit": len(fit_h),
+                "n_fit_borderline": len(fit_x), "n_heldout": len(held_h), "n_layer_eval": k,
+            },  # fmt: skip
+            seed=seed,
+            version=__version__,
+            extra=extra,
+        )
+        return self.profile
+
+    # ----------------------------------------------------------- classify/steer
+    def _prefill(self, prompts: Sequence[str]) -> Prefill:
+        profile = self._require_profile()
+        batch = build_batch(self.tokenizer, prompts, system=profile.system, max_length=context_length(self.model))
+        return prefill(self.model, batch)
+
+    def _verdicts(self, prompts: Sequence[str], pre: Prefill) -> list[Verdict]:
+        profile = self._require_profile()
+        acts = probe_pass(self.model, self.tokenizer, pre, profile.probe, self.layers_path)
+        tau = transitions(acts["inst"].cpu(), acts["probe"].cpu())
+        scores = profile.scores(tau).tolist()
+        verdicts = []
+        for prompt, score in zip(prompts, scores):
+            harmful = score >= profile.threshold
+            verdicts.append(Verdict(prompt, float(score), harmful, profile.harmful_sign if harmful else -1))
+        return verdicts
+
+    def classify(self, prompts: str | Sequence[str], *, batch_size: int = 16) -> list[Verdict]:
+        """Score prompts: s(q) >= threshold means harmful."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        out: list[Verdict] = []
+        for chunk in _chunks(prompts, batch_size):
+            out.extend(self._verdicts(chunk, self._prefill(chunk)))
+        return out
+
+    def plan(self, verdicts: Sequence[Verdict], pre: Prefill, enabled: Sequence[bool] | None = None) -> SteeringPlan:
+        """The steering plan for a prefilled batch: per-row sign from the verdicts."""
+        profile = self._require_profile()
+        signs = [v.sign for v in verdicts]
+        if enabled is not None:
+            signs = [s if on else 0 for s, on in zip(signs, enabled)]
+        return SteeringPlan(
+            vectors={l: profile.vectors[l] for l in profile.steer_layers},
+            alphas={l: profile.coefficient(l) for l in profile.steer_layers},
+            sign=torch.tensor(signs, dtype=torch.float32),
+            start=(pre.batch.attention_mask.sum(-1) - 1).cpu(),
+            layers_path=self.layers_path,
+        )
+
+    def generate(
+        self,
+        prompts: str | Sequence[str],
+        *,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        compare: bool = False,
+        steer: bool = True,
+        batch_size: int = 16,
+    ) -> list[Generation]:
+        """Classify each prompt, then generate with per-row steering (one shared prefill)."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        config = GenerationConfig(max_new_tokens, temperature, top_p, seed)
+        results: list[Generation] = []
+        for chunk in _chunks(prompts, batch_size):
+            pre = self._prefill(chunk)
+            verdicts = self._verdicts(chunk, pre)
+            plan = self.plan(verdicts, pre, enabled=[steer] * len(chunk))
+            steered = generate_from(self.model, self.tokenizer, pre, config, plan)
+            plain = generate_from(self.model, self.tokenizer, pre, config) if compare else [None] * len(chunk)
+            results.extend(Generation(p, v, s, u) for p, v, s, u in zip(chunk, verdicts, steered, plain))
+        return results
+
+
+def _chunks(items: Sequence[str], size: int) -> list[list[str]]:
+    if size < 1:
+        raise ScansError(f"batch size {size}; fix: use a batch size of at least 1")
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def _split(prompts: Sequence[str], n_fit: int, n_heldout: int, seed: int, side: str) -> tuple[list[str], list[str]]:
+    """Seeded split into a fit part and a held-out part (same seed = same pairs per side)."""
+    prompts = [p for p in prompts]
+    if len(prompts) < n_fit + n_heldout:
+        raise ScansError(
+            f"{len(prompts)} {side} anchors, need {n_fit} to fit + {n_heldout} held out; "
+            "fix: pass more anchors or lower --n-fit/--n-heldout"
+        )
+    if n_fit < 2 or n_heldout < 2:
+        raise ScansError("need at least 2 fit and 2 held-out anchors per side; fix: raise --n-fit/--n-heldout")
+    order = list(range(len(prompts)))
+    random.Random(seed).shuffle(order)
+    chosen = [prompts[i] for i in order]
+    return chosen[:n_fit], chosen[n_fit : n_fit + n_heldout]

@@ -1,0 +1,138 @@
+"""Shared prefill: one KV cache of each prompt (minus its instruction end) serves the
+probe pass (classification), the steered generation and the unsteered comparison.
+
+Positions before the instruction end are never steered, so their keys and values are
+the same with and without steering. Prompts are left padded, so every row's instruction
+end sits in the last column and the prefix is simply ``input_ids[:, :-1]``.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .activations import forward_capture, model_device, position_ids_of
+from .prompts import Batch, encode_probe, pad_id_of
+from .steering import SteeringPlan, steer
+
+
+def cache_kwarg(model: nn.Module) -> str:
+    """The name generate/forward use for the KV cache (``cache`` in transformers 5)."""
+    params = inspect.signature(type(model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def new_cache(model: nn.Module) -> Any:
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:
+        return DynamicCache()
+
+
+@dataclass
+class Prefill:
+    """A left-padded prompt batch and the KV cache of all but its last column."""
+
+    batch: Batch
+    cache: Any
+
+    def fresh_cache(self) -> Any:
+        """A private copy of the prefix cache (forward passes append to caches in place)."""
+        return copy.deepcopy(self.cache)
+
+
+@torch.no_grad()
+def prefill(model: nn.Module, batch: Batch) -> Prefill:
+    """Run the prompt prefix (everything before the instruction end) once."""
+    device = model_device(model)
+    batch = batch.to(device)
+    cache = new_cache(model)
+    if batch.input_ids.shape[1] > 1:
+        mask = batch.attention_mask[:, :-1]
+        base = getattr(model, "base_model", model)
+        base(
+            input_ids=batch.input_ids[:, :-1],
+            attention_mask=mask,
+            position_ids=position_ids_of(mask),
+            use_cache=True,
+            **{cache_kwarg(base): cache},
+        )
+    return Prefill(batch, cache)
+
+
+@torch.no_grad()
+def probe_pass(
+    model: nn.Module,
+    tokenizer: Any,
+    pre: Prefill,
+    probe: str,
+    layers_path: str | None = None,
+) -> dict[str, torch.Tensor]:
+    """Block outputs (B, L, D) at the instruction end and the probe's last token."""
+    device = model_device(model)
+    probe_ids = torch.tensor(encode_probe(tokenizer, probe), device=device)
+    batch_size = pre.batch.input_ids.shape[0]
+    suffix = torch.cat([pre.batch.input_ids[:, -1:], probe_ids.expand(batch_size, -1)], dim=1)
+    ones = torch.ones_like(suffix)
+    mask = torch.cat([pre.batch.attention_mask, ones[:, 1:]], dim=1)
+    positions = {
+        "inst": torch.zeros(batch_size, dtype=torch.long),
+        "probe": torch.full((batch_size,), suffix.shape[1] - 1, dtype=torch.long),
+    }
+    acts, _ = forward_capture(
+        model, suffix, mask, positions, cache=pre.fresh_cache(), layers_path=layers_path
+    )
+    return acts
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding settings (greedy by default)."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        if self.temperature and self.temperature > 0:
+            return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
+        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+
+
+@torch.no_grad()
+def generate_from(
+    model: nn.Module,
+    tokenizer: Any,
+    pre: Prefill,
+    config: GenerationConfig,
+    plan: SteeringPlan | None = None,
+) -> list[str]:
+    """Generate continuations of the prefilled prompts, optionally under ``plan``."""
+    if config.seed is not None:
+        torch.manual_seed(config.seed)
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    kwargs = {cache_kwarg(model): pre.fresh_cache()}
+    with steer(model, plan) if plan is not None else nullcontext():
+        out = model.generate(
+            input_ids=pre.batch.input_ids,
+            attention_mask=pre.batch.attention_mask,
+            max_new_tokens=config.max_new_tokens,
+            pad_token_id=pad_id_of(tokenizer),
+            eos_token_id=eos,
+            **config.kwargs(),
+            **kwargs,
+        )
+    new_tokens = out[:, pre.batch.input_ids.shape[1] :]
+    return [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+

@@ -1,0 +1,211 @@
+"""Step 2: find the safety-critical layers, by logit lens and by measured effect.
+
+Lens evidence: project each unit vector ``v_l`` through the final norm and the LM head
+and score how strongly it promotes refusal tokens (mean z-score of their logits).
+Effect evidence: for each contiguous band of layers, steer away from refusal and measure
+(a) how much the log-probability of the model's own refusal opening drops on harmful
+anchors and (b) how far the next-token distribution drifts on harmless anchors (KL).
+The band with the best ``drop - drift`` is chosen; both kinds of evidence are recorded.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .activations import model_device, position_ids_of
+from .engine import GenerationConfig, Prefill, cache_kwarg, generate_from, prefill
+from .judge import is_refusal
+from .models import find_final_norm
+from .prompts import build_batch
+from .steering import SteeringPlan, steer
+
+REFUSAL_WORDS = (
+    "sorry", "Sorry", "cannot", "Cannot", "can't", "unable", "Unable", "apologize",
+    "refuse", "decline", "illegal", "unethical", "harmful", "dangerous", "inappropriate",
+    "Unfortunately", "unfortunately", "prohibited", "not", "No",
+)  # fmt: skip
+FALLBACK_OPENING = "I'm sorry"
+
+
+def refusal_token_ids(tokenizer: Any) -> list[int]:
+    """Ids of refusal words that are single tokens (with and without a leading space)."""
+    ids: set[int] = set()
+    for word in REFUSAL_WORDS:
+        for variant in (word, " " + word):
+            toks = tokenizer(variant, add_special_tokens=False)["input_ids"]
+            if len(toks) == 1:
+                ids.add(int(toks[0]))
+    return sorted(ids)
+
+
+@torch.no_grad()
+def logit_lens(
+    model: nn.Module, tokenizer: Any, vectors: torch.Tensor, top_k: int = 8
+) -> tuple[list[float], list[list[str]]]:
+    """Per-layer refusal score (mean z-score of refusal-token logits) and top tokens."""
+    device = model_device(model)
+    head = model.get_output_embeddings()
+    norm = find_final_norm(model)
+    refusal = torch.tensor(refusal_token_ids(tokenizer), dtype=torch.long)
+    scores, tops = [], []
+    for v in vectors:
+        x = v.to(device, head.weight.dtype)[None]
+        if norm is not None:
+            x = norm(x)
+        logits = head(x)[0].float().cpu()
+        logits = logits[: len(tokenizer)] if logits.shape[0] > len(tokenizer) else logits
+        z = (logits - logits.mean()) / logits.std().clamp_min(1e-8)
+        scores.append(float(z[refusal].mean()) if len(refusal) else 0.0)
+        tops.append([tokenizer.decode([int(i)]) for i in torch.topk(logits, top_k).indices])
+    return scores, tops
+
+
+@dataclass
+class BandEffect:
+    """Measured effect of steering one band of layers away from refusal."""
+
+    start: int
+    end: int  # inclusive
+    drop: float  # mean drop of log P(refusal opening) on harmful anchors (nats)
+    drift: float  # mean KL of the first-token distribution on harmless anchors (nats)
+
+    @property
+    def score(self) -> float:
+        return self.drop - self.drift
+
+
+def refusal_opening(
+    model: nn.Module, tokenizer: Any, pre: Prefill, n_tokens: int = 3
+) -> tuple[list[int], str, float]:
+    """The model's own most common refusal opening on these (harmful) prompts.
+
+    Returns its first ``n_tokens`` ids, its text, and the fraction of prompts refused.
+    """
+    texts = generate_from(model, tokenizer, pre, GenerationConfig(max_new_tokens=6))
+    refused = [t for t in texts if is_refusal(t)]
+    openings = Counter()
+    for text in refused:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][:n_tokens]
+        openings[tuple(ids)] += 1
+    rate = len(refused) / max(1, len(texts))
+    if not openings:
+        ids = tokenizer(FALLBACK_OPENING, add_special_tokens=False)["input_ids"][:n_tokens]
+        return list(ids), FALLBACK_OPENING, rate
+    ids = list(openings.most_common(1)[0][0])
+    return ids, tokenizer.decode(ids), rate
+
+
+@torch.no_grad()
+def suffix_logprobs(
+    model: nn.Module, pre: Prefill, suffix_ids: Sequence[int], plan: SteeringPlan | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run [instruction end, *suffix_ids] after the prefix cache (optionally steered).
+
+    Returns log P(suffix) per row (B,) and the first-token log-distribution (B, V).
+    """
+    device = model_device(model)
+    batch_size = pre.batch.input_ids.shape[0]
+    tail = torch.tensor(list(suffix_ids), dtype=torch.long, device=device).expand(batch_size, -1)
+    ids = torch.cat([pre.batch.input_ids[:, -1:], tail], dim=1)
+    mask = torch.cat([pre.batch.attention_mask, torch.ones_like(tail)], dim=1)
+    base = getattr(model, "base_model", model)
+    with steer(model, plan) if plan is not None else torch.no_grad():
+        out = base(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids_of(mask)[:, -ids.shape[1] :],
+            use_cache=True,
+            **{cache_kwarg(base): pre.fresh_cache()},
+        )
+    logp = F.log_softmax(model.get_output_embeddings()(out.last_hidden_state).float(), dim=-1)
+    targets = ids[:, 1:]
+    total = logp[:, :-1].gather(-1, targets[..., None]).squeeze(-1).sum(-1)
+    return total.cpu(), logp[:, 0].cpu()
+
+
+def band_plan(
+    vectors: torch.Tensor, coefficients: torch.Tensor, layers: Sequence[int], sign: float, pre: Prefill
+) -> SteeringPlan:
+    """A plan steering ``layers`` with one sign for every row, from the instruction end."""
+    batch_size, width = pre.batch.input_ids.shape
+    start = pre.batch.attention_mask.sum(-1) - 1  # row position of the instruction end
+    return SteeringPlan(
+        vectors={l: vectors[l] for l in layers},
+        alphas={l: float(coefficients[l]) for l in layers},
+        sign=torch.full((batch_size,), float(sign)),
+        start=start.cpu(),
+    )
+
+
+def candidate_bands(n_layers: int, width: int | None = None) -> list[tuple[int, int]]:
+    """Contiguous bands of about a third of the depth, skipping the first and last layer."""
+    width = width or max(1, round(n_layers / 3))
+    lo, hi = (1, n_layers - 2) if n_layers > width + 2 else (0, n_layers - 1)
+    stride = max(1, (hi - lo + 1 - width) // 16)
+    return [(s, s + width - 1) for s in range(lo, hi - width + 2, stride)]
+
+
+@dataclass
+class LayerChoice:
+    """Outcome of step 2."""
+
+    band: BandEffect
+    effects: list[BandEffect]
+    opening: str
+    opening_ids: list[int]
+    refusal_rate: float
+    harmful_prefill: Prefill
+    harmless_prefill: Prefill
+
+
+def choose_band(
+    model: nn.Module,
+    tokenizer: Any,
+    vectors: torch.Tensor,
+    coefficients: torch.Tensor,
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    *,
+    system: str | None = None,
+    width: int | None = None,
+    progress: bool = True,
+) -> LayerChoice:
+    """Measure every candidate band and pick the one with the best drop - drift."""
+    from tqdm.auto import tqdm
+
+    pre_h = prefill(model, build_batch(tokenizer, harmful, system=system))
+    pre_b = prefill(model, build_batch(tokenizer, harmless, system=system))
+    opening_ids, opening, rate = refusal_opening(model, tokenizer, pre_h)
+    base_h, _ = suffix_logprobs(model, pre_h, opening_ids, None)
+    _, base_b = suffix_logprobs(model, pre_b, [], None)
+    effects = []
+    bands = candidate_bands(vectors.shape[0], width)
+    for start, end in tqdm(bands, desc="layer bands", disable=not progress, leave=False):
+        layers = range(start, end + 1)
+        lp_h, _ = suffix_logprobs(model, pre_h, opening_ids, band_plan(vectors, coefficients, layers, -1, pre_h))
+        _, lp_b = suffix_logprobs(model, pre_b, [], band_plan(vectors, coefficients, layers, -1, pre_b))
+        drop = float((base_h - lp_h).mean())
+        drift = float(F.kl_div(lp_b, base_b, log_target=True, reduction="batchmean"))
+        effects.append(BandEffect(start, end, drop, drift))
+    best = max(effects, key=lambda e: e.score)
+    return LayerChoice(best, effects, opening, opening_ids, rate, pre_h, pre_b)
+
+
+def toward_refusal_gain(
+    model: nn.Module, choice: LayerChoice, vectors: torch.Tensor, coefficients: torch.Tensor
+) -> tuple[float, float]:
+    """Change of log P(refusal opening) when steering the chosen band toward refusal,
+    on the harmful and on the harmless anchors (positive = more refusal)."""
+    layers = range(choice.band.start, choice.band.end + 1)
+    gains = []
+    for pre in (choice.harmful_prefill, choice.harmless_prefill):
+        base, _ = suffix_logprobs(model, pre, choice.opening_ids, None)
+        up, _ = suffix_logprobs(model, pre, choice.opening_ids, band_plan(vectors, coefficients, layers, +1, pre))
+        gains.append(float((up - base).mean()))
+    return gains[0], gains[1]

@@ -1,0 +1,167 @@
+"""Steering profiles: tensors in safetensors, metadata in JSON, never pickle."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import ScansError
+
+FORMAT_VERSION = 1
+TENSORS = "vectors.safetensors"
+METADATA = "profile.json"
+TENSOR_FIELDS = ("vectors", "reference", "norms", "contrast", "contrast_mean", "contrast_std")
+
+
+@dataclass
+class LayerEvidence:
+    """Why a layer was (not) chosen: logit-lens refusal score, top tokens, measured effect."""
+
+    layer: int
+    lens_score: float
+    top_tokens: list[str]
+    effect: float | None = None
+
+
+@dataclass
+class Profile:
+    """Everything needed to classify and steer one model.
+
+    ``vectors`` (L, D) unit refusal vectors, ``reference`` (L, D) reference transitions,
+    ``norms`` (L,) mean residual norm at the instruction end. ``classifier`` is
+    ``"cosine"`` (the paper's mean cosine to ``reference``) or ``"contrast"`` (standardised
+    projection of the transition on ``contrast``, harmful minus benign transitions). ``alpha`` is in units of
+    ``norms[l]`` when ``alpha_mode == "relative"`` (coefficient ``alpha * norms[l]``),
+    else the absolute coefficient on the unit vector.
+    """
+
+    model_name: str
+    fingerprint: str
+    vectors: torch.Tensor
+    reference: torch.Tensor
+    norms: torch.Tensor
+    steer_layers: list[int]
+    cls_layers: list[int]
+    alpha: float
+    threshold: float
+    alpha_mode: str = "relative"
+    classifier: str = "contrast"
+    contrast: torch.Tensor | None = None
+    contrast_mean: torch.Tensor | None = None
+    contrast_std: torch.Tensor | None = None
+    harmful_sign: int = 1
+    probe: str = "Sure"
+    system: str | None = None
+    calibration: dict[str, Any] = field(default_factory=dict)
+    layer_evidence: list[dict[str, Any]] = field(default_factory=list)
+    anchors: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    version: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        layers, _ = self.vectors.shape
+        assert self.reference.shape == self.vectors.shape, "reference and vectors differ in shape"
+        assert self.norms.shape == (layers,), "norms need one entry per layer"
+        for name, ids in (("steer_layers", self.steer_layers), ("cls_layers", self.cls_layers)):
+            if not ids or min(ids) < 0 or max(ids) >= layers:
+                raise ScansError(
+                    f"{name} {ids} out of range for a model with {layers} layers; "
+                    f"fix: choose layers in 0..{layers - 1}"
+                )
+        if self.classifier not in ("cosine", "contrast"):
+            raise ScansError(f"classifier {self.classifier!r}; fix: use 'cosine' or 'contrast'")
+        if self.classifier == "contrast" and self.contrast is None:
+            raise ScansError("contrast classifier without a contrast direction; fix: rerun `scans fit`")
+        if self.alpha_mode not in ("relative", "absolute"):
+            raise ScansError(f"alpha_mode {self.alpha_mode!r}; fix: use 'relative' or 'absolute'")
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.vectors.shape[0])
+
+    def coefficient(self, layer: int) -> float:
+        """The absolute steering coefficient alpha_l of one layer."""
+        if self.alpha_mode == "relative":
+            return float(self.alpha * self.norms[layer])
+        return float(self.alpha)
+
+    def scores(self, tau: torch.Tensor) -> torch.Tensor:
+        """Harmfulness scores s(q), (N,), of transitions tau (N, L, D)."""
+        from .vectors import contrast_scores, transition_scores
+
+        if self.classifier == "cosine":
+            return transition_scores(tau, self.reference, self.cls_layers)
+        assert self.contrast is not None and self.contrast_mean is not None and self.contrast_std is not None
+        return contrast_scores(tau, self.contrast, self.contrast_mean, self.contrast_std, self.cls_layers)
+
+    def metadata(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if k not in TENSOR_FIELDS}
+        data["format_version"] = FORMAT_VERSION
+        data["n_layers"] = self.n_layers
+        data["hidden_size"] = int(self.vectors.shape[1])
+        return data
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``path/vectors.safetensors`` and ``path/profile.json`` atomically."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            name: getattr(self, name).float().contiguous().cpu()
+            for name in TENSOR_FIELDS
+            if getattr(self, name) is not None
+        }
+        _atomic(path / TENSORS, lambda tmp: save_file(tensors, tmp, metadata={"format": "scans"}))
+        text = json.dumps(self.metadata(), indent=2, sort_keys=True)
+        _atomic(path / METADATA, lambda tmp: Path(tmp).write_text(text + "\n"))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, fingerprint: str | None = None) -> "Profile":
+        """Load a profile; with ``fingerprint``, refuse one made for another model."""
+        path = Path(path)
+        if not (path / METADATA).is_file() or not (path / TENSORS).is_file():
+            raise ScansError(
+                f"no steering profile at {path} (need {METADATA} and {TENSORS}); "
+                "fix: run `scans fit` or pass --profile DIR"
+            )
+        try:
+            meta = json.loads((path / METADATA).read_text())
+            tensors = load_file(str(path / TENSORS))
+        except (ValueError, OSError) as exc:
+            raise ScansError(f"corrupt profile at {path}: {exc}; fix: rerun `scans fit`") from None
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ScansError(
+                f"profile at {path} has format {meta.get('format_version')}, this scans reads "
+                f"{FORMAT_VERSION}; fix: rerun `scans fit`"
+            )
+        if fingerprint is not None and meta["fingerprint"] != fingerprint:
+            raise ScansError(
+                f"profile at {path} was fitted on {meta['model_name']} (fingerprint "
+                f"{meta['fingerprint']}), not on this model (fingerprint {fingerprint}); "
+                "fix: fit a profile for this model with `scans fit --model ...`"
+            )
+        for key in ("format_version", "n_layers", "hidden_size"):
+            meta.pop(key, None)
+        missing = [name for name in ("vectors", "reference", "norms") if name not in tensors]
+        if missing:
+            raise ScansError(f"profile at {path} lacks tensors {missing}; fix: rerun `scans fit`")
+        return cls(**{k: v for k, v in tensors.items() if k in TENSOR_FIELDS}, **meta)
+
+
+def _atomic(target: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
