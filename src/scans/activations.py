@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .models import find_layers
+from .models import cache_kwarg, find_layers
 from .prompts import build_batch, context_length
 from .steering import SteeringPlan, steer
 
@@ -65,8 +66,8 @@ def forward_capture(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids_of(attention_mask)[:, -length:],
-                past_key_values=cache,
                 use_cache=cache is not None,
+                **({cache_kwarg(base): cache} if cache is not None else {}),
             )
     finally:
         for handle in handles:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import random
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from .calibration import average_precision, calibrate
 from .embedded import cache_dir
 from .engine import GenerationConfig, Prefill, generate_from, prefill, probe_pass
 from .errors import ScansError
-from .layers import candidate_bands, choose_band, logit_lens, toward_refusal_gain
+from .layers import choose_band, logit_lens, toward_refusal_gain
 from .models import LoadedModel, find_layers, load_model, model_fingerprint
 from .profile import Profile
 from .prompts import DEFAULT_PROBE, build_batch, context_length
@@ -106,7 +106,7 @@ class Scans:
         device_map: str | dict | None = None,
         trust_remote_code: bool = False,
         layers_path: str | None = None,
-    ) -> "Scans":
+    ) -> Scans:
         """Load a model (``None`` = the embedded default) and optionally a profile."""
         loaded: LoadedModel = load_model(
             model, dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code
@@ -157,7 +157,7 @@ class Scans:
         alpha_mode: str = "relative",
         classifier: str = "contrast",
         target_recall: float | None = DEFAULT_TARGET_RECALL,
-        harmful_policy: str = "auto",
+        harmful_policy: str = "none",
         probe: str = DEFAULT_PROBE,
         system: str | None = None,
         batch_size: int = 16,
@@ -180,11 +180,13 @@ class Scans:
             borderline = shipped_borderline()
         fit_h, held_h = _split(harmful, n_fit, n_heldout, seed, "harmful")
         fit_b, held_b = _split(harmless, n_fit, n_heldout, seed, "harmless")
-        fit_x, held_x = _split(borderline, min(n_fit, len(borderline) - n_heldout), n_heldout, seed, "borderline")
+        fit_x, held_x = _split(
+            borderline, min(n_fit, len(borderline) - n_heldout), n_heldout, seed, "borderline"
+        )
         if classifier not in ("cosine", "contrast"):
             raise ScansError(f"classifier {classifier!r}; fix: use 'cosine' or 'contrast'")
-        if harmful_policy not in ("auto", "refuse", "none"):
-            raise ScansError(f"harmful_policy {harmful_policy!r}; fix: use auto, refuse or none")
+        if harmful_policy not in ("refuse", "none"):
+            raise ScansError(f"harmful_policy {harmful_policy!r}; fix: use 'none' or 'refuse'")
 
         acts = collect(
             self.model, self.tokenizer, [*fit_h, *fit_b, *fit_x], system=system, probe=probe,
@@ -219,10 +221,7 @@ class Scans:
             extra["layers_source"] = "measured effect (drop - drift)"
         gain_h, gain_b = toward_refusal_gain(self.model, choice, vectors, coefficients)
         extra["toward_refusal_gain"] = {"harmful": gain_h, "harmless": gain_b}
-        if harmful_policy == "auto":
-            harmful_sign = 1 if gain_h > 0 else 0
-        else:
-            harmful_sign = 1 if harmful_policy == "refuse" else 0
+        harmful_sign = 1 if harmful_policy == "refuse" else 0
 
         cls_layers = list(range(steer_layers[0], self.n_layers))  # step 3
         reference = reference_transition(tau_h)
@@ -234,7 +233,9 @@ class Scans:
         )  # fmt: skip
         held_tau = transitions(held["inst"], held["probe"])
         labels = np.array([True] * len(held_h) + [False] * (len(held_b) + len(held_x)))
-        common = dict(reference=reference, contrast=contrast, contrast_mean=contrast_mean, contrast_std=contrast_std)
+        common = dict(
+            reference=reference, contrast=contrast, contrast_mean=contrast_mean, contrast_std=contrast_std
+        )
         scorer = Profile(self.name, self.fingerprint, vectors, norms=norms, steer_layers=steer_layers,
                          cls_layers=cls_layers, alpha=alpha, threshold=0.0, classifier=classifier, **common)  # fmt: skip
         scores = scorer.scores(held_tau).numpy()
@@ -279,9 +280,13 @@ class Scans:
             calibration=calibration,
             layer_evidence=evidence,
             anchors={
-                "harmful_sha256": _hash_prompts(harmful), "harmless_sha256": _hash_prompts(harmless),
-                "borderline_sha256": _hash_prompts(borderline), "n_fit": len(fit_h),
-                "n_fit_borderline": len(fit_x), "n_heldout": len(held_h), "n_layer_eval": k,
+                "harmful_sha256": _hash_prompts(harmful),
+                "harmless_sha256": _hash_prompts(harmless),
+                "borderline_sha256": _hash_prompts(borderline),
+                "n_fit": len(fit_h),
+                "n_fit_borderline": len(fit_x),
+                "n_heldout": len(held_h),
+                "n_layer_eval": k,
             },  # fmt: skip
             seed=seed,
             version=__version__,
@@ -292,7 +297,9 @@ class Scans:
     # ----------------------------------------------------------- classify/steer
     def _prefill(self, prompts: Sequence[str]) -> Prefill:
         profile = self._require_profile()
-        batch = build_batch(self.tokenizer, prompts, system=profile.system, max_length=context_length(self.model))
+        batch = build_batch(
+            self.tokenizer, prompts, system=profile.system, max_length=context_length(self.model)
+        )
         return prefill(self.model, batch)
 
     def _verdicts(self, prompts: Sequence[str], pre: Prefill) -> list[Verdict]:
@@ -314,7 +321,9 @@ class Scans:
             out.extend(self._verdicts(chunk, self._prefill(chunk)))
         return out
 
-    def plan(self, verdicts: Sequence[Verdict], pre: Prefill, enabled: Sequence[bool] | None = None) -> SteeringPlan:
+    def plan(
+        self, verdicts: Sequence[Verdict], pre: Prefill, enabled: Sequence[bool] | None = None
+    ) -> SteeringPlan:
         """The steering plan for a prefilled batch: per-row sign from the verdicts."""
         profile = self._require_profile()
         signs = [v.sign for v in verdicts]
@@ -339,12 +348,16 @@ class Scans:
         compare: bool = False,
         steer: bool = True,
         batch_size: int = 16,
+        progress: bool = True,
     ) -> list[Generation]:
         """Classify each prompt, then generate with per-row steering (one shared prefill)."""
+        from tqdm.auto import tqdm
+
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         config = GenerationConfig(max_new_tokens, temperature, top_p, seed)
         results: list[Generation] = []
-        for chunk in _chunks(prompts, batch_size):
+        chunks = _chunks(prompts, batch_size)
+        for chunk in tqdm(chunks, desc="generate", disable=not progress or len(chunks) < 2, leave=False):
             pre = self._prefill(chunk)
             verdicts = self._verdicts(chunk, pre)
             plan = self.plan(verdicts, pre, enabled=[steer] * len(chunk))
@@ -360,7 +373,9 @@ def _chunks(items: Sequence[str], size: int) -> list[list[str]]:
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
-def _split(prompts: Sequence[str], n_fit: int, n_heldout: int, seed: int, side: str) -> tuple[list[str], list[str]]:
+def _split(
+    prompts: Sequence[str], n_fit: int, n_heldout: int, seed: int, side: str
+) -> tuple[list[str], list[str]]:
     """Seeded split into a fit part and a held-out part (same seed = same pairs per side)."""
     prompts = [p for p in prompts]
     if len(prompts) < n_fit + n_heldout:
@@ -369,7 +384,9 @@ def _split(prompts: Sequence[str], n_fit: int, n_heldout: int, seed: int, side: 
             "fix: pass more anchors or lower --n-fit/--n-heldout"
         )
     if n_fit < 2 or n_heldout < 2:
-        raise ScansError("need at least 2 fit and 2 held-out anchors per side; fix: raise --n-fit/--n-heldout")
+        raise ScansError(
+            "need at least 2 fit and 2 held-out anchors per side; fix: raise --n-fit/--n-heldout"
+        )
     order = list(range(len(prompts)))
     random.Random(seed).shuffle(order)
     chosen = [prompts[i] for i in order]

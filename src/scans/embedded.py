@@ -120,9 +120,7 @@ def embedded_model_dir(key: str = "default", progress: bool = True) -> Path:
     if progress:
         print("[scans] dequantizing to safetensors (once, about a minute) ...", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf_dir, gguf_file=gguf.name, dtype=torch.float32
-    )
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf.name, dtype=torch.float32)
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

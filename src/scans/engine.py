@@ -9,7 +9,6 @@ end sits in the last column and the prefix is simply ``input_ids[:, :-1]``.
 from __future__ import annotations
 
 import copy
-import inspect
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -18,14 +17,9 @@ import torch
 from torch import nn
 
 from .activations import forward_capture, model_device, position_ids_of
+from .models import cache_kwarg
 from .prompts import Batch, encode_probe, pad_id_of
 from .steering import SteeringPlan, steer
-
-
-def cache_kwarg(model: nn.Module) -> str:
-    """The name generate/forward use for the KV cache (``cache`` in transformers 5)."""
-    params = inspect.signature(type(model).forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
 
 
 def new_cache(model: nn.Module) -> Any:
@@ -135,4 +129,3 @@ def generate_from(
         )
     new_tokens = out[:, pre.batch.input_ids.shape[1] :]
     return [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-

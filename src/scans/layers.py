@@ -11,17 +11,18 @@ The band with the best ``drop - drift`` is chosen; both kinds of evidence are re
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .activations import model_device, position_ids_of
-from .engine import GenerationConfig, Prefill, cache_kwarg, generate_from, prefill
+from .engine import GenerationConfig, Prefill, generate_from, prefill
 from .judge import is_refusal
-from .models import find_final_norm
+from .models import cache_kwarg, find_final_norm
 from .prompts import build_batch
 from .steering import SteeringPlan, steer
 
@@ -188,7 +189,9 @@ def choose_band(
     bands = candidate_bands(vectors.shape[0], width)
     for start, end in tqdm(bands, desc="layer bands", disable=not progress, leave=False):
         layers = range(start, end + 1)
-        lp_h, _ = suffix_logprobs(model, pre_h, opening_ids, band_plan(vectors, coefficients, layers, -1, pre_h))
+        lp_h, _ = suffix_logprobs(
+            model, pre_h, opening_ids, band_plan(vectors, coefficients, layers, -1, pre_h)
+        )
         _, lp_b = suffix_logprobs(model, pre_b, [], band_plan(vectors, coefficients, layers, -1, pre_b))
         drop = float((base_h - lp_h).mean())
         drift = float(F.kl_div(lp_b, base_b, log_target=True, reduction="batchmean"))
@@ -206,6 +209,8 @@ def toward_refusal_gain(
     gains = []
     for pre in (choice.harmful_prefill, choice.harmless_prefill):
         base, _ = suffix_logprobs(model, pre, choice.opening_ids, None)
-        up, _ = suffix_logprobs(model, pre, choice.opening_ids, band_plan(vectors, coefficients, layers, +1, pre))
+        up, _ = suffix_logprobs(
+            model, pre, choice.opening_ids, band_plan(vectors, coefficients, layers, +1, pre)
+        )
         gains.append(float((up - base).mean()))
     return gains[0], gains[1]

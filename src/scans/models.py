@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,12 @@ def _get(obj: Any, path: str) -> Any:
     for name in path.split("."):
         obj = getattr(obj, name)
     return obj
+
+
+def cache_kwarg(model: nn.Module) -> str:
+    """The keyword forward/generate use for the KV cache (``cache`` in transformers 5)."""
+    params = inspect.signature(type(model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def find_layers(model: nn.Module, path: str | None = None) -> nn.ModuleList:

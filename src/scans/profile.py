@@ -124,7 +124,7 @@ class Profile:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, fingerprint: str | None = None) -> "Profile":
+    def load(cls, path: str | Path, fingerprint: str | None = None) -> Profile:
         """Load a profile; with ``fingerprint``, refuse one made for another model."""
         path = Path(path)
         if not (path / METADATA).is_file() or not (path / TENSORS).is_file():

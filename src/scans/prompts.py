@@ -10,8 +10,9 @@ and the instruction end is at the same index with or without the probe.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -63,7 +64,7 @@ class Batch:
     attention_mask: torch.Tensor
     positions: dict[str, torch.Tensor]
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         return Batch(
             self.input_ids.to(device),
             self.attention_mask.to(device),

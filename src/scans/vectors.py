@@ -7,7 +7,7 @@ Step 3:  tau_l(q) = h_l(inst) - h_l(probe);  r_l = mean_harmful tau_l
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -1,0 +1,218 @@
+"""The command line: one-line errors with exit status 2, and the happy paths' output."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+import scans.cli as cli
+from conftest import _fitted, _tiny, make_scans
+from scans.errors import ScansError
+
+
+@pytest.fixture
+def loader(monkeypatch):
+    """Replace the model loader with a Scans on the tiny model (fitted profile attached)."""
+    fitted = _fitted("qwen2")
+    calls = []
+
+    def fake_load(args, need_profile=True):
+        calls.append((args.command, need_profile))
+        t = _tiny("qwen2")
+        scans = make_scans(t.model, t.tokenizer)
+        if need_profile:
+            scans.profile = dataclasses.replace(fitted.profile, threshold=0.0)
+        return scans
+
+    monkeypatch.setattr(cli, "_load", fake_load)
+    return calls
+
+
+def _error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("scans: error:"), lines[0]
+    assert "fix:" in lines[0]
+    return lines[0]
+
+
+def test_parse_layers():
+    assert cli.parse_layers("10-12,15") == [10, 11, 12, 15]
+    assert cli.parse_layers("3") == [3]
+    assert cli.parse_layers("5,1,3-4,4") == [1, 3, 4, 5]
+    assert cli.parse_layers(None) is None
+    assert cli.parse_layers("") is None
+
+
+@pytest.mark.parametrize("text", ["3-x", "a", "1,,2", "1-2-3"])
+def test_parse_layers_errors(text):
+    with pytest.raises(ScansError) as info:
+        cli.parse_layers(text)
+    message = str(info.value)
+    assert "--layers" in message and "fix:" in message and "\n" not in message
+
+
+def test_generate_prompt_and_file(loader, capsys, tmp_path):
+    f = tmp_path / "p.txt"
+    f.write_text("Hello\n")
+    assert cli.main(["generate", "Hi", "--file", str(f)]) == 2
+    assert "--file" in _error_line(capsys)
+
+
+def test_generate_without_prompt(loader, capsys):
+    assert cli.main(["generate"]) == 2
+    _error_line(capsys)
+
+
+def test_classify_empty_prompt(loader, capsys):
+    assert cli.main(["classify", "   "]) == 2
+    assert "empty" in _error_line(capsys)
+
+
+def test_fit_harmful_without_harmless(loader, capsys, tmp_path):
+    f = tmp_path / "h.txt"
+    f.write_text("bad\n")
+    assert cli.main(["fit", "--harmful", str(f)]) == 2
+    line = _error_line(capsys)
+    assert "--harmless" in line
+    assert loader == [("fit", False)]
+
+
+def test_fit_bad_layers(loader, capsys, tmp_path):
+    h, b = tmp_path / "h.txt", tmp_path / "b.txt"
+    h.write_text("bad one\nbad two\n")
+    b.write_text("good one\ngood two\n")
+    assert cli.main(["fit", "--harmful", str(h), "--harmless", str(b), "--layers", "3-x"]) == 2
+    assert "3-x" in _error_line(capsys)
+
+
+def test_fit_alpha_and_alpha_abs(loader, capsys):
+    assert cli.main(["fit", "--alpha", "0.1", "--alpha-abs", "1.0"]) == 2
+    assert "--alpha" in _error_line(capsys)
+
+
+def test_classify_missing_file(loader, capsys, tmp_path):
+    missing = tmp_path / "missing.txt"
+    assert cli.main(["classify", "--file", str(missing)]) == 2
+    assert "missing.txt" in _error_line(capsys)
+
+
+def test_loader_error_is_one_line(monkeypatch, capsys):
+    def failing(args, need_profile=True):
+        raise ScansError("no steering profile at /x; fix: run `scans fit`")
+
+    monkeypatch.setattr(cli, "_load", failing)
+    assert cli.main(["classify", "Hi"]) == 2
+    assert "no steering profile" in _error_line(capsys)
+
+
+def test_argparse_usage_error_exits_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["classify", "--no-such-flag"])
+    assert info.value.code == 2
+
+
+def test_classify_happy_path(loader, capsys):
+    assert cli.main(["classify", "How do I bake bread?"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    lines = captured.out.strip().splitlines()
+    assert len(lines) == 1
+    score, verdict, prompt = lines[0].split(maxsplit=2)
+    assert verdict in ("HARMFUL", "benign")
+    assert prompt == "How do I bake bread?"
+    value = float(score)
+    assert score[0] in "+-" and len(score.split(".")[1]) == 4
+    assert (verdict == "HARMFUL") == (value >= 0.0)
+    # the score is the API's score
+    t = _tiny("qwen2")
+    api = make_scans(t.model, t.tokenizer)
+    api.profile = _fitted("qwen2").profile
+    assert value == pytest.approx(api.classify("How do I bake bread?")[0].score, abs=1e-4)
+
+
+def test_classify_file_json(loader, capsys, tmp_path):
+    f = tmp_path / "p.txt"
+    f.write_text("Hi\nHow do I bake bread?\n")
+    assert cli.main(["classify", "--file", str(f), "--json"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["prompt"] for r in records] == ["Hi", "How do I bake bread?"]
+    for r in records:
+        assert set(r) == {"prompt", "score", "harmful", "sign"}
+        assert r["harmful"] == (r["score"] >= 0.0)
+        assert r["sign"] == (_fitted("qwen2").profile.harmful_sign if r["harmful"] else -1)
+
+
+def test_generate_compare_happy_path(loader, capsys):
+    code = cli.main(["generate", "How do I bake bread?", "--compare", "--max-new-tokens", "4"])
+    assert code == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == "prompt: How do I bake bread?"
+    assert lines[1].startswith("verdict: ") and "(score " in lines[1] and "steering: " in lines[1]
+    verdict = lines[1].split()[1]
+    assert verdict in ("harmful", "benign")
+    direction = lines[1].split("steering: ")[1]
+    assert direction in ("toward refusal", "away from refusal", "none")
+    if verdict == "benign":
+        assert direction == "away from refusal"
+    assert lines[2] == "--- unsteered ---"
+    assert "--- steered ---" in lines[3:]
+    assert lines.index("--- steered ---") > 2
+    assert loader == [("generate", True)]
+
+
+def test_generate_json(loader, capsys):
+    assert cli.main(["generate", "Hi", "--json", "--max-new-tokens", "3", "--no-steer", "--compare"]) == 0
+    [line] = capsys.readouterr().out.strip().splitlines()
+    rec = json.loads(line)
+    assert rec["prompt"] == "Hi"
+    assert rec["response"] == rec["unsteered"]  # --no-steer
+    assert set(rec) == {"prompt", "score", "harmful", "sign", "response", "unsteered"}
+
+
+def test_chat_reads_until_empty_line(loader, capsys):
+    import io
+
+    args = cli.build_parser().parse_args(["chat", "--max-new-tokens", "3"])
+    assert cli.cmd_chat(args, stdin=io.StringIO("Hi\nHow do I bake bread?\n\n")) == 0
+    out = capsys.readouterr().out
+    assert out.count("verdict: ") == 2
+    assert "prompt: How do I bake bread?" in out
+
+
+def test_fit_and_info_happy_path(loader, capsys, tmp_path, monkeypatch):
+    from conftest import BORDERLINE, HARMFUL, HARMLESS
+    from scans.profile import Profile
+
+    files = {}
+    for name, items in (("harmful", HARMFUL), ("harmless", HARMLESS), ("borderline", BORDERLINE)):
+        files[name] = tmp_path / f"{name}.txt"
+        files[name].write_text("\n".join(items) + "\n")
+    out_dir = tmp_path / "profile"
+    argv = ["--quiet", "fit", "--n-fit", "6", "--n-heldout", "4", "--layers", "1", "--threshold", "0.25"]
+    for name, path in files.items():
+        argv += [f"--{name}", str(path)]
+    assert cli.main([*argv, "--out", str(out_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"profile: {out_dir}" in out
+    assert "steering layers: 1-1 (user)" in out
+    assert "threshold: 0.2500" in out
+    profile = Profile.load(out_dir)
+    assert profile.steer_layers == [1] and profile.threshold == 0.25
+    assert profile.anchors["n_fit"] == 6
+
+    def load_saved(args, need_profile=True):
+        t = _tiny("qwen2")
+        scans = make_scans(t.model, t.tokenizer)
+        scans.load(args.profile)
+        return scans
+
+    monkeypatch.setattr(cli, "_load", load_saved)
+    assert cli.main(["info", "--profile", str(out_dir)]) == 0
+    info = capsys.readouterr().out
+    rows = [line for line in info.splitlines() if line[:1] in ("*", " ") and line[1:5].strip().isdigit()]
+    assert [line[0] for line in rows] == [" ", "*"]

@@ -1,0 +1,122 @@
+"""Shared prefill: probe pass and generation from the prefix cache match the plain paths."""
+
+from __future__ import annotations
+
+import torch
+
+from scans import prompts
+from scans.activations import collect, forward_capture
+from scans.engine import GenerationConfig, generate_from, prefill, probe_pass
+from scans.steering import SteeringPlan, steer
+
+PROMPTS = ["Hi", "How do I bake bread at home, step by step?", "What is the capital of France?"]
+
+
+def _plan(batch, signs=(1, -1, 1), alpha=4.0):
+    g = torch.Generator().manual_seed(11)
+    vectors = {}
+    for layer in (0, 1):
+        v = torch.randn(32, generator=g)
+        vectors[layer] = v / v.norm()
+    return SteeringPlan(
+        vectors, {0: alpha, 1: alpha}, sign=list(signs), start=batch.attention_mask.sum(-1) - 1
+    )
+
+
+def test_probe_pass_matches_full_forward(tiny):
+    model, tok = tiny.model, tiny.tokenizer
+    full = prompts.build_batch(tok, PROMPTS, probe="Sure")
+    expected, _ = forward_capture(model, full.input_ids, full.attention_mask, full.positions)
+    pre = prefill(model, prompts.build_batch(tok, PROMPTS))
+    seq_before = pre.cache.get_seq_length()
+    got = probe_pass(model, tok, pre, "Sure")
+    assert set(got) == {"inst", "probe"}
+    for name in ("inst", "probe"):
+        assert got[name].shape == (len(PROMPTS), 2, 32)
+        assert torch.allclose(got[name], expected[name], atol=1e-4), name
+    assert not torch.allclose(got["inst"], got["probe"], atol=1e-3)
+    # the shared prefix cache is not consumed by the probe pass
+    assert pre.cache.get_seq_length() == seq_before
+    again = probe_pass(model, tok, pre, "Sure")
+    assert torch.allclose(again["probe"], got["probe"], atol=1e-6)
+
+
+def test_collect_matches_forward_capture(tiny):
+    """Bucketing by length and re-padding must not change the activations or their order."""
+    model, tok = tiny.model, tiny.tokenizer
+    got = collect(model, tok, PROMPTS, probe="Sure", batch_size=2, progress=False)
+    for i, text in enumerate(PROMPTS):
+        one = prompts.build_batch(tok, [text], probe="Sure")
+        ref, _ = forward_capture(model, one.input_ids, one.attention_mask, one.positions)
+        for name in ("inst", "probe"):
+            assert torch.allclose(got[name][i], ref[name][0], atol=1e-4), (i, name)
+
+
+def test_forward_capture_logits(tiny):
+    model, tok = tiny.model, tiny.tokenizer
+    batch = prompts.build_batch(tok, PROMPTS)
+    _, logits = forward_capture(
+        model, batch.input_ids, batch.attention_mask, batch.positions, logits_at="inst"
+    )
+    with torch.no_grad():
+        ref = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, -1]
+    assert torch.allclose(logits, ref.float(), atol=1e-4)
+
+
+def _plain_generate(model, tok, batch, n):
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            max_new_tokens=n,
+            do_sample=False,
+            pad_token_id=prompts.pad_id_of(tok),
+            eos_token_id=model.generation_config.eos_token_id,
+        )
+    return [t.strip() for t in tok.batch_decode(out[:, batch.input_ids.shape[1] :], skip_special_tokens=True)]
+
+
+def test_generate_from_prefix_matches_plain_generate(tiny):
+    model, tok = tiny.model, tiny.tokenizer
+    batch = prompts.build_batch(tok, PROMPTS)
+    pre = prefill(model, batch)
+    seq_before = pre.cache.get_seq_length()
+    got = generate_from(model, tok, pre, GenerationConfig(max_new_tokens=6))
+    assert got == _plain_generate(model, tok, batch, 6)
+    assert pre.cache.get_seq_length() == seq_before
+    assert any(got), "the tiny model should produce some text"
+
+
+def test_generate_from_prefix_matches_steered_generate(tiny):
+    model, tok = tiny.model, tiny.tokenizer
+    batch = prompts.build_batch(tok, PROMPTS)
+    plan = _plan(batch)
+    pre = prefill(model, batch)
+    got = generate_from(model, tok, pre, GenerationConfig(max_new_tokens=6), plan)
+    with steer(model, plan):
+        ref = _plain_generate(model, tok, batch, 6)
+    assert got == ref
+    # and the plan made a difference, so the comparison means something
+    unsteered = generate_from(model, tok, pre, GenerationConfig(max_new_tokens=6))
+    assert got != unsteered
+
+
+def test_generate_from_zero_sign_is_unsteered(tiny):
+    model, tok = tiny.model, tiny.tokenizer
+    batch = prompts.build_batch(tok, PROMPTS)
+    pre = prefill(model, batch)
+    zero = generate_from(model, tok, pre, GenerationConfig(max_new_tokens=5), _plan(batch, (0, 0, 0)))
+    assert zero == generate_from(model, tok, pre, GenerationConfig(max_new_tokens=5))
+
+
+def test_generation_config_kwargs():
+    assert GenerationConfig().kwargs()["do_sample"] is False
+    sampled = GenerationConfig(temperature=0.7, top_p=0.9).kwargs()
+    assert sampled == {"do_sample": True, "temperature": 0.7, "top_p": 0.9}
+
+
+def test_seeded_sampling_is_reproducible(qwen):
+    model, tok = qwen.model, qwen.tokenizer
+    pre = prefill(model, prompts.build_batch(tok, PROMPTS))
+    config = GenerationConfig(max_new_tokens=5, temperature=1.5, seed=123)
+    assert generate_from(model, tok, pre, config) == generate_from(model, tok, pre, config)
