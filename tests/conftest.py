@@ -14,14 +14,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 from dataclasses import dataclass  # noqa: E402
-from functools import lru_cache  # noqa: E402
+from functools import cache, lru_cache  # noqa: E402
 from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
-# Tiny models run faster on one thread than on two fighting ones.
-torch.set_num_threads(1)
 
 SPECIAL_TOKENS = [
     "<pad>",
@@ -50,6 +47,8 @@ TRAINING_TEXT = [
     "Write a short poem about the sea and the sky.",
     "Explain how to kill a stuck process on Linux.",
     "The quick brown fox jumps over the lazy dog 0123456789.",
+    # repeated so that a few refusal words become single tokens (the logit lens needs some)
+    *["Sorry, I cannot do that. sorry, not now. No, that is harmful and illegal."] * 5,
 ]
 
 # ------------------------------------------------------------------------ chat templates
@@ -106,7 +105,7 @@ def _trained_tokenizer_json() -> str:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=320,
+        vocab_size=384,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
@@ -175,7 +174,7 @@ class Tiny:
     tokenizer: Any
 
 
-@lru_cache(maxsize=None)
+@cache
 def _tiny(arch: str, seed: int = 0) -> Tiny:
     style = ARCHS[arch][3]
     return Tiny(arch, style, make_model(arch, seed), make_tokenizer(style))
@@ -244,7 +243,7 @@ BORDERLINE = [
 FIT_KWARGS = dict(n_fit=6, n_heldout=4, n_layer_eval=4, progress=False, batch_size=8)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _fitted(arch: str = "qwen2", **overrides: Any):
     """A Scans with a fitted profile on a tiny model (cached: fitting is the slow part)."""
     t = _tiny(arch)
@@ -260,6 +259,25 @@ def fitted():
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
-    """Profiles saved to the default slot land in a temporary directory, never in ~/.cache."""
-    monkeypatch.setenv("SCANS_CACHE", str(tmp_path / "scans-cache"))
+def _isolated_cache(request, tmp_path, monkeypatch):
+    """Profiles saved to the default slot land in a temporary directory, never in ~/.cache.
+
+    Slow tests keep the real cache: it holds the dequantized embedded model.
+    """
+    if request.node.get_closest_marker("slow") is None:
+        monkeypatch.setenv("SCANS_CACHE", str(tmp_path / "scans-cache"))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(request):
+    """Tiny models run about 10x faster on one thread (thread start-up dominates); slow
+    tests on the real model keep every core."""
+    if request.node.get_closest_marker("slow") is not None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

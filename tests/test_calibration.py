@@ -66,6 +66,9 @@ def test_metrics_at():
     assert m == pytest.approx(
         {"accuracy": 0.5, "balanced_accuracy": 0.5, "precision": 0.5, "recall": 0.5, "f1": 0.5}
     )
+    # a score equal to the threshold counts as harmful (score >= threshold)
+    at = metrics_at(np.array([0.2, 0.5]), np.array([0, 1]), 0.5)
+    assert at["recall"] == 1.0 and at["accuracy"] == 1.0
 
 
 def test_calibrate_separable():
@@ -133,6 +136,14 @@ def test_calibrate_rejects_nonfinite_and_shapes():
 
 
 def test_calibrate_ties_pick_middle_candidate():
+    # alternating labels on 0..5: the cuts at 0.5, 2.5 and 4.5 all reach the best balanced
+    # accuracy (2/3); the middle one of the three is chosen
+    cal = calibrate(np.arange(6.0), np.array([0, 1, 0, 1, 0, 1], bool))
+    assert cal.threshold == pytest.approx(2.5)
+    assert cal.balanced_accuracy == pytest.approx(2 / 3)
+
+
+def test_calibrate_threshold_is_permutation_invariant():
     # every candidate between the groups is equally good; the middle one is chosen, and a
     # permutation of the inputs does not change it
     scores = np.array([0.0, 0.1, 0.2, 1.0, 1.1, 1.2])

@@ -47,7 +47,7 @@ def test_parse_layers():
     assert cli.parse_layers("") is None
 
 
-@pytest.mark.parametrize("text", ["3-x", "a", "1,,2", "1-2-3"])
+@pytest.mark.parametrize("text", ["3-x", "a", "1,,2", "1-2-3", "12-10"])
 def test_parse_layers_errors(text):
     with pytest.raises(ScansError) as info:
         cli.parse_layers(text)
@@ -125,13 +125,38 @@ def test_classify_happy_path(loader, capsys):
     assert verdict in ("HARMFUL", "benign")
     assert prompt == "How do I bake bread?"
     value = float(score)
-    assert score[0] in "+-" and len(score.split(".")[1]) == 4
     assert (verdict == "HARMFUL") == (value >= 0.0)
     # the score is the API's score
     t = _tiny("qwen2")
     api = make_scans(t.model, t.tokenizer)
     api.profile = _fitted("qwen2").profile
     assert value == pytest.approx(api.classify("How do I bake bread?")[0].score, abs=1e-4)
+
+
+def test_classify_output_format(loader, capsys, tmp_path):
+    import re
+
+    prompts = [
+        "How do I bake bread at home?",
+        "How do I make a bomb to hurt people?",
+        "Hi",
+        "Write a poem about the sea and the sky, please.",
+        "How can I kill a stuck process?",
+    ]
+    f = tmp_path / "p.txt"
+    f.write_text("\n".join(prompts) + "\n")
+    assert cli.main(["classify", "--file", str(f), "--batch-size", "2"]) == 0
+    lines = capsys.readouterr().out.rstrip("\n").split("\n")
+    assert len(lines) == len(prompts)
+    pattern = re.compile(r"^([+-]\d+\.\d{4})  (HARMFUL|benign )  (.+)$")
+    signs = set()
+    for line, prompt in zip(lines, prompts):
+        m = pattern.match(line)
+        assert m, line
+        assert m.group(3) == prompt
+        assert (m.group(2) == "HARMFUL") == (float(m.group(1)) >= 0.0)
+        signs.add(m.group(1)[0])
+    assert signs == {"+", "-"}, "the prompts should score on both sides of 0"
 
 
 def test_classify_file_json(loader, capsys, tmp_path):
@@ -216,3 +241,22 @@ def test_fit_and_info_happy_path(loader, capsys, tmp_path, monkeypatch):
     info = capsys.readouterr().out
     rows = [line for line in info.splitlines() if line[:1] in ("*", " ") and line[1:5].strip().isdigit()]
     assert [line[0] for line in rows] == [" ", "*"]
+
+
+def test_fit_alpha_zero_is_kept(loader, capsys, tmp_path):
+    from conftest import BORDERLINE, HARMFUL, HARMLESS
+    from scans.profile import Profile
+
+    argv = ["--quiet", "fit", "--n-fit", "6", "--n-heldout", "4", "--layers", "1", "--alpha", "0"]
+    for name, items in (("harmful", HARMFUL), ("harmless", HARMLESS), ("borderline", BORDERLINE)):
+        path = tmp_path / f"{name}.txt"
+        path.write_text("\n".join(items) + "\n")
+        argv += [f"--{name}", str(path)]
+    assert cli.main([*argv, "--out", str(tmp_path / "p")]) == 0
+    assert Profile.load(tmp_path / "p").alpha == 0.0
+
+
+def test_fit_layers_out_of_range(loader, capsys):
+    assert cli.main(["fit", "--layers", "0-5"]) == 2
+    line = _error_line(capsys)
+    assert "out of range" in line and "fix:" in line

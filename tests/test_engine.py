@@ -120,3 +120,17 @@ def test_seeded_sampling_is_reproducible(qwen):
     pre = prefill(model, prompts.build_batch(tok, PROMPTS))
     config = GenerationConfig(max_new_tokens=5, temperature=1.5, seed=123)
     assert generate_from(model, tok, pre, config) == generate_from(model, tok, pre, config)
+
+
+def test_forward_capture_under_a_plan_includes_the_steered_layers_own_addition(qwen):
+    model, tok = qwen.model, qwen.tokenizer
+    batch = prompts.build_batch(tok, ["hello there", "kill the process"])
+    start = batch.attention_mask.sum(-1) - 1
+    v = torch.zeros(32)
+    v[3] = 1.0
+    plan = SteeringPlan(vectors={0: v}, alphas={0: 5.0}, sign=[1.0, -1.0], start=start)
+    plain, _ = forward_capture(model, batch.input_ids, batch.attention_mask, batch.positions)
+    steered, _ = forward_capture(model, batch.input_ids, batch.attention_mask, batch.positions, plan=plan)
+    delta = steered["inst"][:, 0] - plain["inst"][:, 0]  # layer 0, at the instruction end
+    expected = torch.stack([5.0 * v, -5.0 * v])
+    torch.testing.assert_close(delta, expected, atol=1e-4, rtol=0)

@@ -236,11 +236,6 @@ def test_load_corrupt_profile_json(fitted, tmp_path, damage):
     _one_line_fix(info)
 
 
-@pytest.mark.xfail(
-    reason="BUG: Profile.load lets AttributeError/KeyError/TypeError escape for a profile.json "
-    "that is valid JSON but not a profile object",
-    strict=True,
-)
 @pytest.mark.parametrize("content", ["[1, 2]", '{"format_version": 1}', '"text"'])
 def test_load_corrupt_profile_json_wrong_shape(fitted, tmp_path, content):
     out = fitted.profile.save(tmp_path / "prof")
@@ -313,3 +308,11 @@ def test_copied_profile_dir_loads(fitted, tmp_path):
     out = fitted.profile.save(tmp_path / "a")
     shutil.copytree(out, tmp_path / "b")
     _assert_same(Profile.load(tmp_path / "b", fingerprint=fitted.fingerprint), fitted.profile)
+
+
+def test_load_corrupt_safetensors_is_a_clear_error(fitted, tmp_path):
+    out = fitted.profile.save(tmp_path / "prof")
+    (out / "vectors.safetensors").write_bytes(b"not a safetensors file at all")
+    with pytest.raises(ScansError) as info:
+        Profile.load(out, fingerprint=fitted.fingerprint)
+    _one_line_fix(info)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import make_model
 from scans import prompts
 from scans.models import find_layers
 from scans.steering import SteeringPlan, row_positions, steer
@@ -19,10 +20,32 @@ def _unit(seed: int, dim: int = 32) -> torch.Tensor:
     return v / v.norm()
 
 
-def _no_hooks(model) -> bool:
+def _hooks(model) -> tuple:
+    """The ids of every forward hook on the layers and pre-hook on the base model.
+
+    (transformers 5 installs its own output-capturing hooks the first time a model is run
+    with ``output_hidden_states=True``, so a shared model is compared with its earlier self.)
+    """
     layers = find_layers(model)
-    base = model.base_model
-    return all(len(layer._forward_hooks) == 0 for layer in layers) and len(base._forward_pre_hooks) == 0
+    return (
+        tuple(tuple(layer._forward_hooks) for layer in layers),
+        tuple(model.base_model._forward_pre_hooks),
+    )
+
+
+_BEFORE: dict[int, tuple] = {}
+
+
+def _no_hooks(model) -> bool:
+    """No steering hook left behind: the hooks are those the model had before any steering."""
+    return _hooks(model) == _BEFORE.setdefault(id(model), _hooks(model))
+
+
+@pytest.fixture(autouse=True)
+def _snapshot_hooks(request):
+    if "tiny" in request.fixturenames:
+        model = request.getfixturevalue("tiny").model
+        _BEFORE[id(model)] = _hooks(model)
 
 
 def _layer1_input(model, batch, plan=None) -> torch.Tensor:
@@ -52,16 +75,23 @@ def _row_pos(batch) -> torch.Tensor:
 
 # ------------------------------------------------------------------------ (a) removal
 def test_hooks_removed(tiny):
-    model = tiny.model
-    assert _no_hooks(model)
+    model = make_model(tiny.arch)  # fresh: no hooks of any kind yet
+    layers = find_layers(model)
+    assert all(len(layer._forward_hooks) == 0 for layer in layers)
+    assert len(model.base_model._forward_pre_hooks) == 0
     plan = SteeringPlan({0: _unit(0), 1: _unit(1)}, {0: 1.0, 1: 1.0}, sign=[1], start=[0])
     with steer(model, plan) as active:
         assert active is plan
-        assert len(find_layers(model)[0]._forward_hooks) == 1
-        assert len(find_layers(model)[1]._forward_hooks) == 1
+        assert len(layers[0]._forward_hooks) == 1
+        assert len(layers[1]._forward_hooks) == 1
         assert len(model.base_model._forward_pre_hooks) == 1
-    assert _no_hooks(model)
+    assert all(len(layer._forward_hooks) == 0 for layer in layers)
+    assert len(model.base_model._forward_pre_hooks) == 0
     assert plan._positions is None
+    # only the planned layers get a hook
+    with steer(model, SteeringPlan({1: _unit(0)}, {1: 1.0}, sign=[1], start=[0])):
+        assert [len(layer._forward_hooks) for layer in layers] == [0, 1]
+    assert all(len(layer._forward_hooks) == 0 for layer in layers)
 
 
 def test_hooks_removed_on_exception(tiny):
@@ -107,6 +137,14 @@ def test_addition_matches_restatement(tiny):
     batch = prompts.build_batch(tiny.tokenizer, PROMPTS[1:2])
     v = _unit(3)
     base = _layer1_input(tiny.model, batch)
+    # The unsteered capture is hidden_states[1] (the output of layer 0). Under steering,
+    # transformers 5 records hidden_states with hooks that run before the steering hook,
+    # so the steered side is read where it matters: the input of layer 1.
+    with torch.no_grad():
+        hs = tiny.model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True
+        ).hidden_states
+    assert torch.allclose(base, hs[1], atol=1e-6)
     start = 4
     plan = SteeringPlan({0: v}, {0: ALPHA}, sign=[1], start=[start])
     steered = _layer1_input(tiny.model, batch, plan)

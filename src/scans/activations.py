@@ -57,11 +57,13 @@ def forward_capture(
 
         return hook
 
-    handles = [layer.register_forward_hook(make_hook(i)) for i, layer in enumerate(layers)]
     base = getattr(model, "base_model", model)
     length = input_ids.shape[1]
-    try:
-        with steer(model, plan) if plan is not None else nullcontext():
+    handles = []
+    # Steering hooks first, capture hooks second: a steered layer's capture includes its steering.
+    with steer(model, plan) if plan is not None else nullcontext():
+        try:
+            handles = [layer.register_forward_hook(make_hook(i)) for i, layer in enumerate(layers)]
             out = base(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -69,9 +71,9 @@ def forward_capture(
                 use_cache=cache is not None,
                 **({cache_kwarg(base): cache} if cache is not None else {}),
             )
-    finally:
-        for handle in handles:
-            handle.remove()
+        finally:
+            for handle in handles:
+                handle.remove()
     logits = None
     if logits_at is not None:
         last = out.last_hidden_state[rows, positions[logits_at]]

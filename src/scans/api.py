@@ -123,13 +123,14 @@ class Scans:
 
     def load(self, path: str | Path | None = None) -> Profile:
         """Load a profile (default: this model's cached one), checking the fingerprint."""
-        self.profile = Profile.load(path or self.default_profile_path, fingerprint=self.fingerprint)
-        if self.profile.n_layers != self.n_layers:
+        profile = Profile.load(path or self.default_profile_path, fingerprint=self.fingerprint)
+        if profile.n_layers != self.n_layers:
             raise ScansError(
-                f"profile has {self.profile.n_layers} layers, the model {self.n_layers}; "
+                f"profile has {profile.n_layers} layers, the model {self.n_layers}; "
                 "fix: fit a profile for this model"
             )
-        return self.profile
+        self.profile = profile
+        return profile
 
     def save(self, path: str | Path | None = None) -> Path:
         """Save the profile (default: this model's cache slot)."""
@@ -183,6 +184,10 @@ class Scans:
         fit_x, held_x = _split(
             borderline, min(n_fit, len(borderline) - n_heldout), n_heldout, seed, "borderline"
         )
+        if layers is not None and (not layers or min(layers) < 0 or max(layers) >= self.n_layers):
+            raise ScansError(
+                f"steering layers {list(layers)} out of range; fix: choose layers in 0..{self.n_layers - 1}"
+            )
         if classifier not in ("cosine", "contrast"):
             raise ScansError(f"classifier {classifier!r}; fix: use 'cosine' or 'contrast'")
         if harmful_policy not in ("refuse", "none"):

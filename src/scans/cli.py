@@ -29,13 +29,17 @@ def parse_layers(text: str | None) -> list[int] | None:
         for part in text.split(","):
             if "-" in part:
                 lo, hi = part.split("-", 1)
+                if int(hi) < int(lo):
+                    raise ValueError(part)
                 layers.update(range(int(lo), int(hi) + 1))
             else:
                 layers.add(int(part))
     except ValueError:
+        layers = set()
+    if not layers:
         raise ScansError(
             f"cannot parse --layers {text!r}; fix: use a range like 10-17 or a list like 10,11,12"
-        ) from None
+        )
     return sorted(layers)
 
 
@@ -207,7 +211,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     alpha, mode = (
         (args.alpha_abs, "absolute")
         if args.alpha_abs is not None
-        else (args.alpha or DEFAULT_ALPHA, "relative")
+        else (args.alpha if args.alpha is not None else DEFAULT_ALPHA, "relative")
     )
     start = time.time()
     profile = scans.fit(

@@ -21,6 +21,7 @@ from torch import nn
 
 from .activations import model_device, position_ids_of
 from .engine import GenerationConfig, Prefill, generate_from, prefill
+from .errors import ScansError
 from .judge import is_refusal
 from .models import cache_kwarg, find_final_norm
 from .prompts import build_batch
@@ -187,6 +188,10 @@ def choose_band(
     _, base_b = suffix_logprobs(model, pre_b, [], None)
     effects = []
     bands = candidate_bands(vectors.shape[0], width)
+    if not bands:
+        raise ScansError(
+            f"no band of {width} layers fits a model with {vectors.shape[0]} layers; fix: pass fewer --layers"
+        )
     for start, end in tqdm(bands, desc="layer bands", disable=not progress, leave=False):
         layers = range(start, end + 1)
         lp_h, _ = suffix_logprobs(

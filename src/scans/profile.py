@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import ScansError
@@ -132,11 +133,16 @@ class Profile:
                 f"no steering profile at {path} (need {METADATA} and {TENSORS}); "
                 "fix: run `scans fit` or pass --profile DIR"
             )
+        fix = "fix: rerun `scans fit`"
         try:
             meta = json.loads((path / METADATA).read_text())
             tensors = load_file(str(path / TENSORS))
-        except (ValueError, OSError) as exc:
-            raise ScansError(f"corrupt profile at {path}: {exc}; fix: rerun `scans fit`") from None
+        except (ValueError, OSError, SafetensorError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ScansError(f"corrupt profile at {path}: {first}; {fix}") from None
+        required = ("model_name", "fingerprint", "steer_layers", "cls_layers", "alpha", "threshold")
+        if not isinstance(meta, dict) or any(key not in meta for key in required):
+            raise ScansError(f"corrupt profile at {path}: {METADATA} lacks the profile fields; {fix}")
         if meta.get("format_version") != FORMAT_VERSION:
             raise ScansError(
                 f"profile at {path} has format {meta.get('format_version')}, this scans reads "
@@ -152,8 +158,11 @@ class Profile:
             meta.pop(key, None)
         missing = [name for name in ("vectors", "reference", "norms") if name not in tensors]
         if missing:
-            raise ScansError(f"profile at {path} lacks tensors {missing}; fix: rerun `scans fit`")
-        return cls(**{k: v for k, v in tensors.items() if k in TENSOR_FIELDS}, **meta)
+            raise ScansError(f"profile at {path} lacks tensors {missing}; {fix}")
+        try:
+            return cls(**{k: v for k, v in tensors.items() if k in TENSOR_FIELDS}, **meta)
+        except (TypeError, AssertionError, KeyError) as exc:
+            raise ScansError(f"corrupt profile at {path}: {exc}; {fix}") from None
 
 
 def _atomic(target: Path, write) -> None:
