@@ -65,14 +65,21 @@ def test_classify_single_string(fitted):
 
 
 def test_classify_score_is_profile_score_of_transition(fitted):
-    """classify = the profile's scorer applied to h(inst) - h(probe) of the formatted prompt."""
+    """classify = the profile's scorer applied to h(inst) - h(probe) and h(uend) of the
+    formatted prompt, computed here with one plain forward pass (no prefix cache)."""
     from scans.activations import collect
-    from scans.vectors import transitions
+    from scans.vectors import contrast_scores, transition_scores, transitions
 
     t = _tiny("qwen2")
     acts = collect(t.model, t.tokenizer, PROMPTS, probe=fitted.profile.probe, progress=False)
-    expected = fitted.profile.scores(transitions(acts["inst"], acts["probe"]))
+    p = fitted.profile
+    assert p.classifier == "instruction"
+    expected = contrast_scores(acts["uend"], p.contrast, p.contrast_mean, p.contrast_std, p.cls_layers)
     got = torch.tensor([v.score for v in fitted.classify(PROMPTS)])
+    assert torch.allclose(got, expected, atol=1e-4)
+    cosine = _with(fitted, classifier="cosine")
+    expected = transition_scores(transitions(acts["inst"], acts["probe"]), p.reference, p.cls_layers)
+    got = torch.tensor([v.score for v in cosine.classify(PROMPTS)])
     assert torch.allclose(got, expected, atol=1e-4)
 
 

@@ -30,8 +30,8 @@ def test_probe_pass_matches_full_forward(tiny):
     pre = prefill(model, prompts.build_batch(tok, PROMPTS))
     seq_before = pre.cache.get_seq_length()
     got = probe_pass(model, tok, pre, "Sure")
-    assert set(got) == {"inst", "probe"}
-    for name in ("inst", "probe"):
+    assert set(got) == {"inst", "probe", "uend"}
+    for name in ("inst", "probe", "uend"):
         assert got[name].shape == (len(PROMPTS), 2, 32)
         assert torch.allclose(got[name], expected[name], atol=1e-4), name
     assert not torch.allclose(got["inst"], got["probe"], atol=1e-3)

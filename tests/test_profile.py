@@ -32,7 +32,7 @@ def test_fit_produces_profile(fitted):
     assert p.vectors.shape == (2, 32) and p.reference.shape == (2, 32) and p.norms.shape == (2,)
     assert torch.allclose(p.vectors.norm(dim=-1), torch.ones(2), atol=1e-5)
     assert (p.norms > 0).all()
-    assert p.classifier == "contrast" and p.contrast is not None and p.contrast.shape == (2, 32)
+    assert p.classifier == "instruction" and p.contrast is not None and p.contrast.shape == (2, 32)
     assert p.steer_layers and all(0 <= l < 2 for l in p.steer_layers)
     assert p.steer_layers == sorted(p.steer_layers)
     assert p.cls_layers == list(range(p.steer_layers[0], 2))

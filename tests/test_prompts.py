@@ -61,7 +61,7 @@ def test_build_batch_positions(tok):
 
 def test_build_batch_without_probe(tok):
     batch = prompts.build_batch(tok, PROMPTS)
-    assert set(batch.positions) == {"inst"}
+    assert set(batch.positions) == {"inst", "uend"}
     assert (batch.positions["inst"] == batch.input_ids.shape[1] - 1).all()
     for row, text in enumerate(PROMPTS):
         chat = prompts.encode_chat(tok, text)
@@ -154,3 +154,15 @@ def test_pad_id_falls_back_to_eos():
     assert prompts.pad_id_of(Tok()) == 7
     Tok.eos_token_id = None
     assert prompts.pad_id_of(Tok()) == 0
+
+
+def test_uend_is_the_last_token_of_the_users_text(tok):
+    """Decoding up to the uend position ends with the user's text; one token more does not."""
+    batch = prompts.build_batch(tok, PROMPTS)
+    for row, text in enumerate(PROMPTS):
+        ids = batch.input_ids[row].tolist()
+        offset = int((batch.attention_mask[row] == 0).sum())
+        end = int(batch.positions["uend"][row])
+        assert offset <= end < int(batch.positions["inst"][row])
+        assert tok.decode(ids[offset : end + 1]).endswith(text.strip())
+        assert not tok.decode(ids[offset : end + 2]).endswith(text.strip())

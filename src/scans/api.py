@@ -21,7 +21,7 @@ from .engine import GenerationConfig, Prefill, generate_from, prefill, probe_pas
 from .errors import ScansError
 from .layers import choose_band, logit_lens, toward_refusal_gain
 from .models import LoadedModel, find_layers, load_model, model_fingerprint
-from .profile import Profile
+from .profile import CLASSIFIERS, Profile
 from .prompts import DEFAULT_PROBE, build_batch, context_length
 from .steering import SteeringPlan
 from .vectors import (
@@ -156,7 +156,7 @@ class Scans:
         threshold: float | None = None,
         alpha: float = DEFAULT_ALPHA,
         alpha_mode: str = "relative",
-        classifier: str = "contrast",
+        classifier: str = "instruction",
         target_recall: float | None = DEFAULT_TARGET_RECALL,
         harmful_policy: str = "none",
         probe: str = DEFAULT_PROBE,
@@ -188,8 +188,8 @@ class Scans:
             raise ScansError(
                 f"steering layers {list(layers)} out of range; fix: choose layers in 0..{self.n_layers - 1}"
             )
-        if classifier not in ("cosine", "contrast"):
-            raise ScansError(f"classifier {classifier!r}; fix: use 'cosine' or 'contrast'")
+        if classifier not in CLASSIFIERS:
+            raise ScansError(f"classifier {classifier!r}; fix: use one of {', '.join(CLASSIFIERS)}")
         if harmful_policy not in ("refuse", "none"):
             raise ScansError(f"harmful_policy {harmful_policy!r}; fix: use 'none' or 'refuse'")
 
@@ -200,7 +200,7 @@ class Scans:
         n_h, n_b = len(fit_h), len(fit_b)
         inst_h, inst_b = acts["inst"][:n_h], acts["inst"][n_h : n_h + n_b]
         tau = transitions(acts["inst"], acts["probe"])
-        tau_h, tau_neg = tau[:n_h], tau[n_h:]
+        tau_h = tau[:n_h]
         vectors = mean_difference(inst_h, inst_b)  # step 1
         norms = mean_norms(inst_h, inst_b)
         coefficients = alpha * norms if alpha_mode == "relative" else torch.full_like(norms, alpha)
@@ -230,24 +230,30 @@ class Scans:
 
         cls_layers = list(range(steer_layers[0], self.n_layers))  # step 3
         reference = reference_transition(tau_h)
-        contrast = contrast_direction(tau_h, tau_neg)
-        contrast_mean, contrast_std = projection_stats(tau, contrast)
         held = collect(
             self.model, self.tokenizer, [*held_h, *held_b, *held_x], system=system, probe=probe,
             batch_size=batch_size, layers_path=self.layers_path, progress=progress, desc="held-out anchors",
         )  # fmt: skip
         held_tau = transitions(held["inst"], held["probe"])
         labels = np.array([True] * len(held_h) + [False] * (len(held_b) + len(held_x)))
-        common = dict(
-            reference=reference, contrast=contrast, contrast_mean=contrast_mean, contrast_std=contrast_std
-        )
-        scorer = Profile(self.name, self.fingerprint, vectors, norms=norms, steer_layers=steer_layers,
-                         cls_layers=cls_layers, alpha=alpha, threshold=0.0, classifier=classifier, **common)  # fmt: skip
-        scores = scorer.scores(held_tau).numpy()
+        fit_features = {"contrast": tau, "instruction": acts["uend"]}
+        scorers = {}
+        for name in CLASSIFIERS:  # every classifier's held-out AUPRC is recorded; one is used
+            tensors: dict[str, torch.Tensor] = {"reference": reference}
+            if name in fit_features:
+                feature = fit_features[name]
+                tensors["contrast"] = contrast_direction(feature[:n_h], feature[n_h:])
+                tensors["contrast_mean"], tensors["contrast_std"] = projection_stats(
+                    feature, tensors["contrast"]
+                )
+            scorers[name] = Profile(self.name, self.fingerprint, vectors, norms=norms, steer_layers=steer_layers,
+                                    cls_layers=cls_layers, alpha=alpha, threshold=0.0, classifier=name, **tensors)  # fmt: skip
+            held_scores = scorers[name].scores(held_tau, held["uend"]).numpy()
+            extra[f"heldout_auprc_{name}"] = average_precision(held_scores, labels)
+        scorer = scorers[classifier]
+        common = {k: getattr(scorer, k) for k in ("reference", "contrast", "contrast_mean", "contrast_std")}
+        scores = scorer.scores(held_tau, held["uend"]).numpy()
         calibration = calibrate(scores, labels, target_recall).to_dict()
-        for name in ("cosine", "contrast"):  # both classifiers' held-out AUPRC, for the record
-            scorer.classifier = name
-            extra[f"heldout_auprc_{name}"] = average_precision(scorer.scores(held_tau).numpy(), labels)
         if threshold is not None:
             calibration["threshold_override"] = float(threshold)
         mid = steer_layers[len(steer_layers) // 2]
@@ -311,7 +317,7 @@ class Scans:
         profile = self._require_profile()
         acts = probe_pass(self.model, self.tokenizer, pre, profile.probe, self.layers_path)
         tau = transitions(acts["inst"].cpu(), acts["probe"].cpu())
-        scores = profile.scores(tau).tolist()
+        scores = profile.scores(tau, acts["uend"].cpu()).tolist()
         verdicts = []
         for prompt, score in zip(prompts, scores):
             harmful = score >= profile.threshold

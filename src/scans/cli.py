@@ -63,6 +63,16 @@ def _profile_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default=None, help="profile directory (default: this model's cached profile)")
 
 
+def _prompt_args(p: argparse.ArgumentParser) -> None:
+    """Model, profile and prompt input options shared by classify and generate."""
+    _model_args(p)
+    _profile_arg(p)
+    p.add_argument("prompt", nargs="?", help="prompt text (or use --file)")
+    p.add_argument("--file", help="prompt file (txt/csv/tsv/json/jsonl/parquet)")
+    p.add_argument("--text-column", default=None, help="column holding the prompt text")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+
 def _gen_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -95,7 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--alpha-abs", type=float, default=None, help="absolute steering strength on unit vectors"
     )
-    fit.add_argument("--classifier", choices=["contrast", "cosine"], default="contrast")
+    fit.add_argument(
+        "--classifier",
+        choices=["instruction", "contrast", "cosine"],
+        default="instruction",
+        help="instruction: harmful-vs-benign direction at the end of the user's text (default); "
+        "contrast: the same on the paper's transitions; cosine: the paper's score",
+    )
     fit.add_argument(
         "--target-recall", type=float, default=0.9, help="min recall on held-out harmful anchors"
     )
@@ -107,23 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", default=None, help="profile directory (default: the model's cache slot)")
 
     cls = sub.add_parser("classify", help="score prompts: harmful or benign")
-    _model_args(cls)
-    _profile_arg(cls)
-    cls.add_argument("prompt", nargs="?", help="prompt text (or use --file)")
-    cls.add_argument("--file", help="prompt file (txt/csv/json/jsonl/parquet)")
-    cls.add_argument("--text-column", default=None)
-    cls.add_argument("--json", action="store_true", help="one JSON object per line")
+    _prompt_args(cls)
     cls.add_argument("--batch-size", type=int, default=16)
 
     gen = sub.add_parser("generate", help="answer prompts with SCANS steering")
-    _model_args(gen)
-    _profile_arg(gen)
-    gen.add_argument("prompt", nargs="?", help="prompt text (or use --file)")
-    gen.add_argument("--file", help="prompt file")
-    gen.add_argument("--text-column", default=None)
+    _prompt_args(gen)
     gen.add_argument("--compare", action="store_true", help="also show the unsteered answer")
     gen.add_argument("--no-steer", action="store_true", help="classify but do not steer")
-    gen.add_argument("--json", action="store_true", help="one JSON object per line")
     _gen_args(gen)
 
     chat = sub.add_parser("chat", help="interactive: each message is classified and answered with steering")

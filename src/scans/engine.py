@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .activations import forward_capture, model_device, position_ids_of
+from .activations import forward_capture, model_device
 from .models import cache_kwarg
 from .prompts import Batch, encode_probe, pad_id_of
 from .steering import SteeringPlan, steer
@@ -33,10 +33,12 @@ def new_cache(model: nn.Module) -> Any:
 
 @dataclass
 class Prefill:
-    """A left-padded prompt batch and the KV cache of all but its last column."""
+    """A left-padded prompt batch, the KV cache of all but its last column, and the block
+    outputs (B, L, D) at the end of each user instruction (``uend``), captured on the way."""
 
     batch: Batch
     cache: Any
+    uend: torch.Tensor | None = None
 
     def fresh_cache(self) -> Any:
         """A private copy of the prefix cache (forward passes append to caches in place)."""
@@ -49,17 +51,20 @@ def prefill(model: nn.Module, batch: Batch) -> Prefill:
     device = model_device(model)
     batch = batch.to(device)
     cache = new_cache(model)
-    if batch.input_ids.shape[1] > 1:
-        mask = batch.attention_mask[:, :-1]
-        base = getattr(model, "base_model", model)
-        base(
-            input_ids=batch.input_ids[:, :-1],
-            attention_mask=mask,
-            position_ids=position_ids_of(mask),
-            use_cache=True,
-            **{cache_kwarg(base): cache},
+    width = batch.input_ids.shape[1]
+    uend = None
+    if width > 1:
+        # Rows whose instruction's end is the last column get it from the probe pass.
+        at = batch.positions["uend"].clamp(max=width - 2) if "uend" in batch.positions else None
+        acts, _ = forward_capture(
+            model,
+            batch.input_ids[:, :-1],
+            batch.attention_mask[:, :-1],
+            {"uend": at} if at is not None else {},
+            cache=cache,
         )
-    return Prefill(batch, cache)
+        uend = acts.get("uend")
+    return Prefill(batch, cache, uend)
 
 
 @torch.no_grad()
@@ -70,7 +75,8 @@ def probe_pass(
     probe: str,
     layers_path: str | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Block outputs (B, L, D) at the instruction end and the probe's last token."""
+    """Block outputs (B, L, D) at the instruction end, the probe's last token and the end of
+    the user's instruction."""
     device = model_device(model)
     probe_ids = torch.tensor(encode_probe(tokenizer, probe), device=device)
     batch_size = pre.batch.input_ids.shape[0]
@@ -84,6 +90,11 @@ def probe_pass(
     acts, _ = forward_capture(
         model, suffix, mask, positions, cache=pre.fresh_cache(), layers_path=layers_path
     )
+    if "uend" in pre.batch.positions:
+        last = pre.batch.positions["uend"] == pre.batch.input_ids.shape[1] - 1
+        uend = acts["inst"].clone() if pre.uend is None else pre.uend.clone()
+        uend[last] = acts["inst"][last]
+        acts["uend"] = uend
     return acts
 
 

@@ -18,6 +18,7 @@ from .errors import ScansError
 FORMAT_VERSION = 1
 TENSORS = "vectors.safetensors"
 METADATA = "profile.json"
+CLASSIFIERS = ("instruction", "contrast", "cosine")
 TENSOR_FIELDS = ("vectors", "reference", "norms", "contrast", "contrast_mean", "contrast_std")
 
 
@@ -37,8 +38,10 @@ class Profile:
 
     ``vectors`` (L, D) unit refusal vectors, ``reference`` (L, D) reference transitions,
     ``norms`` (L,) mean residual norm at the instruction end. ``classifier`` is
-    ``"cosine"`` (the paper's mean cosine to ``reference``) or ``"contrast"`` (standardised
-    projection of the transition on ``contrast``, harmful minus benign transitions). ``alpha`` is in units of
+    ``"cosine"`` (the paper's mean cosine of the transition to ``reference``),
+    ``"contrast"`` (standardised projection of the transition on ``contrast``, harmful
+    minus benign transitions) or ``"instruction"`` (standardised projection of the block
+    outputs at the end of the user's own text on ``contrast``, harmful minus benign). ``alpha`` is in units of
     ``norms[l]`` when ``alpha_mode == "relative"`` (coefficient ``alpha * norms[l]``),
     else the absolute coefficient on the unit vector.
     """
@@ -53,7 +56,7 @@ class Profile:
     alpha: float
     threshold: float
     alpha_mode: str = "relative"
-    classifier: str = "contrast"
+    classifier: str = "instruction"
     contrast: torch.Tensor | None = None
     contrast_mean: torch.Tensor | None = None
     contrast_std: torch.Tensor | None = None
@@ -77,9 +80,9 @@ class Profile:
                     f"{name} {ids} out of range for a model with {layers} layers; "
                     f"fix: choose layers in 0..{layers - 1}"
                 )
-        if self.classifier not in ("cosine", "contrast"):
-            raise ScansError(f"classifier {self.classifier!r}; fix: use 'cosine' or 'contrast'")
-        if self.classifier == "contrast" and self.contrast is None:
+        if self.classifier not in CLASSIFIERS:
+            raise ScansError(f"classifier {self.classifier!r}; fix: use one of {', '.join(CLASSIFIERS)}")
+        if self.classifier != "cosine" and self.contrast is None:
             raise ScansError("contrast classifier without a contrast direction; fix: rerun `scans fit`")
         if self.alpha_mode not in ("relative", "absolute"):
             raise ScansError(f"alpha_mode {self.alpha_mode!r}; fix: use 'relative' or 'absolute'")
@@ -94,14 +97,21 @@ class Profile:
             return float(self.alpha * self.norms[layer])
         return float(self.alpha)
 
-    def scores(self, tau: torch.Tensor) -> torch.Tensor:
-        """Harmfulness scores s(q), (N,), of transitions tau (N, L, D)."""
+    def scores(self, tau: torch.Tensor, uend: torch.Tensor | None = None) -> torch.Tensor:
+        """Harmfulness scores s(q), (N,), from transitions tau (N, L, D) and, for the
+        ``instruction`` classifier, the block outputs at the end of the user's text."""
         from .vectors import contrast_scores, transition_scores
 
         if self.classifier == "cosine":
             return transition_scores(tau, self.reference, self.cls_layers)
         assert self.contrast is not None and self.contrast_mean is not None and self.contrast_std is not None
-        return contrast_scores(tau, self.contrast, self.contrast_mean, self.contrast_std, self.cls_layers)
+        features = tau
+        if self.classifier == "instruction":
+            assert uend is not None, "the instruction classifier needs the uend activations"
+            features = uend
+        return contrast_scores(
+            features, self.contrast, self.contrast_mean, self.contrast_std, self.cls_layers
+        )
 
     def metadata(self) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self).items() if k not in TENSOR_FIELDS}

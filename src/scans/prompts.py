@@ -39,13 +39,25 @@ def format_chat(tokenizer: Any, prompt: str, system: str | None = None) -> str:
 
 def encode_chat(tokenizer: Any, prompt: str, system: str | None = None) -> list[int]:
     """Token ids of the formatted prompt (special tokens come from the template text)."""
+    return encode_chat_with_end(tokenizer, prompt, system)[0]
+
+
+def encode_chat_with_end(tokenizer: Any, prompt: str, system: str | None = None) -> tuple[list[int], int]:
+    """Token ids of the formatted prompt and the index of the last token of the user's text
+    (the *instruction's own end*, before the template's closing tokens)."""
     text = format_chat(tokenizer, prompt, system)
     # The template already carries BOS when the model needs it; avoid adding a second one.
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    shift = 0
     bos = getattr(tokenizer, "bos_token_id", None)
     if bos is not None and getattr(tokenizer, "add_bos_token", False) and (not ids or ids[0] != bos):
-        ids = [bos, *ids]
-    return list(ids)
+        ids, shift = [bos, *ids], 1
+    cut = text.rfind(prompt.strip())
+    end = len(ids) - 1
+    if cut >= 0:
+        head = tokenizer(text[: cut + len(prompt.strip())], add_special_tokens=False)["input_ids"]
+        end = min(len(head) - 1 + shift, len(ids) - 1)
+    return ids, end
 
 
 def encode_probe(tokenizer: Any, probe: str = DEFAULT_PROBE) -> list[int]:
@@ -116,10 +128,12 @@ def build_batch(
 ) -> Batch:
     """Format, tokenize and left-pad prompts.
 
-    Positions: ``"inst"`` = instruction end; with ``probe``, also ``"probe"`` = last probe
-    token (the probe ids are appended after the prompt).
+    Positions: ``"inst"`` = instruction end (last prompt token), ``"uend"`` = last token of
+    the user's own text; with ``probe``, also ``"probe"`` = last probe token (the probe ids
+    are appended after the prompt).
     """
-    prompt_ids = [encode_chat(tokenizer, p, system) for p in prompts]
+    encoded = [encode_chat_with_end(tokenizer, p, system) for p in prompts]
+    prompt_ids = [ids for ids, _ in encoded]
     probe_ids = encode_probe(tokenizer, probe) if probe else []
     seqs = [ids + probe_ids for ids in prompt_ids]
     if max_length is not None:
@@ -129,7 +143,7 @@ def build_batch(
                     f"prompt {i} is {len(seq)} tokens, longer than the model's context of "
                     f"{max_length}; fix: shorten the prompt"
                 )
-    named = {"inst": [len(ids) - 1 for ids in prompt_ids]}
+    named = {"inst": [len(ids) - 1 for ids in prompt_ids], "uend": [end for _, end in encoded]}
     if probe:
         named["probe"] = [len(s) - 1 for s in seqs]
     return left_pad(seqs, pad_id_of(tokenizer), named)
