@@ -203,7 +203,6 @@ def print_fit(profile: Any, seconds: float, path: Any) -> None:
 def cmd_fit(args: argparse.Namespace) -> int:
     from .datafiles import read_prompts
 
-    scans = _load(args, need_profile=False)
     files = {k: getattr(args, k) for k in ("harmful", "harmless", "borderline")}
     if bool(files["harmful"]) != bool(files["harmless"]):
         raise ScansError("--harmful and --harmless go together; fix: pass both files or neither")
@@ -212,6 +211,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     }
     if args.alpha is not None and args.alpha_abs is not None:
         raise ScansError("--alpha and --alpha-abs both given; fix: pass one of them")
+    layers = parse_layers(args.layers)  # bad input fails before the model loads
+    scans = _load(args, need_profile=False)
     from .api import DEFAULT_ALPHA
 
     alpha, mode = (
@@ -222,7 +223,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     start = time.time()
     profile = scans.fit(
         loaded["harmful"], loaded["harmless"], loaded["borderline"],
-        n_fit=args.n_fit, n_heldout=args.n_heldout, seed=args.seed, layers=parse_layers(args.layers),
+        n_fit=args.n_fit, n_heldout=args.n_heldout, seed=args.seed, layers=layers,
         threshold=args.threshold, alpha=alpha, alpha_mode=mode, classifier=args.classifier,
         target_recall=args.target_recall, harmful_policy=args.harmful_policy, probe=args.probe,
         system=args.system, batch_size=args.batch_size, progress=not args.quiet,
@@ -233,8 +234,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
+    prompts = _prompts(args)  # bad input fails before the model loads
     scans = _load(args)
-    for v in scans.classify(_prompts(args), batch_size=args.batch_size):
+    for v in scans.classify(prompts, batch_size=args.batch_size):
         if args.json:
             print(json.dumps({"prompt": v.prompt, "score": v.score, "harmful": v.harmful, "sign": v.sign}))
         else:
@@ -256,9 +258,10 @@ def _show(g: Any, compare: bool) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    prompts = _prompts(args)  # bad input fails before the model loads
     scans = _load(args)
     gens = scans.generate(
-        _prompts(args), max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+        prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
         seed=args.seed, compare=args.compare, steer=not args.no_steer, batch_size=args.batch_size,
     )  # fmt: skip
     for g in gens:
@@ -327,6 +330,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         import os
 
         os.environ["TQDM_DISABLE"] = "1"
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     try:
         return COMMANDS[args.command](args)
     except ScansError as exc:
