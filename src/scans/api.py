@@ -360,12 +360,13 @@ class Scans:
         steer: bool = True,
         batch_size: int = 16,
         progress: bool = True,
+        min_new_tokens: int = 0,
     ) -> list[Generation]:
         """Classify each prompt, then generate with per-row steering (one shared prefill)."""
         from tqdm.auto import tqdm
 
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        config = GenerationConfig(max_new_tokens, temperature, top_p, seed)
+        config = GenerationConfig(max_new_tokens, temperature, top_p, seed, min_new_tokens)
         results: list[Generation] = []
         chunks = _chunks(prompts, batch_size)
         for chunk in tqdm(chunks, desc="generate", disable=not progress or len(chunks) < 2, leave=False):

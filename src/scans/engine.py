@@ -106,11 +106,13 @@ class GenerationConfig:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    min_new_tokens: int = 0  # > 0 forces that many tokens (benchmarks compare equal work)
 
     def kwargs(self) -> dict[str, Any]:
+        extra = {"min_new_tokens": self.min_new_tokens} if self.min_new_tokens else {}
         if self.temperature and self.temperature > 0:
-            return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
-        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+            return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, **extra}
+        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None, **extra}
 
 
 @torch.no_grad()

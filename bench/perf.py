@@ -1,0 +1,167 @@
+"""Throughput of SCANS against plain generation and a one-prompt-at-a-time SCANS loop.
+
+    python bench/perf.py [--n 64] [--loop-n 16] [--new-tokens 16] [--batch-size 32]
+
+Side by side in one run, each method in its own subprocess (so peak RSS is its own):
+  a  plain batched greedy `generate` of the prompts (no classification, no steering)
+  b  this project's SCANS: shared prefill, batched probe pass, per-row steered generation
+  c  the paper's code path: per prompt, a full forward pass with every layer's hidden
+     states copied to the CPU in half precision to classify, then a second full forward
+     pass plus decoding under steering (run on the first --loop-n prompts; its rate is
+     per prompt, so b/c compares seconds per prompt)
+All generate exactly --new-tokens tokens per prompt (min_new_tokens). Prints prompts/s,
+tokens/s, peak RSS and the ratios; also the machine's measured fp32 matmul throughput and
+the fraction of it that a batched forward pass reaches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+def load(n: int) -> list[str]:
+    rows = [json.loads(line) for line in open(HERE / "eval_prompts.jsonl") if line.strip()]
+    return [r["prompt"] for r in rows[:n]]
+
+
+def run_method(method: str, n: int, new_tokens: int, batch_size: int) -> dict:
+    import torch
+
+    from scans import Scans
+    from scans.engine import GenerationConfig
+    from scans.prompts import build_batch, pad_id_of
+    from scans.steering import SteeringPlan, steer
+    from scans.vectors import transitions
+
+    scans = Scans.from_pretrained()
+    scans.load()
+    model, tok, profile = scans.model, scans.tokenizer, scans.profile
+    prompts = load(n)
+    start = time.perf_counter()
+    if method == "a":
+        for i in range(0, len(prompts), batch_size):
+            batch = build_batch(tok, prompts[i : i + batch_size])
+            with torch.no_grad():
+                model.generate(
+                    input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                    max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=pad_id_of(tok),
+                    **GenerationConfig().kwargs(),
+                )  # fmt: skip
+    elif method == "b":
+        scans.generate(
+            prompts,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            batch_size=batch_size,
+            progress=False,
+        )
+    else:
+        for prompt in prompts:
+            full = build_batch(tok, [prompt], probe=profile.probe)
+            with torch.no_grad():
+                out = model(
+                    input_ids=full.input_ids, attention_mask=full.attention_mask, output_hidden_states=True
+                )
+            hidden = [h[0].half().cpu() for h in out.hidden_states[1:]]  # (T, D) per layer
+            inst, probe = int(full.positions["inst"][0]), int(full.positions["probe"][0])
+            h_inst = torch.stack([h[inst] for h in hidden]).float()[None]
+            h_probe = torch.stack([h[probe] for h in hidden]).float()[None]
+            uend = torch.stack([h[int(full.positions["uend"][0])] for h in hidden]).float()[None]
+            score = float(profile.scores(transitions(h_inst, h_probe), uend)[0])
+            sign = profile.harmful_sign if score >= profile.threshold else -1
+            batch = build_batch(tok, [prompt])
+            plan = SteeringPlan(
+                vectors={l: profile.vectors[l] for l in profile.steer_layers},
+                alphas={l: profile.coefficient(l) for l in profile.steer_layers},
+                sign=[float(sign)],
+                start=batch.attention_mask.sum(-1) - 1,
+            )
+            with steer(model, plan), torch.no_grad():
+                model.generate(
+                    input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                    max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=pad_id_of(tok),
+                    **GenerationConfig().kwargs(),
+                )  # fmt: skip
+    seconds = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"method": method, "n": len(prompts), "seconds": seconds, "peak_rss_mb": peak_mb}
+
+
+def machine_throughput() -> dict:
+    import torch
+
+    from scans import Scans
+    from scans.prompts import build_batch
+
+    a, b = torch.randn(1024, 896), torch.randn(896, 4864)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    matmul = 10 * 2 * 1024 * 896 * 4864 / (time.perf_counter() - start) / 1e9
+    scans = Scans.from_pretrained()
+    model = scans.model
+    batch = build_batch(scans.tokenizer, load(32))
+    tokens = int(batch.attention_mask.sum())
+    body = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n and "lm_head" not in n)
+    with torch.no_grad():
+        model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        start = time.perf_counter()
+        model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        seconds = time.perf_counter() - start
+    padded = batch.input_ids.numel()
+    forward = 2 * body * padded / seconds / 1e9
+    return {"matmul_gflops": matmul, "forward_gflops": forward, "tokens": tokens, "padded_tokens": padded}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="SCANS throughput benchmark")
+    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--loop-n", type=int, default=16)
+    ap.add_argument("--new-tokens", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--only", choices=["a", "b", "c", "machine"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.only:
+        if args.only == "machine":
+            print(json.dumps(machine_throughput()))
+        else:
+            n = args.loop_n if args.only == "c" else args.n
+            print(json.dumps(run_method(args.only, n, args.new_tokens, args.batch_size)))
+        return
+    results = {}
+    for method in ("machine", "a", "b", "c"):
+        cmd = [sys.executable, __file__, "--only", method, "--n", str(args.n), "--loop-n", str(args.loop_n),
+               "--new-tokens", str(args.new_tokens), "--batch-size", str(args.batch_size)]  # fmt: skip
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        results[method] = json.loads(out)
+    m = results["machine"]
+    print(f"fp32 matmul: {m['matmul_gflops']:.0f} GFLOP/s; batched forward pass (32 prompts, "
+          f"{m['padded_tokens']} padded tokens): {m['forward_gflops']:.0f} GFLOP/s = "
+          f"{m['forward_gflops'] / m['matmul_gflops']:.0%} of it")  # fmt: skip
+    names = {"a": "plain batched generate", "b": "SCANS (this project)", "c": "one-at-a-time SCANS loop"}
+    print(
+        f"{'method':28s} {'prompts':>7s} {'seconds':>8s} {'prompts/s':>9s} {'tokens/s':>8s} {'peak RSS':>9s}"
+    )
+    for key in "abc":
+        r = results[key]
+        rate = r["n"] / r["seconds"]
+        print(f"{names[key]:28s} {r['n']:7d} {r['seconds']:8.1f} {rate:9.3f} {rate * args.new_tokens:8.1f} "
+              f"{r['peak_rss_mb']:7.0f}MB")  # fmt: skip
+    per = {k: results[k]["seconds"] / results[k]["n"] for k in "abc"}
+    print(
+        f"b/a wall time: {per['b'] / per['a']:.3f}   c/b time per prompt: {per['c'] / per['b']:.1f}   "
+        f"peak RSS b/a: {results['b']['peak_rss_mb'] / results['a']['peak_rss_mb']:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
