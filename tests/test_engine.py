@@ -134,3 +134,10 @@ def test_forward_capture_under_a_plan_includes_the_steered_layers_own_addition(q
     delta = steered["inst"][:, 0] - plain["inst"][:, 0]  # layer 0, at the instruction end
     expected = torch.stack([5.0 * v, -5.0 * v])
     torch.testing.assert_close(delta, expected, atol=1e-4, rtol=0)
+
+
+def test_generation_config_min_new_tokens_reaches_generate():
+    assert GenerationConfig(4, min_new_tokens=4).kwargs()["min_new_tokens"] == 4
+    assert "min_new_tokens" not in GenerationConfig(4).kwargs()
+    sampled = GenerationConfig(4, temperature=0.7, min_new_tokens=2).kwargs()
+    assert sampled["do_sample"] and sampled["min_new_tokens"] == 2
