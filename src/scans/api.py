@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,6 +194,7 @@ class Scans:
         if harmful_policy not in ("refuse", "none"):
             raise ScansError(f"harmful_policy {harmful_policy!r}; fix: use 'none' or 'refuse'")
 
+        clock = _Clock()
         acts = collect(
             self.model, self.tokenizer, [*fit_h, *fit_b, *fit_x], system=system, probe=probe,
             batch_size=batch_size, layers_path=self.layers_path, progress=progress, desc="fit anchors",
@@ -204,14 +206,17 @@ class Scans:
         vectors = mean_difference(inst_h, inst_b)  # step 1
         norms = mean_norms(inst_h, inst_b)
         coefficients = alpha * norms if alpha_mode == "relative" else torch.full_like(norms, alpha)
+        clock.lap("fit anchors forward")
         lens_scores, top_tokens = logit_lens(self.model, self.tokenizer, vectors)
 
         extra: dict[str, Any] = {}
+        clock.lap("vectors and logit lens")
         k = min(n_layer_eval, len(fit_h), len(fit_b))
         choice = choose_band(  # step 2
             self.model, self.tokenizer, vectors, coefficients, fit_h[:k], fit_b[:k],
             system=system, width=len(layers) if layers else None, progress=progress,
         )  # fmt: skip
+        clock.lap("layer bands (prefill, refusal opening, band effects)")
         extra["bands"] = [
             {"start": e.start, "end": e.end, "drop": e.drop, "drift": e.drift, "score": e.score}
             for e in choice.effects
@@ -228,12 +233,14 @@ class Scans:
         extra["toward_refusal_gain"] = {"harmful": gain_h, "harmless": gain_b}
         harmful_sign = 1 if harmful_policy == "refuse" else 0
 
+        clock.lap("toward-refusal gain")
         cls_layers = list(range(steer_layers[0], self.n_layers))  # step 3
         reference = reference_transition(tau_h)
         held = collect(
             self.model, self.tokenizer, [*held_h, *held_b, *held_x], system=system, probe=probe,
             batch_size=batch_size, layers_path=self.layers_path, progress=progress, desc="held-out anchors",
         )  # fmt: skip
+        clock.lap("held-out anchors forward")
         held_tau = transitions(held["inst"], held["probe"])
         labels = np.array([True] * len(held_h) + [False] * (len(held_b) + len(held_x)))
         fit_features = {"contrast": tau, "instruction": acts["uend"]}
@@ -273,6 +280,8 @@ class Scans:
                 {"layer": layer, "lens_score": lens_scores[layer], "top_tokens": top_tokens[layer],
                  "band_effect": by_start.get(layer), "norm": float(norms[layer])}
             )  # fmt: skip
+        clock.lap("classifiers and calibration")
+        extra["timings_s"] = clock.laps
         self.profile = Profile(
             model_name=self.name,
             fingerprint=self.fingerprint,
@@ -377,6 +386,19 @@ class Scans:
             plain = generate_from(self.model, self.tokenizer, pre, config) if compare else [None] * len(chunk)
             results.extend(Generation(p, v, s, u) for p, v, s, u in zip(chunk, verdicts, steered, plain))
         return results
+
+
+class _Clock:
+    """Wall-clock laps of the fit stages, recorded in the profile (where the time goes)."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._last, 2)
+        self._last = now
 
 
 def _chunks(items: Sequence[str], size: int) -> list[list[str]]:
