@@ -119,20 +119,25 @@ def test_generate_no_steer_equals_unsteered(split):
     assert {g.verdict.harmful for g in gens} == {True, False}
 
 
-def test_generate_unsteered_is_plain_generate(split):
-    t = _tiny("qwen2")
-    gens = split.generate(PROMPTS[:3], max_new_tokens=5, compare=True)
-    batch = prompts.build_batch(t.tokenizer, PROMPTS[:3])
+def _greedy(t, batch, max_new_tokens: int) -> list[str]:
+    """Plain greedy ``model.generate`` on a left-padded batch, decoded and stripped."""
     with torch.no_grad():
         out = t.model.generate(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
-            max_new_tokens=5,
+            max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=prompts.pad_id_of(t.tokenizer),
         )
     texts = t.tokenizer.batch_decode(out[:, batch.input_ids.shape[1] :], skip_special_tokens=True)
-    assert [g.unsteered for g in gens] == [x.strip() for x in texts]
+    return [x.strip() for x in texts]
+
+
+def test_generate_unsteered_is_plain_generate(split):
+    t = _tiny("qwen2")
+    gens = split.generate(PROMPTS[:3], max_new_tokens=5, compare=True)
+    batch = prompts.build_batch(t.tokenizer, PROMPTS[:3])
+    assert [g.unsteered for g in gens] == _greedy(t, batch, 5)
 
 
 def test_generate_steers_per_verdict(split):
@@ -152,16 +157,8 @@ def test_generate_steers_per_verdict(split):
         start=batch.attention_mask.sum(-1) - 1,
     )
     assert set(plan.sign.tolist()) == {1.0, -1.0}
-    with torch.no_grad(), steer(t.model, plan):
-        out = t.model.generate(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            max_new_tokens=6,
-            do_sample=False,
-            pad_token_id=prompts.pad_id_of(t.tokenizer),
-        )
-    texts = t.tokenizer.batch_decode(out[:, batch.input_ids.shape[1] :], skip_special_tokens=True)
-    assert [g.response for g in gens] == [x.strip() for x in texts]
+    with steer(t.model, plan):
+        assert [g.response for g in gens] == _greedy(t, batch, 6)
 
 
 def test_plan_from_verdicts(split):
