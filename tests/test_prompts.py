@@ -166,3 +166,16 @@ def test_uend_is_the_last_token_of_the_users_text(tok):
         assert offset <= end < int(batch.positions["inst"][row])
         assert tok.decode(ids[offset : end + 1]).endswith(text.strip())
         assert not tok.decode(ids[offset : end + 2]).endswith(text.strip())
+
+
+def test_select_equals_building_the_sub_batch(tok):
+    """Rows picked from a padded batch equal a batch built from those prompts alone."""
+    full = prompts.build_batch(tok, PROMPTS, probe="Sure")
+    rows = [0, 2] if len(PROMPTS) > 2 else [0]
+    direct = prompts.build_batch(tok, [PROMPTS[i] for i in rows], probe="Sure")
+    sub = full.select(rows)
+    assert torch.equal(sub.input_ids, direct.input_ids)
+    assert torch.equal(sub.attention_mask, direct.attention_mask)
+    assert sub.positions.keys() == direct.positions.keys()
+    for name in direct.positions:
+        assert torch.equal(sub.positions[name], direct.positions[name]), name

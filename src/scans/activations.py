@@ -112,7 +112,7 @@ def collect(
     out: dict[str, list[Any]] = {n: [None] * len(prompts) for n in full.positions}
     buckets = batches_by_length(lengths, batch_size)
     for bucket in tqdm(buckets, desc=desc, disable=not progress, leave=False):
-        sub = build_batch(tokenizer, [prompts[i] for i in bucket], system=system, probe=probe)
+        sub = full.select(bucket)  # tokenized once, above
         acts, _ = forward_capture(
             model, sub.input_ids, sub.attention_mask, sub.positions, layers_path=layers_path
         )

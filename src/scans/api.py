@@ -244,7 +244,7 @@ class Scans:
         held_tau = transitions(held["inst"], held["probe"])
         labels = np.array([True] * len(held_h) + [False] * (len(held_b) + len(held_x)))
         fit_features = {"contrast": tau, "instruction": acts["uend"]}
-        scorers = {}
+        scorers, held_scores = {}, {}
         for name in CLASSIFIERS:  # every classifier's held-out AUPRC is recorded; one is used
             tensors: dict[str, torch.Tensor] = {"reference": reference}
             if name in fit_features:
@@ -255,11 +255,11 @@ class Scans:
                 )
             scorers[name] = Profile(self.name, self.fingerprint, vectors, norms=norms, steer_layers=steer_layers,
                                     cls_layers=cls_layers, alpha=alpha, threshold=0.0, classifier=name, **tensors)  # fmt: skip
-            held_scores = scorers[name].scores(held_tau, held["uend"]).numpy()
-            extra[f"heldout_auprc_{name}"] = average_precision(held_scores, labels)
+            held_scores[name] = scorers[name].scores(held_tau, held["uend"]).numpy()
+            extra[f"heldout_auprc_{name}"] = average_precision(held_scores[name], labels)
         scorer = scorers[classifier]
         common = {k: getattr(scorer, k) for k in ("reference", "contrast", "contrast_mean", "contrast_std")}
-        scores = scorer.scores(held_tau, held["uend"]).numpy()
+        scores = held_scores[classifier]
         calibration = calibrate(scores, labels, target_recall).to_dict()
         if threshold is not None:
             calibration["threshold_override"] = float(threshold)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,7 +118,7 @@ def suffix_logprobs(
     ids = torch.cat([pre.batch.input_ids[:, -1:], tail], dim=1)
     mask = torch.cat([pre.batch.attention_mask, torch.ones_like(tail)], dim=1)
     base = getattr(model, "base_model", model)
-    with steer(model, plan) if plan is not None else torch.no_grad():
+    with steer(model, plan) if plan is not None else nullcontext():
         out = base(
             input_ids=ids,
             attention_mask=mask,

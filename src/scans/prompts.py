@@ -76,6 +76,17 @@ class Batch:
     attention_mask: torch.Tensor
     positions: dict[str, torch.Tensor]
 
+    def select(self, rows: Sequence[int]) -> Batch:
+        """The given rows, left-padded only as far as the longest of them needs."""
+        index = torch.as_tensor(list(rows), dtype=torch.long)
+        mask = self.attention_mask[index]
+        drop = int((mask.sum(0) == 0).long().cumprod(0).sum())  # leading all-pad columns
+        return Batch(
+            self.input_ids[index, drop:],
+            mask[:, drop:],
+            {k: v[index] - drop for k, v in self.positions.items()},
+        )
+
     def to(self, device: torch.device | str) -> Batch:
         return Batch(
             self.input_ids.to(device),
