@@ -141,3 +141,72 @@ def test_generation_config_min_new_tokens_reaches_generate():
     assert "min_new_tokens" not in GenerationConfig(4).kwargs()
     sampled = GenerationConfig(4, temperature=0.7, min_new_tokens=2).kwargs()
     assert sampled["do_sample"] and sampled["min_new_tokens"] == 2
+
+
+SYSTEM = "You are a careful assistant. Answer briefly and kindly."
+
+
+def test_hoist_prefix_keeps_every_row_and_position():
+    batch = prompts.left_pad(
+        [[1, 2, 3, 4, 5], [1, 2, 3, 9], [1, 2, 3, 4, 7, 8, 9]], 0, {"inst": [4, 3, 6], "uend": [3, 3, 4]}
+    )
+    shared = batch.shared_prefix()
+    assert shared == 3
+    hoisted = batch.hoist_prefix(shared)
+    assert hoisted.attention_mask[:, :shared].all()
+    for row in range(3):
+        real = hoisted.input_ids[row][hoisted.attention_mask[row].bool()]
+        assert real.tolist() == batch.input_ids[row][batch.attention_mask[row].bool()].tolist()
+        for name in ("inst", "uend"):
+            assert (
+                hoisted.input_ids[row, hoisted.positions[name][row]]
+                == batch.input_ids[row, batch.positions[name][row]]
+            )
+    # row positions (mask cumsum) of the named tokens are unchanged
+    for name in ("inst", "uend"):
+        old = (batch.attention_mask.cumsum(-1) - 1).gather(1, batch.positions[name][:, None])
+        new = (hoisted.attention_mask.cumsum(-1) - 1).gather(1, hoisted.positions[name][:, None])
+        assert torch.equal(old, new)
+
+
+def test_shared_prefix_is_capped_before_positions_and_last_token():
+    same = prompts.left_pad([[5, 6, 7], [5, 6, 7]], 0, {"inst": [2, 2], "uend": [1, 1]})
+    assert same.shared_prefix(min_length=1) == 1  # uend at token 1: the prefix stops before it
+    assert prompts.left_pad([[1, 2], [3, 4]], 0, {}).shared_prefix(min_length=1) == 0
+    assert prompts.left_pad([[1, 2, 3]], 0, {}).shared_prefix() == 0  # one row: nothing to share
+
+
+def test_prefill_with_shared_prefix_matches_plain(tiny):
+    """A system prompt shared by all rows is run once; activations and greedy tokens are unchanged."""
+    model, tok = tiny.model, tiny.tokenizer
+    batch = prompts.build_batch(tok, PROMPTS, system=SYSTEM)
+    assert batch.shared_prefix() > 0
+    shared, plain = prefill(model, batch), prefill(model, batch, share_prefix=False)
+    assert shared.batch.input_ids.shape[1] <= plain.batch.input_ids.shape[1]
+    a, b = probe_pass(model, tok, shared, "Sure"), probe_pass(model, tok, plain, "Sure")
+    for name in ("inst", "probe", "uend"):
+        assert torch.allclose(a[name], b[name], atol=1e-4), name
+    config = GenerationConfig(max_new_tokens=8)
+    assert generate_from(model, tok, shared, config) == generate_from(model, tok, plain, config)
+    steered = [generate_from(model, tok, p, config, _plan(p.batch)) for p in (shared, plain)]
+    assert steered[0] == steered[1]
+
+
+def test_collect_with_shared_prefix_matches_plain(tiny):
+    model, tok = tiny.model, tiny.tokenizer
+    a = collect(model, tok, PROMPTS, system=SYSTEM, probe="Sure", batch_size=3, progress=False)
+    b = collect(
+        model, tok, PROMPTS, system=SYSTEM, probe="Sure", batch_size=3, progress=False, share_prefix=False
+    )
+    for name in ("inst", "probe", "uend"):
+        assert torch.allclose(a[name], b[name], atol=1e-4), name
+
+
+def test_prefill_select_matches_prefilling_the_rows(tiny):
+    model, tok = tiny.model, tiny.tokenizer
+    pre = prefill(model, prompts.build_batch(tok, PROMPTS, system=SYSTEM))
+    sub = pre.select([2, 0])
+    config = GenerationConfig(max_new_tokens=6)
+    full = generate_from(model, tok, pre, config)
+    assert generate_from(model, tok, sub, config) == [full[2], full[0]]
+    assert pre.cache.get_seq_length() == sub.cache.get_seq_length()

@@ -103,6 +103,7 @@ def collect(
     layers_path: str | None = None,
     progress: bool = True,
     desc: str = "activations",
+    share_prefix: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Block outputs of every layer at the instruction end (``"inst"``) and, with ``probe``,
     at the probe's last token (``"probe"``): ``{name: (N, L, D) float32}`` in prompt order.
@@ -113,8 +114,20 @@ def collect(
     buckets = batches_by_length(lengths, batch_size)
     for bucket in tqdm(buckets, desc=desc, disable=not progress, leave=False):
         sub = full.select(bucket)  # tokenized once, above
+        shared = sub.shared_prefix() if share_prefix else 0
+        cache = None
+        if shared:  # system prompt and template header: run once per bucket
+            from .engine import shared_prefix_cache
+
+            sub = sub.hoist_prefix(shared)
+            cache = shared_prefix_cache(model, sub, shared)
         acts, _ = forward_capture(
-            model, sub.input_ids, sub.attention_mask, sub.positions, layers_path=layers_path
+            model,
+            sub.input_ids[:, shared:],
+            sub.attention_mask,
+            {k: v - shared for k, v in sub.positions.items()},
+            cache=cache,
+            layers_path=layers_path,
         )
         for name in full.positions:
             for j, i in enumerate(bucket):

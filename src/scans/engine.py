@@ -9,6 +9,7 @@ end sits in the last column and the prefix is simply ``input_ids[:, :-1]``.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -44,21 +45,46 @@ class Prefill:
         """A private copy of the prefix cache (forward passes append to caches in place)."""
         return copy.deepcopy(self.cache)
 
+    def select(self, rows: Sequence[int]) -> Prefill:
+        """The given rows (all columns kept, so the cache stays aligned)."""
+        index = torch.as_tensor(list(rows), dtype=torch.long)
+        cache = copy.deepcopy(self.cache)
+        cache.batch_select_indices(index.to(self.batch.input_ids.device))
+        uend = self.uend[index.to(self.uend.device)] if self.uend is not None else None
+        return Prefill(self.batch.rows(index), cache, uend)
+
 
 @torch.no_grad()
-def prefill(model: nn.Module, batch: Batch) -> Prefill:
-    """Run the prompt prefix (everything before the instruction end) once."""
+def shared_prefix_cache(model: nn.Module, batch: Batch, length: int) -> Any:
+    """KV cache of the first ``length`` columns, which every row shares: run once, repeated per row."""
     device = model_device(model)
-    batch = batch.to(device)
     cache = new_cache(model)
+    ids = batch.input_ids[:1, :length].to(device)
+    base = getattr(model, "base_model", model)
+    base(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **{cache_kwarg(base): cache})
+    cache.batch_repeat_interleave(batch.input_ids.shape[0])
+    return cache
+
+
+@torch.no_grad()
+def prefill(model: nn.Module, batch: Batch, share_prefix: bool = True) -> Prefill:
+    """Run the prompt prefix (everything before the instruction end) once.
+
+    With ``share_prefix``, a token prefix common to all rows (system prompt, template
+    header, few-shot examples) is run once for the whole batch (see ``Batch.hoist_prefix``).
+    """
+    device = model_device(model)
+    shared = batch.shared_prefix() if share_prefix else 0
+    batch = batch.hoist_prefix(shared).to(device)
+    cache = shared_prefix_cache(model, batch, shared) if shared else new_cache(model)
     width = batch.input_ids.shape[1]
     uend = None
-    if width > 1:
+    if width - 1 > shared:
         # Rows whose instruction's end is the last column get it from the probe pass.
-        at = batch.positions["uend"].clamp(max=width - 2) if "uend" in batch.positions else None
+        at = batch.positions["uend"].clamp(max=width - 2) - shared if "uend" in batch.positions else None
         acts, _ = forward_capture(
             model,
-            batch.input_ids[:, :-1],
+            batch.input_ids[:, shared:-1],
             batch.attention_mask[:, :-1],
             {"uend": at} if at is not None else {},
             cache=cache,

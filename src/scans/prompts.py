@@ -87,6 +87,60 @@ class Batch:
             {k: v[index] - drop for k, v in self.positions.items()},
         )
 
+    def rows(self, rows: Sequence[int]) -> Batch:
+        """The given rows with every column kept (column indices stay valid, e.g. for a KV cache)."""
+        index = torch.as_tensor(list(rows), dtype=torch.long)
+        return Batch(
+            self.input_ids[index],
+            self.attention_mask[index],
+            {k: v[index] for k, v in self.positions.items()},
+        )
+
+    def shared_prefix(self, min_length: int = 2) -> int:
+        """Length of the token prefix every row starts with (0 if shorter than ``min_length``).
+
+        Capped so that every named position and every row's last token lie after it.
+        """
+        mask = self.attention_mask.bool()
+        lengths = mask.sum(-1)
+        if self.input_ids.shape[0] < 2 or int(lengths.min()) < 2:
+            return 0
+        shortest = int(lengths.min())
+        starts = self.input_ids.shape[1] - lengths  # left padded: first real column
+        cols = starts[:, None] + torch.arange(shortest)[None, :]
+        heads = torch.gather(self.input_ids, 1, cols)
+        same = (heads == heads[:1]).all(0).long().cumprod(0)
+        length = min(int(same.sum()), shortest - 1)
+        for pos in self.positions.values():
+            length = min(length, int((pos - starts).min()))
+        return length if length >= min_length else 0
+
+    def hoist_prefix(self, length: int) -> Batch:
+        """Move a shared ``length``-token prefix to the first columns: [prefix][pads][rest].
+
+        Attention masks and row positions (mask cumsum) are unchanged in meaning, so every
+        row computes exactly what it computed left padded; the prefix can then be run once.
+        """
+        if length <= 0:
+            return self
+        mask = self.attention_mask.bool()
+        lengths = mask.sum(-1)
+        starts = self.input_ids.shape[1] - lengths
+        assert bool(
+            (mask.long().cumsum(-1) - 1 == torch.arange(mask.shape[1]) - starts[:, None])[mask].all()
+        ), "hoist_prefix needs a left-padded batch"
+        width = self.input_ids.shape[1] - int(starts.min())  # drop all-pad columns
+        ids = self.input_ids[:, -width:].clone()
+        new_mask = self.attention_mask[:, -width:].clone()
+        first = int(starts[0])
+        ids[:, :length] = self.input_ids[0, first : first + length]
+        new_mask[:, :length] = 1
+        for row in range(len(lengths)):  # the row's own copy of the prefix becomes padding
+            lo = width - int(lengths[row])
+            new_mask[row, max(length, lo) : lo + length] = 0
+        shift = width - self.input_ids.shape[1]
+        return Batch(ids, new_mask, {k: v + shift for k, v in self.positions.items()})
+
     def to(self, device: torch.device | str) -> Batch:
         return Batch(
             self.input_ids.to(device),
@@ -163,3 +217,86 @@ def build_batch(
 def context_length(model: Any) -> int | None:
     """The model's maximum context (``max_position_embeddings``), if it states one."""
     return getattr(getattr(model, "config", None), "max_position_embeddings", None)
+
+
+# ------------------------------------------------------------------ multi-turn conversations
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+def format_messages(tokenizer: Any, messages: Sequence[dict[str, str]], system: str | None = None) -> str:
+    """Render a conversation (``[{"role", "content"}]``, last message from the user) with the
+    chat template, generation prompt added. ``system`` is used when the conversation has no
+    system message; templates without a system role get it merged into the first user turn.
+    A single user message renders exactly as ``format_chat`` renders it."""
+    msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
+    if not msgs or msgs[-1]["role"] != "user":
+        raise ScansError("a conversation must end with a user message; fix: put the user's turn last")
+    for m in msgs:
+        if m["role"] not in CHAT_ROLES:
+            raise ScansError(f"unknown role {m['role']!r}; fix: use one of {', '.join(CHAT_ROLES)}")
+    if not isinstance(msgs[-1]["content"], str) or not msgs[-1]["content"].strip():
+        raise ScansError("empty user message; fix: pass a non-empty message text")
+    if system and msgs[0]["role"] != "system":
+        msgs.insert(0, {"role": "system", "content": system})
+    try:
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    except Exception as exc:  # templates without a system role raise inside Jinja
+        if msgs[0]["role"] != "system":
+            raise ScansError(f"chat template failed: {exc}; fix: check the tokenizer and the roles") from None
+        head, rest = msgs[0]["content"], msgs[1:]
+        first = next((i for i, m in enumerate(rest) if m["role"] == "user"), None)
+        if first is None:
+            raise ScansError("chat template failed; fix: add a user message") from None
+        rest[first] = {"role": "user", "content": f"{head}\n\n{rest[first]['content']}"}
+        try:
+            return tokenizer.apply_chat_template(rest, tokenize=False, add_generation_prompt=True)
+        except Exception as exc2:
+            raise ScansError(
+                f"chat template failed: {exc2}; fix: check the tokenizer and the roles"
+            ) from None
+
+
+def encode_messages_with_end(
+    tokenizer: Any, messages: Sequence[dict[str, str]], system: str | None = None
+) -> tuple[list[int], int]:
+    """Token ids of the formatted conversation and the index of the last token of the LAST
+    user message's text (where the classifier reads). For a single user message this is
+    ``encode_chat_with_end``."""
+    text = format_messages(tokenizer, messages, system)
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    shift = 0
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is not None and getattr(tokenizer, "add_bos_token", False) and (not ids or ids[0] != bos):
+        ids, shift = [bos, *ids], 1
+    last = messages[-1]["content"].strip()
+    cut = text.rfind(last)
+    end = len(ids) - 1
+    if cut >= 0:
+        head = tokenizer(text[: cut + len(last)], add_special_tokens=False)["input_ids"]
+        end = min(len(head) - 1 + shift, len(ids) - 1)
+    return ids, end
+
+
+def left_pad_encoded(tokenizer: Any, encoded: Sequence[tuple[list[int], int]]) -> Batch:
+    """Left-pad ``(ids, user_end)`` pairs into a Batch with positions ``"inst"`` and ``"uend"``."""
+    named = {"inst": [len(ids) - 1 for ids, _ in encoded], "uend": [end for _, end in encoded]}
+    return left_pad([ids for ids, _ in encoded], pad_id_of(tokenizer), named)
+
+
+def build_message_batch(
+    tokenizer: Any,
+    conversations: Sequence[Sequence[dict[str, str]]],
+    *,
+    system: str | None = None,
+    max_length: int | None = None,
+) -> Batch:
+    """Format, tokenize and left-pad conversations (the ``build_batch`` of message lists)."""
+    encoded = [encode_messages_with_end(tokenizer, c, system) for c in conversations]
+    if max_length is not None:
+        for i, (ids, _) in enumerate(encoded):
+            if len(ids) > max_length:
+                raise ScansError(
+                    f"conversation {i} is {len(ids)} tokens, longer than the model's context of "
+                    f"{max_length}; fix: shorten the conversation"
+                )
+    return left_pad_encoded(tokenizer, encoded)
