@@ -145,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="show a profile: layers, evidence, calibration")
     _model_args(info)
     _profile_arg(info)
+
+    report = sub.add_parser("report", help="write report.md and a self-contained report.html for a bench run")
+    report.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by scans bench")
+    report.add_argument("--out", default=None, help="output directory (default: RUN_DIR)")
+    report.add_argument("--judge", default="substring", help="refusal judge: substring (default) or xstest")
     return parser
 
 
@@ -305,6 +310,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .bench.report import write_report
+
+    md, page = write_report(args.run_dir, out=args.out, judge=args.judge)
+    print(f"report: {md}\nreport: {page}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     scans = _load(args)
     p = scans.profile
@@ -321,6 +334,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 COMMANDS = {"fit": cmd_fit, "classify": cmd_classify, "generate": cmd_generate, "chat": cmd_chat,
             "demo": cmd_demo, "info": cmd_info}  # fmt: skip
+COMMANDS["report"] = cmd_report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
