@@ -142,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(demo)
     demo.add_argument("--max-new-tokens", type=int, default=48)
 
+    serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server applying SCANS to every request")
+    _model_args(serve)
+    _profile_arg(serve)
+    from .serve.options import add_serve_args
+
+    add_serve_args(serve)
+
     info = sub.add_parser("info", help="show a profile: layers, evidence, calibration")
     _model_args(info)
     _profile_arg(info)
@@ -318,6 +325,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve.options import serve_main
+
+    return serve_main(args, _load)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     scans = _load(args)
     p = scans.profile
@@ -334,6 +347,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 COMMANDS = {"fit": cmd_fit, "classify": cmd_classify, "generate": cmd_generate, "chat": cmd_chat,
             "demo": cmd_demo, "info": cmd_info}  # fmt: skip
+COMMANDS["serve"] = cmd_serve
 COMMANDS["report"] = cmd_report
 
 
