@@ -238,3 +238,11 @@ def test_html_renders_in_headless_chromium(run_dir, tmp_path):
     for name in CHARTS:
         assert re.search(rf'<img[^>]*data-chart="{name}"[^>]*src="data:image/png;base64,', dom), name
     assert "Refusal rates" in dom
+
+
+def test_malformed_optional_files_do_not_sink_the_report(run_dir, tmp_path):
+    (run_dir / "capability.json").write_text(json.dumps({"mmlu": [1, 2], "perplexity": "x"}))
+    (run_dir / "lens.json").write_text("{not json")
+    md = R.write_report(run_dir, out=tmp_path / "m")[0].read_text()
+    assert "section capability failed" in md and "lens.json: unreadable" in md
+    assert "Refusal rates" in md and "Examples where methods disagree" in md

@@ -339,7 +339,14 @@ class Report:
             self._examples,
         ]
         for build in builders:
-            section = build()
+            try:
+                section = build()
+            except Exception as exc:  # malformed optional files must not sink the whole report
+                name = build.__name__.strip("_")
+                detail = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:200]
+                section = Section(f"{name.replace('_', ' ').capitalize()} (failed)", f"failed-{name}")
+                section.blocks.append(f"This section could not be built ({detail}).")
+                self.missing.append(f"section {name} failed: {detail}")
             if section is not None:
                 self.sections.append(section)
 
