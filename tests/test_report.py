@@ -119,6 +119,14 @@ def run_dir(tmp_path) -> Path:
     return make_run(tmp_path / "run")
 
 
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """The full synthetic run rendered once: (output dir, report.md, report.html)."""
+    root = tmp_path_factory.mktemp("rendered")
+    md, page = R.write_report(make_run(root / "run"), out=root / "out")
+    return root / "out", md, page
+
+
 CHARTS = ("refusal-bars", "lens-heatmap", "score-hist", "pr-curve")
 CELL = re.compile(r"\d+\.\d% \[\d+\.\d, \d+\.\d\]")
 
@@ -142,8 +150,8 @@ def test_refusal_rates_and_recomputed_judge(run_dir):
     assert M.refusal_rates(records, judge="xstest")[("original", "xstest-safe")].n == 20
 
 
-def test_report_markdown_and_html(run_dir, tmp_path):
-    md_path, html_path = R.write_report(run_dir, out=tmp_path / "out")
+def test_report_markdown_and_html(rendered):
+    out, md_path, html_path = rendered
     md = md_path.read_text()
     page = html_path.read_text()
     assert len(CELL.findall(md)) >= 10
@@ -153,7 +161,7 @@ def test_report_markdown_and_html(run_dir, tmp_path):
     assert "truncated last line" in md
     for name in CHARTS:
         assert f'data-chart="{name}"' in page and f'id="chart-{name}"' in page
-        assert (tmp_path / "out" / "charts" / f"{name}.png").stat().st_size > 1000
+        assert (out / "charts" / f"{name}.png").stat().st_size > 1000
         assert f"charts/{name}.png" in md
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert "<b>Sure</b>" not in page and "&lt;b&gt;Sure&lt;/b&gt;" in page
@@ -209,10 +217,10 @@ def _chromium() -> str | None:
 
 
 @pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (apt-get install -y chromium)")
-def test_html_renders_in_headless_chromium(run_dir, tmp_path):
+def test_html_renders_in_headless_chromium(rendered, tmp_path):
     from PIL import Image, ImageStat
 
-    _, page = R.write_report(run_dir, out=tmp_path / "web")
+    page = rendered[2]
     shot = tmp_path / "shot.png"
     base = [
         _chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
