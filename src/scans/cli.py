@@ -142,6 +142,40 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(demo)
     demo.add_argument("--max-new-tokens", type=int, default=48)
 
+    bench = sub.add_parser("bench", help="run methods over safety and capability benchmarks (resumable)")
+    _model_args(bench)
+    _profile_arg(bench)
+    bench.add_argument("--out", required=True, help="run directory (answers are appended; a rerun resumes)")
+    bench.add_argument("--splits", default="xstest-safe,xstest-unsafe,oktest,harmfulq",
+                       help="comma list of xstest-safe, xstest-unsafe, oktest, harmfulq, advbench, truthfulqa ('' = none)")  # fmt: skip
+    bench.add_argument("--file", action="append", default=[], help="extra prompt file (repeatable)")
+    bench.add_argument("--text-column", default=None)
+    bench.add_argument("--label-column", default=None, help="safe/unsafe label column of --file")
+    bench.add_argument("--methods", default="all", help="'all' or a comma list of original, scans, scans-paper, always-away, ablate, prompt")  # fmt: skip
+    bench.add_argument(
+        "--limit", type=int, default=None, help="first N prompts of each split (a quick subset)"
+    )
+    bench.add_argument(
+        "--data-dir", default=None, help="benchmark data directory (default: $SCANS_DATA, else the cache)"
+    )
+    bench.add_argument("--download", action="store_true", help="download missing data files (checksummed)")
+    bench.add_argument(
+        "--max-new-tokens", type=int, default=64, help="new tokens per answer (the paper used 256)"
+    )
+    bench.add_argument("--batch-size", type=int, default=32)
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument(
+        "--mmlu-limit", type=int, default=10, help="MMLU questions per subject (0 = skip MMLU)"
+    )
+    bench.add_argument("--mmlu-subjects", default=None, help="comma list of MMLU subjects (default: all)")
+    bench.add_argument(
+        "--ppl-texts", type=int, default=200, help="TruthfulQA best answers for perplexity (0 = skip)"
+    )
+    bench.add_argument(
+        "--capability-methods", default="original,scans", help="methods run on MMLU and perplexity"
+    )
+    bench.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+
     serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server applying SCANS to every request")
     _model_args(serve)
     _profile_arg(serve)
@@ -157,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by scans bench")
     report.add_argument("--out", default=None, help="output directory (default: RUN_DIR)")
     report.add_argument("--judge", default="substring", help="refusal judge: substring (default) or xstest")
+    for (
+        command
+    ) in sub.choices.values():  # `scans bench ... --quiet` works as well as `scans --quiet bench ...`
+        command.add_argument(
+            "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars"
+        )
     return parser
 
 
@@ -345,7 +385,75 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"fit": cmd_fit, "classify": cmd_classify, "generate": cmd_generate, "chat": cmd_chat,
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench.methods import get_methods
+    from .bench.runner import BenchConfig
+    from .bench.suite import SuiteOptions, run_suite
+
+    for name, value in (("--max-new-tokens", args.max_new_tokens), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise ScansError(f"{name} {value}; fix: pass a positive number")
+    if min(args.mmlu_limit, args.ppl_texts) < 0:
+        raise ScansError("negative --mmlu-limit/--ppl-texts; fix: pass 0 to skip, or a positive number")
+    get_methods(args.methods)  # bad names fail before the model loads
+    if args.capability_methods:
+        get_methods(args.capability_methods)
+    opts = SuiteOptions(
+        splits=[s.strip() for s in args.splits.split(",") if s.strip()],
+        files=args.file, text_column=args.text_column, label_column=args.label_column,
+        methods=args.methods, limit=args.limit, data_dir=args.data_dir, download=args.download,
+        mmlu_limit=args.mmlu_limit, ppl_texts=args.ppl_texts,
+        mmlu_subjects=[s.strip() for s in args.mmlu_subjects.split(",")] if args.mmlu_subjects else None,
+        capability_methods=args.capability_methods,
+        config=BenchConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed),
+    )  # fmt: skip
+    from .bench.suite import load_splits
+
+    load_splits(opts)  # missing data files fail before the model loads
+    scans = _load(args, need_profile=False)
+    try:
+        scans.load(getattr(args, "profile", None))
+    except ScansError:
+        if getattr(args, "profile", None):
+            raise
+        print("no cached profile for this model: fitting one with the defaults ...")
+        start = time.time()
+        scans.fit(progress=not args.quiet)
+        print_fit(scans.profile, time.time() - start, scans.save())
+    start = time.time()
+    summary = run_suite(scans, args.out, opts, progress=not args.quiet)
+    _print_bench(summary, time.time() - start)
+    if not args.no_report:
+        try:
+            from .bench.report import write_report
+        except ImportError:  # pragma: no cover - report module missing
+            return 0
+        paths = write_report(args.out)
+        print(
+            f"report: {', '.join(str(p) for p in (paths if isinstance(paths, (list, tuple)) else [paths]))}"
+        )
+    return 0
+
+
+def _print_bench(summary: dict[str, Any], seconds: float) -> None:
+    from .bench.metrics import format_rate
+
+    rates = summary["rates"]
+    methods = list(dict.fromkeys(m for m, _ in rates))
+    splits = list(dict.fromkeys(s for _, s in rates))
+    print(f"\nrefusal rate (substring judge), 95% interval; {seconds:.0f} s")
+    print(f"{'method':<13}" + "".join(f"{s:>26}" for s in splits))
+    for m in methods:
+        cells = [format_rate(rates[(m, s)]) if (m, s) in rates else "-" for s in splits]
+        print(f"{m:<13}" + "".join(f"{c:>26}" for c in cells))
+    cap = summary.get("capability", {})
+    for m, v in cap.get("mmlu", {}).items():
+        print(f"MMLU {m}: {100 * v['accuracy']:.1f}% of {v['n']}")
+    for m, v in cap.get("perplexity", {}).items():
+        print(f"perplexity {m}: {v['ppl']:.3f} over {v['n_tokens']} tokens")
+
+
+COMMANDS = {"bench": cmd_bench, "fit": cmd_fit, "classify": cmd_classify, "generate": cmd_generate, "chat": cmd_chat,
             "demo": cmd_demo, "info": cmd_info}  # fmt: skip
 COMMANDS["serve"] = cmd_serve
 COMMANDS["report"] = cmd_report

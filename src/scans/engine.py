@@ -150,6 +150,18 @@ def generate_from(
     plan: SteeringPlan | None = None,
 ) -> list[str]:
     """Generate continuations of the prefilled prompts, optionally under ``plan``."""
+    return [text for text, _ in generate_counted(model, tokenizer, pre, config, plan)]
+
+
+@torch.no_grad()
+def generate_counted(
+    model: nn.Module,
+    tokenizer: Any,
+    pre: Prefill,
+    config: GenerationConfig,
+    plan: SteeringPlan | None = None,
+) -> list[tuple[str, int]]:
+    """Like :func:`generate_from`, with the number of new tokens of each row (up to its end of sequence)."""
     if config.seed is not None:
         torch.manual_seed(config.seed)
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -167,4 +179,8 @@ def generate_from(
             **kwargs,
         )
     new_tokens = out[:, pre.batch.input_ids.shape[1] :]
-    return [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    stops = torch.tensor(sorted({*(eos if isinstance(eos, list) else [eos]), pad_id_of(tokenizer)}))
+    ended = torch.isin(new_tokens.cpu(), stops).long()
+    counts = (ended.cumsum(-1) == 0).sum(-1).tolist()  # tokens before the first stop
+    texts = [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    return list(zip(texts, counts))

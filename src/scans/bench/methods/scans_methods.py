@@ -1,0 +1,86 @@
+"""original, scans, scans-paper and always-away: one prefill, different signs and settings."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+
+from ...profile import Profile
+from ...vectors import transitions
+from .base import Decision, Method
+
+
+class Original(Method):
+    """The model as it is: no steering."""
+
+    name: ClassVar[str] = "original"
+    description: ClassVar[str] = "no steering"
+
+    def settings(self) -> dict[str, Any]:
+        return {}
+
+
+class ScansMethod(Method):
+    """This project's SCANS: the fitted profile (measured layers, calibrated threshold, relative alpha)."""
+
+    name: ClassVar[str] = "scans"
+    needs_probe: ClassVar[bool] = True
+    description: ClassVar[str] = "SCANS with the fitted profile (automatic layers, threshold, alpha)"
+
+    def classifier_profile(self) -> Profile:
+        return self.profile
+
+    def decide(self, acts: dict[str, torch.Tensor] | None, n: int) -> Decision:
+        assert acts is not None, f"{self.name} needs the probe pass"
+        profile = self.classifier_profile()
+        tau = transitions(acts["inst"].cpu(), acts["probe"].cpu())
+        scores = profile.scores(tau, acts["uend"].cpu()).tolist()
+        flagged = [s >= profile.threshold for s in scores]
+        signs = [profile.harmful_sign if f else -1 for f in flagged]
+        return Decision(signs, [float(s) for s in scores], flagged)
+
+    def settings(self) -> dict[str, Any]:
+        p = self.classifier_profile()
+        return {**super().settings(), "classifier": p.classifier, "threshold": p.threshold,
+                "harmful_sign": p.harmful_sign}  # fmt: skip
+
+
+class ScansPaper(ScansMethod):
+    """The paper's fixed settings translated to this model's depth: middle-third layers,
+    cosine classifier from the first steering layer to the last layer, threshold 0.75,
+    alpha 3.5 on unit vectors, +alpha (toward refusal) for prompts judged harmful."""
+
+    name: ClassVar[str] = "scans-paper"
+    description: ClassVar[str] = (
+        "paper settings: middle third of layers, cosine T=0.75, alpha 3.5, +1 on harmful"
+    )
+    THRESHOLD: ClassVar[float] = 0.75
+    ALPHA: ClassVar[float] = 3.5
+
+    def __init__(self, profile: Profile, n_layers: int, layers_path: str | None = None) -> None:
+        super().__init__(profile, n_layers, layers_path)
+        lo, hi = n_layers // 3, (2 * n_layers) // 3
+        layers = list(range(lo, max(hi, lo + 1)))
+        self._paper = dataclasses.replace(
+            profile, steer_layers=layers, cls_layers=list(range(layers[0], n_layers)), classifier="cosine",
+            threshold=self.THRESHOLD, alpha=self.ALPHA, alpha_mode="absolute", harmful_sign=1,
+        )  # fmt: skip
+
+    def classifier_profile(self) -> Profile:
+        return self._paper
+
+    def steering_profile(self) -> Profile:
+        return self._paper
+
+
+class AlwaysAway(Method):
+    """Plain activation addition: every prompt steered away from refusal with the fitted
+    profile's layers and alpha, no classifier (shows what safety is lost without it)."""
+
+    name: ClassVar[str] = "always-away"
+    description: ClassVar[str] = "steer every prompt away from refusal (no classifier)"
+
+    def decide(self, acts: dict[str, torch.Tensor] | None, n: int) -> Decision:
+        return Decision([-1] * n, [None] * n, [None] * n)

@@ -1,0 +1,145 @@
+"""The whole benchmark in one call: splits x methods, capability, layer evidence, timings."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..api import Scans
+from ..errors import ScansError
+from ..layers import refusal_token_ids
+from ..models import find_final_norm
+from . import data
+from .methods import Method, get_methods
+from .runner import BenchConfig, run_generations, save_profile_copy, write_meta, write_timings
+
+DEFAULT_SPLITS = ("xstest-safe", "xstest-unsafe", "oktest", "harmfulq")
+
+
+@dataclass
+class SuiteOptions:
+    """What ``scans bench`` runs."""
+
+    splits: Sequence[str] = DEFAULT_SPLITS
+    files: Sequence[str] = ()
+    text_column: str | None = None
+    label_column: str | None = None
+    methods: str | Sequence[str] = "all"
+    limit: int | None = None  # prompts per split (a quick subset)
+    data_dir: str | None = None
+    download: bool = False
+    mmlu_limit: int = 10  # questions per subject; 0 skips MMLU
+    mmlu_subjects: Sequence[str] | None = None
+    ppl_texts: int = 200  # TruthfulQA best answers; 0 skips perplexity
+    capability_methods: str | Sequence[str] = ("original", "scans")
+    config: BenchConfig = field(default_factory=BenchConfig)
+
+
+def load_splits(opts: SuiteOptions) -> list[data.Split]:
+    splits = [data.load_split(name, opts.data_dir, opts.download) for name in opts.splits]
+    splits += [
+        data.user_file(path, text_column=opts.text_column, label_column=opts.label_column)
+        for path in opts.files
+    ]
+    if opts.limit is not None:
+        if opts.limit < 1:
+            raise ScansError(f"--limit {opts.limit}; fix: pass a positive number of prompts per split")
+        splits = [data.Split(s.name, s.prompts[: opts.limit], s.labels[: opts.limit]) for s in splits]
+    names = [s.name for s in splits]
+    if len(set(names)) != len(names):
+        raise ScansError(f"two splits are named alike ({', '.join(names)}); fix: rename one of the files")
+    if not splits:
+        raise ScansError("no splits to run; fix: pass --splits or --file")
+    return splits
+
+
+def build_methods(scans: Scans, names: str | Sequence[str]) -> list[Method]:
+    profile = scans._require_profile()
+    return [cls(profile, scans.n_layers, scans.layers_path) for cls in get_methods(names)]  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def lens_matrix(scans: Scans, n_tokens: int = 16) -> dict[str, Any]:
+    """Logit lens of every layer's refusal vector on the refusal words the model promotes most:
+    z-scored logits, layers x tokens (the report's heat map), with the steering band."""
+    model, tok = scans.model, scans.tokenizer
+    profile = scans._require_profile()
+    head = model.get_output_embeddings()
+    norm = find_final_norm(model)
+    ids = torch.tensor(refusal_token_ids(tok), dtype=torch.long)
+    rows = []
+    device = head.weight.device
+    for v in profile.vectors:
+        x = v.to(device, head.weight.dtype)[None]
+        logits = head(norm(x) if norm is not None else x)[0].float().cpu()
+        z = (logits - logits.mean()) / logits.std().clamp_min(1e-8)
+        rows.append(z[ids])
+    values = torch.stack(rows)  # (L, T)
+    order = values.max(0).values.argsort(descending=True)[:n_tokens]
+    return {
+        "layers": list(range(values.shape[0])),
+        "tokens": [tok.decode([int(ids[i])]) for i in order],
+        "values": values[:, order].tolist(),
+        "band": [min(profile.steer_layers), max(profile.steer_layers)],
+        "metric": "z-scored logit of refusal tokens (logit lens of the unit refusal vector)",
+    }
+
+
+def run_suite(scans: Scans, run_dir: str | Path, opts: SuiteOptions, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) a benchmark into ``run_dir``; returns a summary."""
+    from .metrics import refusal_rates
+
+    run_dir = Path(run_dir)
+    splits = load_splits(opts)
+    methods = build_methods(scans, opts.methods)
+    capability = [m for m in build_methods(scans, opts.capability_methods)] if opts.capability_methods else []
+    mmlu_data = ppl_pairs = None  # load (and validate) all data before the long run starts
+    if opts.mmlu_limit:
+        mmlu_data = data.mmlu(opts.mmlu_subjects, opts.mmlu_limit, opts.data_dir, opts.download)
+    if opts.ppl_texts:
+        ppl_pairs = data.truthfulqa_answers(opts.data_dir, opts.download)[: opts.ppl_texts]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_meta(run_dir, scans, splits, methods, opts.config)
+    save_profile_copy(run_dir, scans)
+    (run_dir / "lens.json").write_text(json.dumps(lens_matrix(scans), indent=1))
+    t0 = time.perf_counter()
+    log = run_generations(scans, splits, methods, run_dir, opts.config, progress=progress)
+    gen_seconds = time.perf_counter() - t0
+    cap_path = run_dir / "capability.json"
+    cap = json.loads(cap_path.read_text()) if cap_path.exists() else {}
+    cap_settings = {"mmlu_limit": opts.mmlu_limit, "ppl_texts": opts.ppl_texts}
+    if cap.get("settings") != cap_settings:
+        cap = {"settings": cap_settings}
+    if mmlu_data is not None and capability:
+        from .capability import run_mmlu
+
+        todo = [m for m in capability if m.name not in cap.get("mmlu", {})]
+        if todo:
+            t1 = time.perf_counter()
+            cap.setdefault("mmlu", {}).update(run_mmlu(scans, todo, mmlu_data, progress=progress))
+            cap.setdefault("seconds", {})["mmlu"] = round(time.perf_counter() - t1, 1)
+            _write_json(cap_path, cap)
+    if ppl_pairs is not None and capability:
+        from .capability import run_perplexity
+
+        todo = [m for m in capability if m.name not in cap.get("perplexity", {})]
+        if todo:
+            t1 = time.perf_counter()
+            cap.setdefault("perplexity", {}).update(run_perplexity(scans, todo, ppl_pairs, progress=progress))
+            cap.setdefault("seconds", {})["perplexity"] = round(time.perf_counter() - t1, 1)
+            _write_json(cap_path, cap)
+    timings = write_timings(run_dir, log)
+    rates = refusal_rates(log.records.values())
+    return {"rates": rates, "capability": cap, "timings": timings, "generation_seconds": gen_seconds}
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)
