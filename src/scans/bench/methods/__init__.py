@@ -9,10 +9,10 @@ rows a method leaves unsteered (sign 0, no hooks) reuse the group's unsteered an
 from __future__ import annotations
 
 from ...errors import ScansError
-from .base import Decision, Method
-from .scans_methods import AlwaysAway, Original, ScansMethod, ScansPaper
 from .ablate import Ablate
+from .base import Decision, Method
 from .prompt import PromptMethod
+from .scans_methods import AlwaysAway, Original, ScansMethod, ScansPaper
 
 METHODS: dict[str, type[Method]] = {
     m.name: m for m in (Original, ScansMethod, ScansPaper, AlwaysAway, Ablate, PromptMethod)
