@@ -26,7 +26,8 @@ import torch
 from .. import __version__
 from ..activations import batches_by_length
 from ..api import Scans
-from ..engine import GenerationConfig, generate_counted, prefill, probe_pass
+from ..decode import RowSettings, decode
+from ..engine import Prefill, prefill, probe_pass
 from ..errors import ScansError
 from ..prompts import build_batch, context_length
 from .data import Split
@@ -181,7 +182,15 @@ def run_generations(
     run_dir.mkdir(parents=True, exist_ok=True)
     log = RunLog(run_dir)
     judges = _judges()
-    gen = GenerationConfig(max_new_tokens=config.max_new_tokens, seed=config.seed)
+    torch.manual_seed(config.seed)
+
+    def generate(pre: Prefill, plan: Any = None) -> list[tuple[str, int]]:
+        """Greedy answers; finished rows leave the batch (no work is spent on them)."""
+        out = decode(
+            model, tok, pre, [RowSettings(max_tokens=config.max_new_tokens)] * len(pre.batch.input_ids), plan
+        )
+        return [(r.text.strip(), len(r.token_ids)) for r in out]
+
     items = [Item(s.name, i, p, l) for s in splits for i, (p, l) in enumerate(zip(s.prompts, s.labels))]
     model, tok = scans.model, scans.tokenizer
     for members in group_methods(methods):
@@ -230,7 +239,7 @@ def run_generations(
                     missing = [j for j in plain_rows if j not in unsteered]
                     if missing:
                         t1 = time.perf_counter()
-                        out = generate_counted(model, tok, pre.select(missing), gen)
+                        out = generate(pre.select(missing))
                         per = (time.perf_counter() - t1) / len(missing)
                         unsteered.update({j: (text, n, per) for j, (text, n) in zip(missing, out)})
                     answers.update({j: unsteered[j] for j in plain_rows})
@@ -239,7 +248,7 @@ def run_generations(
                         sub = pre.select(steered_rows)
                         plan = m.plan(sub, [decision.signs[j] for j in steered_rows])
                         t1 = time.perf_counter()
-                        out = generate_counted(model, tok, sub, gen, plan)
+                        out = generate(sub, plan)
                         per = (time.perf_counter() - t1) / len(steered_rows)
                         answers.update({j: (text, n, per) for j, (text, n) in zip(steered_rows, out)})
                     records = []
