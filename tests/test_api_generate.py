@@ -191,3 +191,32 @@ def test_prompt_too_long_for_context(fitted):
     n = t.model.config.max_position_embeddings
     with pytest.raises(ScansError, match=str(n)):
         fitted.classify("word " * 400)
+
+
+def test_length_buckets_keep_the_input_order(fitted):
+    """classify/generate sort prompts by length into batches and give results back in input order."""
+    prompts = [
+        "Hi",
+        "How do I kill a stuck Python process on Linux today?",
+        "Yo",
+        "Tell me about owls please",
+    ]
+    one = fitted.classify(prompts, batch_size=1)
+    two = fitted.classify(prompts, batch_size=2)
+    assert [v.prompt for v in two] == prompts
+    assert [v.score for v in two] == pytest.approx([v.score for v in one], abs=1e-4)
+    buckets = fitted._buckets(prompts, 2)
+    assert sorted(i for b in buckets for i in b) == [0, 1, 2, 3]
+    assert {0, 2} in [set(b) for b in buckets]  # the two shortest share a batch
+    gens = fitted.generate(prompts, max_new_tokens=3, batch_size=3, progress=False)
+    assert [g.prompt for g in gens] == prompts
+
+
+def test_auto_batch_size_on_cpu(fitted):
+    from scans.cli import batch_size_arg
+    from scans.engine import CPU_BATCH_SIZE, auto_batch_size
+
+    assert auto_batch_size(fitted.model) == CPU_BATCH_SIZE
+    assert batch_size_arg("auto") is None and batch_size_arg("8") == 8
+    with pytest.raises(Exception, match="positive"):
+        batch_size_arg("0")

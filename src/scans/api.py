@@ -23,7 +23,7 @@ from .errors import ScansError
 from .layers import choose_band, logit_lens, toward_refusal_gain
 from .models import LoadedModel, find_layers, load_model, model_fingerprint
 from .profile import CLASSIFIERS, Profile
-from .prompts import DEFAULT_PROBE, build_batch, context_length
+from .prompts import DEFAULT_PROBE, build_batch, context_length, encode_chat
 from .steering import SteeringPlan
 from .vectors import (
     contrast_direction,
@@ -162,7 +162,7 @@ class Scans:
         harmful_policy: str = "none",
         probe: str = DEFAULT_PROBE,
         system: str | None = None,
-        batch_size: int = 16,
+        batch_size: int | None = None,
         progress: bool = True,
     ) -> Profile:
         """Steps 1-3: refusal vectors, layers, classifier and calibration.
@@ -194,6 +194,10 @@ class Scans:
         if harmful_policy not in ("refuse", "none"):
             raise ScansError(f"harmful_policy {harmful_policy!r}; fix: use 'none' or 'refuse'")
 
+        if batch_size is None:
+            from .engine import auto_batch_size
+
+            batch_size = auto_batch_size(self.model)
         clock = _Clock()
         acts = collect(
             self.model, self.tokenizer, [*fit_h, *fit_b, *fit_x], system=system, probe=probe,
@@ -333,13 +337,27 @@ class Scans:
             verdicts.append(Verdict(prompt, float(score), harmful, profile.harmful_sign if harmful else -1))
         return verdicts
 
-    def classify(self, prompts: str | Sequence[str], *, batch_size: int = 16) -> list[Verdict]:
-        """Score prompts: s(q) >= threshold means harmful."""
+    def classify(self, prompts: str | Sequence[str], *, batch_size: int | None = None) -> list[Verdict]:
+        """Score prompts: s(q) >= threshold means harmful. Batches group prompts of similar length."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        out: list[Verdict] = []
-        for chunk in _chunks(prompts, batch_size):
-            out.extend(self._verdicts(chunk, self._prefill(chunk)))
-        return out
+        out: list[Verdict | None] = [None] * len(prompts)
+        for rows in self._buckets(prompts, batch_size):
+            chunk = [prompts[i] for i in rows]
+            for i, v in zip(rows, self._verdicts(chunk, self._prefill(chunk))):
+                out[i] = v
+        return [v for v in out if v is not None]
+
+    def _buckets(self, prompts: Sequence[str], batch_size: int | None) -> list[list[int]]:
+        """Prompt indices in batches of similar token length (less padding), largest batches first."""
+        from .activations import batches_by_length
+        from .engine import auto_batch_size
+
+        size = batch_size if batch_size is not None else auto_batch_size(self.model)
+        if size < 1:
+            raise ScansError(f"batch size {size}; fix: use a batch size of at least 1")
+        system = self._require_profile().system
+        lengths = [len(encode_chat(self.tokenizer, p, system)) for p in prompts]
+        return batches_by_length(lengths, size)
 
     def plan(
         self, verdicts: Sequence[Verdict], pre: Prefill, enabled: Sequence[bool] | None = None
@@ -367,7 +385,7 @@ class Scans:
         seed: int | None = None,
         compare: bool = False,
         steer: bool = True,
-        batch_size: int = 16,
+        batch_size: int | None = None,
         progress: bool = True,
         min_new_tokens: int = 0,
     ) -> list[Generation]:
@@ -376,16 +394,18 @@ class Scans:
 
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         config = GenerationConfig(max_new_tokens, temperature, top_p, seed, min_new_tokens)
-        results: list[Generation] = []
-        chunks = _chunks(prompts, batch_size)
-        for chunk in tqdm(chunks, desc="generate", disable=not progress or len(chunks) < 2, leave=False):
+        results: list[Generation | None] = [None] * len(prompts)
+        buckets = self._buckets(prompts, batch_size)
+        for rows in tqdm(buckets, desc="generate", disable=not progress or len(buckets) < 2, leave=False):
+            chunk = [prompts[i] for i in rows]
             pre = self._prefill(chunk)
             verdicts = self._verdicts(chunk, pre)
             plan = self.plan(verdicts, pre, enabled=[steer] * len(chunk))
             steered = generate_from(self.model, self.tokenizer, pre, config, plan)
             plain = generate_from(self.model, self.tokenizer, pre, config) if compare else [None] * len(chunk)
-            results.extend(Generation(p, v, s, u) for p, v, s, u in zip(chunk, verdicts, steered, plain))
-        return results
+            for i, p, v, s_, u in zip(rows, chunk, verdicts, steered, plain):
+                results[i] = Generation(p, v, s_, u)
+        return [g for g in results if g is not None]
 
 
 class _Clock:
@@ -399,12 +419,6 @@ class _Clock:
         now = time.perf_counter()
         self.laps[name] = round(now - self._last, 2)
         self._last = now
-
-
-def _chunks(items: Sequence[str], size: int) -> list[list[str]]:
-    if size < 1:
-        raise ScansError(f"batch size {size}; fix: use a batch size of at least 1")
-    return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
 def _split(

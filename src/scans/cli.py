@@ -43,6 +43,19 @@ def parse_layers(text: str | None) -> list[int] | None:
     return sorted(layers)
 
 
+def batch_size_arg(text: str) -> int | None:
+    """--batch-size: a positive number or 'auto' (None: chosen from the device)."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number or 'auto'")
+    return value
+
+
 def _model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument(
@@ -78,7 +91,9 @@ def _gen_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument(
+        "--batch-size", type=batch_size_arg, default=None, help="rows per batch, or auto (default)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,12 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="prompts judged harmful: leave unsteered (none, default) or steer toward refusal (refuse, the paper)")  # fmt: skip
     fit.add_argument("--probe", default="Sure", help="affirmative assistant prefix for the transition")
     fit.add_argument("--system", default=None, help="system prompt used for fitting and later use")
-    fit.add_argument("--batch-size", type=int, default=16)
+    fit.add_argument(
+        "--batch-size", type=batch_size_arg, default=None, help="rows per batch, or auto (default)"
+    )
     fit.add_argument("--out", default=None, help="profile directory (default: the model's cache slot)")
 
     cls = sub.add_parser("classify", help="score prompts: harmful or benign")
     _prompt_args(cls)
-    cls.add_argument("--batch-size", type=int, default=16)
+    cls.add_argument(
+        "--batch-size", type=batch_size_arg, default=None, help="rows per batch, or auto (default)"
+    )
 
     gen = sub.add_parser("generate", help="answer prompts with SCANS steering")
     _prompt_args(gen)
@@ -162,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--max-new-tokens", type=int, default=64, help="new tokens per answer (the paper used 256)"
     )
-    bench.add_argument("--batch-size", type=int, default=32)
+    bench.add_argument(
+        "--batch-size", type=batch_size_arg, default=None, help="rows per batch, or auto (default)"
+    )
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument(
         "--mmlu-limit", type=int, default=10, help="MMLU questions per subject (0 = skip MMLU)"
@@ -390,7 +411,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.runner import BenchConfig
     from .bench.suite import SuiteOptions, run_suite
 
-    for name, value in (("--max-new-tokens", args.max_new_tokens), ("--batch-size", args.batch_size)):
+    for name, value in (("--max-new-tokens", args.max_new_tokens),):
         if value < 1:
             raise ScansError(f"{name} {value}; fix: pass a positive number")
     if min(args.mmlu_limit, args.ppl_texts) < 0:

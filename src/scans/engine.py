@@ -32,6 +32,30 @@ def new_cache(model: nn.Module) -> Any:
         return DynamicCache()
 
 
+CPU_BATCH_SIZE = 32
+
+
+def auto_batch_size(model: nn.Module, tokens_per_row: int = 512, cap: int = 128) -> int:
+    """A batch size that fits: on a GPU, a third of the free memory over the KV cache and
+    activations of one row of ``tokens_per_row`` tokens (capped); on a CPU, 32 (decode
+    throughput on CPUs stops growing well before memory runs out)."""
+    device = model_device(model)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return CPU_BATCH_SIZE
+    cfg = getattr(model, "config", None)
+    layers = int(getattr(cfg, "num_hidden_layers", 32))
+    hidden = int(getattr(cfg, "hidden_size", 4096))
+    heads = int(getattr(cfg, "num_attention_heads", 32))
+    kv_heads = int(getattr(cfg, "num_key_value_heads", heads) or heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or hidden // heads)
+    itemsize = next(model.parameters()).element_size()
+    kv = 2 * layers * kv_heads * head_dim * tokens_per_row * itemsize
+    vocab = int(getattr(cfg, "vocab_size", 32000))
+    act = tokens_per_row * (4 * hidden + vocab) * 4  # activations and one float32 logit row per token
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, min(cap, int(free / 3 // (kv + act))))
+
+
 @dataclass
 class Prefill:
     """A left-padded prompt batch, the KV cache of all but its last column, and the block

@@ -27,7 +27,7 @@ from .. import __version__
 from ..activations import batches_by_length
 from ..api import Scans
 from ..decode import RowSettings, decode
-from ..engine import Prefill, prefill, probe_pass
+from ..engine import Prefill, auto_batch_size, prefill, probe_pass
 from ..errors import ScansError
 from ..prompts import build_batch, context_length
 from .data import Split
@@ -43,7 +43,7 @@ class BenchConfig:
     """Settings of one benchmark run (recorded in meta.json; a resumed run must match)."""
 
     max_new_tokens: int = 64
-    batch_size: int = 32
+    batch_size: int | None = None  # None: engine.auto_batch_size
     seed: int = 0
     command: str = field(default_factory=lambda: " ".join(sys.argv))
 
@@ -116,7 +116,7 @@ def write_meta(
         "fingerprint": scans.fingerprint,
         "scans_version": __version__,
         "max_new_tokens": config.max_new_tokens,
-        "batch_size": config.batch_size,
+        "batch_size": config.batch_size or auto_batch_size(scans.model),
         "seed": config.seed,
         "decoding": "greedy",
         "dtype": str(next(scans.model.parameters()).dtype).replace("torch.", ""),
@@ -201,7 +201,8 @@ def run_generations(
         full = build_batch(
             tok, [it.prompt for it in todo], system=lead.system, max_length=context_length(model)
         )
-        buckets = batches_by_length(full.attention_mask.sum(-1).tolist(), config.batch_size)
+        size = config.batch_size or auto_batch_size(model)
+        buckets = batches_by_length(full.attention_mask.sum(-1).tolist(), size)
         # the unsteered answers of a plain group are the original's: reuse those already written
         reuse_original = lead.group == ("plain", scans._require_profile().system)
         names = ", ".join(m.name for m in members)
