@@ -70,6 +70,12 @@ def _hash_prompts(prompts: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16]
 
 
+def prompt_key(prompt: str) -> str:
+    """A short hash of one prompt (whitespace- and case-insensitive): profiles record the
+    anchors they used this way, so benchmarks can leave them out without storing them."""
+    return hashlib.sha256(" ".join(prompt.lower().split()).encode()).hexdigest()[:16]
+
+
 def default_profile_dir(name: str, fingerprint: str) -> Path:
     """Where ``fit`` saves and ``generate`` looks by default: one profile per model."""
     slug = "".join(c if c.isalnum() or c in "-._" else "-" for c in name).strip("-")
@@ -311,6 +317,9 @@ class Scans:
                 "n_fit_borderline": len(fit_x),
                 "n_heldout": len(held_h),
                 "n_layer_eval": k,
+                "used_prompt_keys": sorted(
+                    {prompt_key(p) for p in [*fit_h, *held_h, *fit_b, *held_b, *fit_x, *held_x]}
+                ),
             },  # fmt: skip
             seed=seed,
             version=__version__,

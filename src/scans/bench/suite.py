@@ -41,12 +41,23 @@ class SuiteOptions:
     config: BenchConfig = field(default_factory=BenchConfig)
 
 
-def load_splits(opts: SuiteOptions) -> list[data.Split]:
+def load_splits(
+    opts: SuiteOptions, exclude_keys: set[str] | frozenset[str] = frozenset()
+) -> list[data.Split]:
+    """The splits to run; prompts whose key is in ``exclude_keys`` (the profile's anchors) are left out."""
+    from ..api import prompt_key
+
     splits = [data.load_split(name, opts.data_dir, opts.download) for name in opts.splits]
     splits += [
         data.user_file(path, text_column=opts.text_column, label_column=opts.label_column)
         for path in opts.files
     ]
+    if exclude_keys:
+        kept = []
+        for s in splits:
+            pairs = [(p, lab) for p, lab in zip(s.prompts, s.labels) if prompt_key(p) not in exclude_keys]
+            kept.append(data.Split(s.name, [p for p, _ in pairs], [lab for _, lab in pairs]))
+        splits = kept
     if opts.limit is not None:
         if opts.limit < 1:
             raise ScansError(f"--limit {opts.limit}; fix: pass a positive number of prompts per split")
@@ -96,7 +107,8 @@ def run_suite(scans: Scans, run_dir: str | Path, opts: SuiteOptions, progress: b
     from .metrics import refusal_rates
 
     run_dir = Path(run_dir)
-    splits = load_splits(opts)
+    anchors = set(scans._require_profile().anchors.get("used_prompt_keys", []))
+    splits = load_splits(opts, anchors)  # anchors are never benchmark prompts
     methods = build_methods(scans, opts.methods)
     capability = [m for m in build_methods(scans, opts.capability_methods)] if opts.capability_methods else []
     mmlu_data = ppl_pairs = None  # load (and validate) all data before the long run starts
