@@ -272,3 +272,25 @@ def test_anchor_prompts_are_left_out_of_benchmarks(tmp_path):
     used = set(_fitted("qwen2").profile.anchors["used_prompt_keys"])
     assert len(used) == 30  # 6 fit + 4 held out, for harmful, harmless and borderline
     assert used <= {prompt_key(p) for p in HARMFUL + HARMLESS + BORDERLINE}
+
+
+def test_identical_steering_is_generated_once(fitted_scans, tmp_path, monkeypatch):
+    """scans' steered rows and always-away's rows for the same prompt are the same computation."""
+    import scans.bench.runner as runner
+
+    calls = []
+    real = runner.decode
+
+    def counting(model, tok, pre, settings, plan=None):
+        calls.append(len(settings))
+        return real(model, tok, pre, settings, plan)
+
+    monkeypatch.setattr(runner, "decode", counting)
+    methods = build_methods(fitted_scans, "original,scans,always-away")
+    run_generations(fitted_scans, SPLITS, methods, tmp_path, CONFIG, progress=False)
+    by = {(r["method"], r["split"], r["id"]): r for r in _records(tmp_path)}
+    n = sum(len(s) for s in SPLITS)
+    assert sum(calls) == 2 * n  # every row once unsteered, once steered away
+    for (method, split, i), r in by.items():
+        if method == "scans" and r["sign"] == -1:
+            assert r["response"] == by[("always-away", split, i)]["response"]

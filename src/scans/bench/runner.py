@@ -220,12 +220,14 @@ def run_generations(
                     else None
                 )
                 shared_s = (time.perf_counter() - t0) / len(rows)
-                unsteered: dict[int, tuple[str, int, float]] = {}
+                # answers by (steering key, sign, row): methods that would run the same
+                # computation on a row (sign 0 anywhere; the same profile and sign) share it
+                done_answers: dict[tuple[Any, int, int], tuple[str, int, float]] = {}
                 if reuse_original:
                     for j, r in enumerate(rows):
                         rec = log.records.get(("original", r.split, r.id))
                         if rec is not None:
-                            unsteered[j] = (
+                            done_answers[(None, 0, j)] = (
                                 rec["response"],
                                 int(rec.get("new_tokens", 0)),
                                 float(rec.get("seconds", 0.0)) - shared_s,
@@ -235,23 +237,23 @@ def run_generations(
                     if not need:
                         continue
                     decision = m.decide(acts, len(rows))
-                    answers: dict[int, tuple[str, int, float]] = {}
-                    plain_rows = [j for j in need if decision.signs[j] == 0]
-                    missing = [j for j in plain_rows if j not in unsteered]
-                    if missing:
-                        t1 = time.perf_counter()
-                        out = generate(pre.select(missing))
-                        per = (time.perf_counter() - t1) / len(missing)
-                        unsteered.update({j: (text, n, per) for j, (text, n) in zip(missing, out)})
-                    answers.update({j: unsteered[j] for j in plain_rows})
-                    steered_rows = [j for j in need if decision.signs[j] != 0]
-                    if steered_rows:
-                        sub = pre.select(steered_rows)
-                        plan = m.plan(sub, [decision.signs[j] for j in steered_rows])
+                    key = m.steering_key()
+
+                    def slot(
+                        j: int, signs: list[int] = decision.signs, key: Any = key
+                    ) -> tuple[Any, int, int]:
+                        return (key if signs[j] else None, signs[j], j)
+
+                    missing = [j for j in need if slot(j) not in done_answers]
+                    for sign in sorted({decision.signs[j] for j in missing}):
+                        part = [j for j in missing if decision.signs[j] == sign]
+                        sub = pre.select(part)
+                        plan = m.plan(sub, [sign] * len(part)) if sign else None
                         t1 = time.perf_counter()
                         out = generate(sub, plan)
-                        per = (time.perf_counter() - t1) / len(steered_rows)
-                        answers.update({j: (text, n, per) for j, (text, n) in zip(steered_rows, out)})
+                        per = (time.perf_counter() - t1) / len(part)
+                        done_answers.update({slot(j): (text, n, per) for j, (text, n) in zip(part, out)})
+                    answers = {j: done_answers[slot(j)] for j in need}
                     records = []
                     for j in need:
                         r = rows[j]

@@ -17,7 +17,7 @@ from ..layers import refusal_token_ids
 from ..models import find_final_norm
 from . import data
 from .methods import Method, get_methods
-from .runner import BenchConfig, run_generations, save_profile_copy, write_meta, write_timings
+from .runner import BenchConfig, group_methods, run_generations, save_profile_copy, write_meta, write_timings
 
 DEFAULT_SPLITS = ("xstest-safe", "xstest-unsafe", "oktest", "harmfulq")
 
@@ -121,7 +121,10 @@ def run_suite(scans: Scans, run_dir: str | Path, opts: SuiteOptions, progress: b
     save_profile_copy(run_dir, scans)
     (run_dir / "lens.json").write_text(json.dumps(lens_matrix(scans), indent=1))
     t0 = time.perf_counter()
-    log = run_generations(scans, splits, methods, run_dir, opts.config, progress=progress)
+    # the first prefill group (original, scans, ...) first, then capability, then the rest:
+    # an interrupted run has the headline comparison and MMLU/perplexity before the baselines
+    first = group_methods(methods)[0]
+    log = run_generations(scans, splits, first, run_dir, opts.config, progress=progress)
     gen_seconds = time.perf_counter() - t0
     cap_path = run_dir / "capability.json"
     cap = json.loads(cap_path.read_text()) if cap_path.exists() else {}
@@ -146,6 +149,9 @@ def run_suite(scans: Scans, run_dir: str | Path, opts: SuiteOptions, progress: b
             cap.setdefault("perplexity", {}).update(run_perplexity(scans, todo, ppl_pairs, progress=progress))
             cap.setdefault("seconds", {})["perplexity"] = round(time.perf_counter() - t1, 1)
             _write_json(cap_path, cap)
+    t0 = time.perf_counter()
+    log = run_generations(scans, splits, methods, run_dir, opts.config, progress=progress)
+    gen_seconds += time.perf_counter() - t0
     timings = write_timings(run_dir, log)
     rates = refusal_rates(log.records.values())
     return {"rates": rates, "capability": cap, "timings": timings, "generation_seconds": gen_seconds}

@@ -70,6 +70,12 @@ class Method:
             layers_path=self.layers_path,
         )
 
+    def steering_key(self) -> tuple[Any, ...]:
+        """Equal keys (and equal signs) mean equal steering: answers are shared between methods."""
+        p = self.steering_profile()
+        coefficients = tuple(round(p.coefficient(l), 6) for l in p.steer_layers)
+        return (tuple(p.steer_layers), coefficients, id(p.vectors), self.group)
+
     def settings(self) -> dict[str, Any]:
         """What this method used (recorded in the run's meta.json)."""
         p = self.steering_profile()
