@@ -155,6 +155,7 @@ def test_generate_steers_per_verdict(split):
         alphas={l: float(2.0 * p.norms[l]) for l in p.steer_layers},
         sign=[g.verdict.sign for g in gens],
         start=batch.attention_mask.sum(-1) - 1,
+        window=p.steer_window,
     )
     assert set(plan.sign.tolist()) == {1.0, -1.0}
     with steer(t.model, plan):

@@ -154,6 +154,20 @@ def test_addition_matches_restatement(tiny):
     assert torch.allclose(steered, _expected(base, batch, v, ALPHA, [1], [start]), atol=1e-5)
 
 
+@pytest.mark.parametrize("window", [1, 3])
+def test_window_limits_the_steered_positions(tiny, window):
+    """window = w: the addition lands on positions start .. start + w - 1 only."""
+    batch = prompts.build_batch(tiny.tokenizer, PROMPTS[1:2])
+    v, start = _unit(5), 4
+    base = _layer1_input(tiny.model, batch)
+    plan = SteeringPlan({0: v}, {0: ALPHA}, sign=[-1], start=[start], window=window)
+    delta = _layer1_input(tiny.model, batch, plan) - base
+    on = torch.zeros(delta.shape[1], dtype=torch.bool)
+    on[start : start + window] = True
+    assert torch.allclose(delta[0, on], (-ALPHA * v).expand_as(delta[0, on]), atol=1e-5)
+    assert torch.allclose(delta[0, ~on], torch.zeros_like(delta[0, ~on]), atol=1e-6)
+
+
 def test_addition_changes_outputs_downstream(tiny):
     batch = prompts.build_batch(tiny.tokenizer, PROMPTS[1:2])
     plan = SteeringPlan({0: _unit(3)}, {0: ALPHA}, sign=[1], start=[4])

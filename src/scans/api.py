@@ -166,6 +166,7 @@ class Scans:
         classifier: str = "instruction",
         target_recall: float | None = DEFAULT_TARGET_RECALL,
         harmful_policy: str = "none",
+        steer_window: int | None = 1,
         probe: str = DEFAULT_PROBE,
         system: str | None = None,
         batch_size: int | None = None,
@@ -305,6 +306,7 @@ class Scans:
             alpha_mode=alpha_mode,
             threshold=float(threshold if threshold is not None else calibration["threshold"]),
             harmful_sign=harmful_sign,
+            steer_window=steer_window,
             probe=probe,
             system=system,
             calibration=calibration,
@@ -382,6 +384,7 @@ class Scans:
             sign=torch.tensor(signs, dtype=torch.float32),
             start=(pre.batch.attention_mask.sum(-1) - 1).cpu(),
             layers_path=self.layers_path,
+            window=profile.steer_window,
         )
 
     def generate(

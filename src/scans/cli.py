@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("--harmful-policy", choices=["none", "refuse"], default="none",
                      help="prompts judged harmful: leave unsteered (none, default) or steer toward refusal (refuse, the paper)")  # fmt: skip
+    fit.add_argument("--steer-window", type=int, default=1,
+                     help="positions steered from the instruction end (default 1: only the one that picks the "
+                     "opening; 0: every later position too, as in the paper)")  # fmt: skip
     fit.add_argument("--probe", default="Sure", help="affirmative assistant prefix for the transition")
     fit.add_argument("--system", default=None, help="system prompt used for fitting and later use")
     fit.add_argument(
@@ -321,12 +324,17 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if args.alpha_abs is not None
         else (args.alpha if args.alpha is not None else DEFAULT_ALPHA, "relative")
     )
+    if args.steer_window < 0:
+        raise ScansError(
+            f"--steer-window {args.steer_window}; fix: pass 1 (default), a larger window, or 0 for all positions"
+        )
     start = time.time()
     profile = scans.fit(
         loaded["harmful"], loaded["harmless"], loaded["borderline"],
         n_fit=args.n_fit, n_heldout=args.n_heldout, seed=args.seed, layers=layers,
         threshold=args.threshold, alpha=alpha, alpha_mode=mode, classifier=args.classifier,
         target_recall=args.target_recall, harmful_policy=args.harmful_policy, probe=args.probe,
+        steer_window=args.steer_window or None,
         system=args.system, batch_size=args.batch_size, progress=not args.quiet,
     )  # fmt: skip
     path = scans.save(args.out)

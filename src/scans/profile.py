@@ -61,6 +61,7 @@ class Profile:
     contrast_mean: torch.Tensor | None = None
     contrast_std: torch.Tensor | None = None
     harmful_sign: int = 1
+    steer_window: int | None = 1  # positions steered from the instruction end (None: all later ones too)
     probe: str = "Sure"
     system: str | None = None
     calibration: dict[str, Any] = field(default_factory=dict)

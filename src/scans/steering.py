@@ -33,6 +33,7 @@ class SteeringPlan:
     sign: torch.Tensor
     start: torch.Tensor
     layers_path: str | None = None
+    window: int | None = None  # steer only positions start .. start + window - 1 (None: all after start)
     _positions: torch.Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -106,7 +107,10 @@ def steer(model: nn.Module, plan: SteeringPlan) -> Iterator[SteeringPlan]:
             positions = positions.to(hidden.device)
             start = _expand(plan.start.to(hidden.device), batch)
             sign = _expand(plan.sign.to(hidden.device), batch)
-            gate = (positions >= start[:, None]).float() * sign[:, None]  # (B, T)
+            on = positions >= start[:, None]
+            if plan.window is not None:
+                on = on & (positions < start[:, None] + plan.window)
+            gate = on.float() * sign[:, None]  # (B, T)
             add = gate[:, :, None] * unsigned.to(hidden.device)[None, None, :]
             steered = (hidden.float() + add).to(hidden.dtype)
             if isinstance(output, tuple):

@@ -68,15 +68,17 @@ class Method:
             sign=torch.tensor(list(signs), dtype=torch.float32),
             start=(pre.batch.attention_mask.sum(-1) - 1).cpu(),
             layers_path=self.layers_path,
+            window=profile.steer_window,
         )
 
     def steering_key(self) -> tuple[Any, ...]:
         """Equal keys (and equal signs) mean equal steering: answers are shared between methods."""
         p = self.steering_profile()
         coefficients = tuple(round(p.coefficient(l), 6) for l in p.steer_layers)
-        return (tuple(p.steer_layers), coefficients, id(p.vectors), self.group)
+        return (tuple(p.steer_layers), coefficients, p.steer_window, id(p.vectors), self.group)
 
     def settings(self) -> dict[str, Any]:
         """What this method used (recorded in the run's meta.json)."""
         p = self.steering_profile()
-        return {"layers": list(p.steer_layers), "alpha": p.alpha, "alpha_mode": p.alpha_mode}
+        return {"layers": list(p.steer_layers), "alpha": p.alpha, "alpha_mode": p.alpha_mode,
+                "steer_window": p.steer_window}  # fmt: skip

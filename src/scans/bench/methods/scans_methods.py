@@ -65,7 +65,7 @@ class ScansPaper(ScansMethod):
         layers = list(range(lo, max(hi, lo + 1)))
         self._paper = dataclasses.replace(
             profile, steer_layers=layers, cls_layers=list(range(layers[0], n_layers)), classifier="cosine",
-            threshold=self.THRESHOLD, alpha=self.ALPHA, alpha_mode="absolute", harmful_sign=1,
+            threshold=self.THRESHOLD, alpha=self.ALPHA, alpha_mode="absolute", harmful_sign=1, steer_window=None,
         )  # fmt: skip
 
     def classifier_profile(self) -> Profile:
