@@ -109,3 +109,43 @@ def test_logit_lens_restated(qwen):
             assert scores[layer] == pytest.approx(float(z[refusal].mean()), abs=1e-4)
             top = torch.topk(logits, 3).indices.tolist()
             assert tops[layer] == [tok.decode([i]) for i in top]
+
+
+def test_bands_in_one_pass_match_one_band_at_a_time():
+    """Tiling the anchors once per band (a sign matrix over the bands' layers) measures
+    exactly what steering one band per forward pass measures."""
+    from conftest import HARMFUL, HARMLESS, _tiny
+    from scans.layers import choose_band
+
+    t = _tiny("llama")
+    model, tok = t.model, t.tokenizer
+    g = torch.Generator().manual_seed(2)
+    vectors = torch.randn(2, 32, generator=g)
+    vectors = vectors / vectors.norm(dim=-1, keepdim=True)
+    coefficients = torch.tensor([3.0, 2.0])
+    kw = dict(width=1, progress=False)
+    one = choose_band(model, tok, vectors, coefficients, HARMFUL[:4], HARMLESS[:4], bands_per_pass=1, **kw)
+    many = choose_band(model, tok, vectors, coefficients, HARMFUL[:4], HARMLESS[:4], bands_per_pass=5, **kw)
+    assert len(one.effects) == len(many.effects) == 2
+    for a, b in zip(one.effects, many.effects):
+        assert (a.start, a.end) == (b.start, b.end)
+        assert abs(a.drop - b.drop) < 1e-4 and abs(a.drift - b.drift) < 1e-5
+    assert any(abs(e.drop) > 1e-3 for e in one.effects)  # the steering does something
+
+
+def test_sign_matrix_steers_each_row_on_its_own_layers():
+    from conftest import _tiny
+    from scans.activations import forward_capture
+    from scans.steering import SteeringPlan
+
+    t = _tiny("qwen2")
+    batch = prompts.build_batch(t.tokenizer, ["Hello there", "Hello there"])
+    v = torch.nn.functional.normalize(torch.randn(2, 32, generator=torch.Generator().manual_seed(1)), dim=-1)
+    start = batch.attention_mask.sum(-1) - 1
+    pos = {"inst": batch.positions["inst"]}
+    matrix = SteeringPlan({0: v[0], 1: v[1]}, {0: 2.0, 1: 2.0}, sign=[[-1, 0], [0, -1]], start=start)
+    got, _ = forward_capture(t.model, batch.input_ids, batch.attention_mask, pos, plan=matrix)
+    for row, layer in ((0, 0), (1, 1)):
+        single = SteeringPlan({layer: v[layer]}, {layer: 2.0}, sign=[-1, -1], start=start)
+        ref, _ = forward_capture(t.model, batch.input_ids, batch.attention_mask, pos, plan=single)
+        assert torch.allclose(got["inst"][row], ref["inst"][row], atol=1e-5)

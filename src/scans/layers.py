@@ -146,6 +146,31 @@ def band_plan(
     )
 
 
+def tiled_band_plan(
+    vectors: torch.Tensor,
+    coefficients: torch.Tensor,
+    bands: Sequence[tuple[int, int]],
+    sign: float,
+    pre: Prefill,
+) -> tuple[Prefill, SteeringPlan]:
+    """``pre`` repeated once per band, and a plan steering copy ``i`` on band ``i`` only."""
+    n = pre.batch.input_ids.shape[0]
+    tiled = pre.select(torch.arange(n).repeat(len(bands)).tolist())
+    layers = sorted({l for start, end in bands for l in range(start, end + 1)})
+    signs = torch.zeros((n * len(bands), len(layers)))
+    for i, (start, end) in enumerate(bands):
+        for col, layer in enumerate(layers):
+            if start <= layer <= end:
+                signs[i * n : (i + 1) * n, col] = sign
+    plan = SteeringPlan(
+        vectors={l: vectors[l] for l in layers},
+        alphas={l: float(coefficients[l]) for l in layers},
+        sign=signs,
+        start=(tiled.batch.attention_mask.sum(-1) - 1).cpu(),
+    )
+    return tiled, plan
+
+
 def candidate_bands(n_layers: int, width: int | None = None) -> list[tuple[int, int]]:
     """Contiguous bands of about a third of the depth, skipping the first and last layer."""
     width = width or max(1, round(n_layers / 3))
@@ -178,6 +203,7 @@ def choose_band(
     system: str | None = None,
     width: int | None = None,
     progress: bool = True,
+    bands_per_pass: int = 5,
 ) -> LayerChoice:
     """Measure every candidate band and pick the one with the best drop - drift."""
     from tqdm.auto import tqdm
@@ -193,15 +219,20 @@ def choose_band(
         raise ScansError(
             f"no band of {width} layers fits a model with {vectors.shape[0]} layers; fix: pass fewer --layers"
         )
-    for start, end in tqdm(bands, desc="layer bands", disable=not progress, leave=False):
-        layers = range(start, end + 1)
-        lp_h, _ = suffix_logprobs(
-            model, pre_h, opening_ids, band_plan(vectors, coefficients, layers, -1, pre_h)
-        )
-        _, lp_b = suffix_logprobs(model, pre_b, [], band_plan(vectors, coefficients, layers, -1, pre_b))
-        drop = float((base_h - lp_h).mean())
-        drift = float(F.kl_div(lp_b, base_b, log_target=True, reduction="batchmean"))
-        effects.append(BandEffect(start, end, drop, drift))
+    groups = [bands[i : i + bands_per_pass] for i in range(0, len(bands), bands_per_pass)]
+    for group in tqdm(groups, desc="layer bands", disable=not progress, leave=False):
+        # several bands in one forward pass: the anchors repeated once per band, each copy
+        # steered on its own band only (a sign matrix over the union of the bands' layers)
+        tiled_h, plan_h = tiled_band_plan(vectors, coefficients, group, -1, pre_h)
+        tiled_b, plan_b = tiled_band_plan(vectors, coefficients, group, -1, pre_b)
+        lp_h, _ = suffix_logprobs(model, tiled_h, opening_ids, plan_h)
+        _, lp_b = suffix_logprobs(model, tiled_b, [], plan_b)
+        n_h, n_b = len(base_h), len(base_b)
+        for i, (start, end) in enumerate(group):
+            drop = float((base_h - lp_h[i * n_h : (i + 1) * n_h]).mean())
+            part = lp_b[i * n_b : (i + 1) * n_b]
+            drift = float(F.kl_div(part, base_b, log_target=True, reduction="batchmean"))
+            effects.append(BandEffect(start, end, drop, drift))
     best = max(effects, key=lambda e: e.score)
     return LayerChoice(best, effects, opening, opening_ids, rate, pre_h, pre_b)
 

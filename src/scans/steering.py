@@ -24,7 +24,8 @@ from .models import find_layers
 class SteeringPlan:
     """What to add where: unit vectors and absolute coefficients per layer, per-row sign/start.
 
-    ``sign`` is +1 (toward refusal), -1 (away from refusal) or 0 (unsteered) per batch row;
+    ``sign`` is +1 (toward refusal), -1 (away from refusal) or 0 (unsteered) per batch row,
+    or a (rows, layers) matrix (columns in sorted layer order) to steer rows on different layers;
     ``start`` is each row's first steered position, counted from its first real token.
     """
 
@@ -38,9 +39,13 @@ class SteeringPlan:
 
     def __post_init__(self) -> None:
         assert set(self.vectors) == set(self.alphas), "vectors and alphas must cover the same layers"
-        self.sign = torch.as_tensor(self.sign, dtype=torch.float32).flatten()
+        self.sign = torch.as_tensor(self.sign, dtype=torch.float32)
+        if self.sign.dim() != 2:
+            self.sign = self.sign.flatten()
+        else:
+            assert self.sign.shape[1] == len(self.vectors), "a sign matrix needs one column per steered layer"
         self.start = torch.as_tensor(self.start, dtype=torch.long).flatten()
-        assert self.sign.shape == self.start.shape, "sign and start need one entry per row"
+        assert self.sign.shape[0] == self.start.shape[0], "sign and start need one entry per row"
 
     def delta(self, layer: int) -> torch.Tensor:
         """The unsigned addition ``alpha_l * v_l`` for one layer."""
@@ -95,6 +100,8 @@ def steer(model: nn.Module, plan: SteeringPlan) -> Iterator[SteeringPlan]:
             kwargs.get("attention_mask"), length, _past_length(kwargs), kwargs.get("position_ids")
         )
 
+    columns = {layer: i for i, layer in enumerate(sorted(plan.vectors))}
+
     def make_hook(layer: int):
         unsigned = plan.delta(layer)
 
@@ -107,6 +114,8 @@ def steer(model: nn.Module, plan: SteeringPlan) -> Iterator[SteeringPlan]:
             positions = positions.to(hidden.device)
             start = _expand(plan.start.to(hidden.device), batch)
             sign = _expand(plan.sign.to(hidden.device), batch)
+            if sign.dim() == 2:
+                sign = sign[:, columns[layer]]
             on = positions >= start[:, None]
             if plan.window is not None:
                 on = on & (positions < start[:, None] + plan.window)
