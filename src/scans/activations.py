@@ -11,7 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .models import cache_kwarg, find_layers
-from .prompts import build_batch, context_length
+from .prompts import build_batch, context_length, pad_id_of
 from .steering import SteeringPlan, steer
 
 
@@ -85,6 +85,19 @@ def forward_capture(
     return result, logits
 
 
+def _up_to_uend(batch: Any, pad_id: int) -> Any:
+    from .prompts import left_pad
+
+    mask = batch.attention_mask.bool()
+    rows, ends = [], []
+    for i in range(batch.input_ids.shape[0]):
+        start = int((~mask[i]).sum())
+        end = int(batch.positions["uend"][i])
+        rows.append(batch.input_ids[i, start : end + 1].tolist())
+        ends.append(end - start)
+    return left_pad(rows, pad_id, {"uend": ends})
+
+
 def batches_by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Index buckets of similar length (sorted), to limit padding waste."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
@@ -104,11 +117,14 @@ def collect(
     progress: bool = True,
     desc: str = "activations",
     share_prefix: bool = True,
+    uend_only: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Block outputs of every layer at the instruction end (``"inst"``) and, with ``probe``,
     at the probe's last token (``"probe"``): ``{name: (N, L, D) float32}`` in prompt order.
     """
     full = build_batch(tokenizer, prompts, system=system, probe=probe, max_length=context_length(model))
+    if uend_only:  # only the end of the user's text is read: the template's tail is never run
+        full = _up_to_uend(full, pad_id_of(tokenizer))
     lengths = full.attention_mask.sum(-1).tolist()
     out: dict[str, list[Any]] = {n: [None] * len(prompts) for n in full.positions}
     buckets = batches_by_length(lengths, batch_size)

@@ -171,6 +171,7 @@ class Scans:
         system: str | None = None,
         batch_size: int | None = None,
         progress: bool = True,
+        compare_classifiers: bool = False,
     ) -> Profile:
         """Steps 1-3: refusal vectors, layers, classifier and calibration.
 
@@ -178,6 +179,9 @@ class Scans:
         (benign but scary-sounding) prompts. Each side is shuffled with ``seed``; ``n_fit``
         per side build the vectors (harmful vs harmless) and the classifier (harmful vs
         harmless + borderline), the next ``n_heldout`` per side calibrate the threshold.
+        ``compare_classifiers`` also scores the held-out anchors with every classifier (recorded
+        in ``extra``); without it, the default instruction classifier reads the borderline and
+        held-out anchors only up to the end of the user's text (less work).
         """
         from .datafiles import shipped_anchors, shipped_borderline
 
@@ -206,14 +210,20 @@ class Scans:
 
             batch_size = auto_batch_size(self.model)
         clock = _Clock()
+        every = compare_classifiers or classifier != "instruction"  # transitions of all anchors needed
+        common_kw = dict(
+            system=system, batch_size=batch_size, layers_path=self.layers_path, progress=progress
+        )
         acts = collect(
-            self.model, self.tokenizer, [*fit_h, *fit_b, *fit_x], system=system, probe=probe,
-            batch_size=batch_size, layers_path=self.layers_path, progress=progress, desc="fit anchors",
-        )  # fmt: skip
+            self.model, self.tokenizer, [*fit_h, *fit_b], probe=probe, desc="fit anchors", **common_kw
+        )
+        acts_x = collect(self.model, self.tokenizer, fit_x, probe=probe, uend_only=not every,
+                         desc="fit borderline", **common_kw)  # fmt: skip
+        acts.update({k: torch.cat([acts[k], acts_x[k]]) for k in acts_x})  # without every: x only at uend
         n_h, n_b = len(fit_h), len(fit_b)
         inst_h, inst_b = acts["inst"][:n_h], acts["inst"][n_h : n_h + n_b]
-        tau = transitions(acts["inst"], acts["probe"])
-        tau_h = tau[:n_h]
+        tau_h = transitions(inst_h, acts["probe"][:n_h])
+        tau = transitions(acts["inst"], acts["probe"]) if every else tau_h
         vectors = mean_difference(inst_h, inst_b)  # step 1
         norms = mean_norms(inst_h, inst_b)
         coefficients = alpha * norms if alpha_mode == "relative" else torch.full_like(norms, alpha)
@@ -247,16 +257,14 @@ class Scans:
         clock.lap("toward-refusal gain")
         cls_layers = list(range(steer_layers[0], self.n_layers))  # step 3
         reference = reference_transition(tau_h)
-        held = collect(
-            self.model, self.tokenizer, [*held_h, *held_b, *held_x], system=system, probe=probe,
-            batch_size=batch_size, layers_path=self.layers_path, progress=progress, desc="held-out anchors",
-        )  # fmt: skip
+        held = collect(self.model, self.tokenizer, [*held_h, *held_b, *held_x], probe=probe,
+                       uend_only=not every, desc="held-out anchors", **common_kw)  # fmt: skip
         clock.lap("held-out anchors forward")
-        held_tau = transitions(held["inst"], held["probe"])
+        held_tau = transitions(held["inst"], held["probe"]) if every else None
         labels = np.array([True] * len(held_h) + [False] * (len(held_b) + len(held_x)))
         fit_features = {"contrast": tau, "instruction": acts["uend"]}
         scorers, held_scores = {}, {}
-        for name in CLASSIFIERS:  # every classifier's held-out AUPRC is recorded; one is used
+        for name in CLASSIFIERS if every else (classifier,):  # held-out AUPRC of each (compared) classifier
             tensors: dict[str, torch.Tensor] = {"reference": reference}
             if name in fit_features:
                 feature = fit_features[name]
@@ -274,9 +282,10 @@ class Scans:
         calibration = calibrate(scores, labels, target_recall).to_dict()
         if threshold is not None:
             calibration["threshold_override"] = float(threshold)
-        mid = steer_layers[len(steer_layers) // 2]
-        projection = (held["inst"][:, mid] @ vectors[mid]).numpy()
-        extra["vector_separation_auprc"] = average_precision(projection, labels)
+        if "inst" in held:
+            mid = steer_layers[len(steer_layers) // 2]
+            projection = (held["inst"][:, mid] @ vectors[mid]).numpy()
+            extra["vector_separation_auprc"] = average_precision(projection, labels)
         n_hb = len(held_h) + len(held_b)
         extra["heldout_scores"] = {
             "harmful": scores[: len(held_h)].tolist(),

@@ -143,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("--harmful-policy", choices=["none", "refuse"], default="none",
                      help="prompts judged harmful: leave unsteered (none, default) or steer toward refusal (refuse, the paper)")  # fmt: skip
+    fit.add_argument("--compare-classifiers", action="store_true",
+                     help="also score held-out anchors with every classifier (recorded in the profile; slower)")  # fmt: skip
     fit.add_argument("--steer-window", type=int, default=1,
                      help="positions steered from the instruction end (default 1: only the one that picks the "
                      "opening; 0: every later position too, as in the paper)")  # fmt: skip
@@ -334,7 +336,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         n_fit=args.n_fit, n_heldout=args.n_heldout, seed=args.seed, layers=layers,
         threshold=args.threshold, alpha=alpha, alpha_mode=mode, classifier=args.classifier,
         target_recall=args.target_recall, harmful_policy=args.harmful_policy, probe=args.probe,
-        steer_window=args.steer_window or None,
+        steer_window=args.steer_window or None, compare_classifiers=args.compare_classifiers,
         system=args.system, batch_size=args.batch_size, progress=not args.quiet,
     )  # fmt: skip
     path = scans.save(args.out)
