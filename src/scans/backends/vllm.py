@@ -142,6 +142,8 @@ class _WorkerState:
                 if gate is None:
                     gate = self.step.gates[plan] = torch.zeros(total, dtype=torch.float32)
                 on = span >= int(settings["start"])
+                if settings.get("window") is not None:  # the profile's steer_window
+                    on = on & (span < int(settings["start"]) + int(settings["window"]))
                 gate[lo:hi] = on.float() * sign
                 self.steered_tokens += int(on.sum())
             for name, pos in (settings.get("capture") or {}).items():
@@ -343,6 +345,7 @@ class VLLMScans:
         self.info = info or {}
         self.profile: Profile | None = None
         self._plan_key = ""
+        self._windows: dict[str, int | None] = {}
         if profile is not None:
             self.set_profile(profile)
 
@@ -434,7 +437,8 @@ class VLLMScans:
         returns its key (part of the cache salt of requests steered with it)."""
         deltas = plan_deltas(profile)
         self.llm.collective_rpc(_rpc_set_plan, args=(name, deltas))
-        key = plan_key(deltas)
+        key = plan_key(deltas) + f"w{profile.steer_window}"
+        self._windows[name] = profile.steer_window
         if name == PROFILE_PLAN:
             self._plan_key = key
         return key
@@ -526,7 +530,10 @@ class VLLMScans:
         prompt = TokensPrompt(prompt_token_ids=list(ids))
         if salt is not None:
             prompt["cache_salt"] = salt
-        extra = {"scans": {"sign": int(sign), "start": start, "plan": plan}} if sign else None
+        window = self._windows.get(plan)
+        extra = (
+            {"scans": {"sign": int(sign), "start": start, "plan": plan, "window": window}} if sign else None
+        )
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
                                 stop_token_ids=self.stop_token_ids, extra_args=extra, **sampling)  # fmt: skip
         return prompt, params
