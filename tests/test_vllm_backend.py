@@ -14,6 +14,8 @@ a near tie (logit gap below ``GAP_TOL``), where kernel rounding legitimately dec
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -137,31 +139,42 @@ def test_steered_greedy_tokens_match_transformers(both):
     assert any(v.sign for v in verdicts)  # some rows were steered
 
 
-def test_unsteered_request_in_a_steered_batch_is_unaffected(both):
+@pytest.fixture(scope="module")
+def all_positions(both):
+    """A plan steering every position from the instruction end on (steer_window None): a
+    stronger effect, so that mixing steered and unsteered KV would show in the answers."""
+    hf, engine = both
+    engine.add_plan("all", dataclasses.replace(hf.profile, steer_window=None))
+    return "all"
+
+
+def test_unsteered_request_in_a_steered_batch_is_unaffected(both, all_positions):
     _, engine = both
+    plan = all_positions
     (a, _), (b, _), (c, _) = engine.encode(PROMPTS[2:5])
     alone = engine.run([engine.request(a, 0, max_tokens=24)])[0]
-    steered_alone = engine.run([engine.request(a, -1, max_tokens=24)])[0]
+    steered_alone = engine.run([engine.request(a, -1, max_tokens=24, plan=plan)])[0]
     assert steered_alone.token_ids != alone.token_ids  # steering changes this answer
     mixed = engine.run([
-        engine.request(b, -1, max_tokens=24),
+        engine.request(b, -1, max_tokens=24, plan=plan),
         engine.request(a, 0, max_tokens=24),
-        engine.request(c, -1, max_tokens=24),
-        engine.request(a, -1, max_tokens=24),
+        engine.request(c, -1, max_tokens=24, plan=plan),
+        engine.request(a, -1, max_tokens=24, plan=plan),
     ])  # fmt: skip
     assert mixed[1].token_ids == alone.token_ids
     assert mixed[3].token_ids == steered_alone.token_ids
 
 
-def test_no_kv_reuse_across_steering_configurations(both):
+def test_no_kv_reuse_across_steering_configurations(both, all_positions):
     _, engine = both
+    plan = all_positions
     ((ids, _),) = engine.encode([LONG])
     assert len(ids) > 300
     engine.llm.reset_prefix_cache()
     plain = engine.run([engine.request(ids, 0, max_tokens=16)])[0]
     engine.llm.reset_prefix_cache()
-    steered = engine.run([engine.request(ids, -1, max_tokens=16)])[0]
-    again = engine.run([engine.request(ids, -1, max_tokens=16)])[0]
+    steered = engine.run([engine.request(ids, -1, max_tokens=16, plan=plan)])[0]
+    again = engine.run([engine.request(ids, -1, max_tokens=16, plan=plan)])[0]
     assert again.cached_tokens > 0  # the cache is on and serves the same configuration
     after = engine.run([engine.request(ids, 0, max_tokens=16)])[0]
     assert after.cached_tokens == 0  # nothing steered was read
@@ -169,12 +182,12 @@ def test_no_kv_reuse_across_steering_configurations(both):
     assert steered.token_ids != plain.token_ids
     # the opposite sign, and the same sign with another start (a longer prompt that extends
     # this one, as a next chat turn would) must not read the steered blocks either
-    assert engine.run([engine.request(ids, 1, max_tokens=4)])[0].cached_tokens == 0
+    assert engine.run([engine.request(ids, 1, max_tokens=4, plan=plan)])[0].cached_tokens == 0
     longer = ids + steered.token_ids + ids[-8:]
-    assert engine.run([engine.request(longer, -1, max_tokens=4)])[0].cached_tokens == 0
+    assert engine.run([engine.request(longer, -1, max_tokens=4, plan=plan)])[0].cached_tokens == 0
     # control: without its salt, a steered request leaves blocks an unsteered one reads
     engine.llm.reset_prefix_cache()
-    prompt, params = engine.request(ids, -1, max_tokens=16)
+    prompt, params = engine.request(ids, -1, max_tokens=16, plan=plan)
     del prompt["cache_salt"]
     engine.run([(prompt, params)])
     mixed = engine.run([engine.request(ids, 0, max_tokens=16)])[0]

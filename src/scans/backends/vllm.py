@@ -346,6 +346,7 @@ class VLLMScans:
         self.profile: Profile | None = None
         self._plan_key = ""
         self._windows: dict[str, int | None] = {}
+        self._keys: dict[str, str] = {}
         if profile is not None:
             self.set_profile(profile)
 
@@ -439,6 +440,7 @@ class VLLMScans:
         self.llm.collective_rpc(_rpc_set_plan, args=(name, deltas))
         key = plan_key(deltas) + f"w{profile.steer_window}"
         self._windows[name] = profile.steer_window
+        self._keys[name] = key
         if name == PROFILE_PLAN:
             self._plan_key = key
         return key
@@ -526,7 +528,7 @@ class VLLMScans:
         from vllm.inputs import TokensPrompt
 
         start = len(ids) - 1
-        salt = cache_salt(key or self._plan_key, sign, start)
+        salt = cache_salt(key or self._keys.get(plan, self._plan_key), sign, start)
         prompt = TokensPrompt(prompt_token_ids=list(ids))
         if salt is not None:
             prompt["cache_salt"] = salt
