@@ -387,14 +387,7 @@ class Scans:
         signs = [v.sign for v in verdicts]
         if enabled is not None:
             signs = [s if on else 0 for s, on in zip(signs, enabled)]
-        return SteeringPlan(
-            vectors={l: profile.vectors[l] for l in profile.steer_layers},
-            alphas={l: profile.coefficient(l) for l in profile.steer_layers},
-            sign=torch.tensor(signs, dtype=torch.float32),
-            start=(pre.batch.attention_mask.sum(-1) - 1).cpu(),
-            layers_path=self.layers_path,
-            window=profile.steer_window,
-        )
+        return profile.steering_plan(signs, (pre.batch.attention_mask.sum(-1) - 1).cpu(), self.layers_path)
 
     def generate(
         self,

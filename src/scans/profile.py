@@ -98,6 +98,20 @@ class Profile:
             return float(self.alpha * self.norms[layer])
         return float(self.alpha)
 
+    def steering_plan(self, signs: Any, start: torch.Tensor, layers_path: str | None = None) -> Any:
+        """The ``SteeringPlan`` of this profile (layers, vectors, coefficients, window) for
+        rows with the given signs, steered from ``start`` (each row's instruction end)."""
+        from .steering import SteeringPlan
+
+        return SteeringPlan(
+            vectors={l: self.vectors[l] for l in self.steer_layers},
+            alphas={l: self.coefficient(l) for l in self.steer_layers},
+            sign=torch.as_tensor(signs, dtype=torch.float32),
+            start=start,
+            layers_path=layers_path,
+            window=self.steer_window,
+        )
+
     def scores(self, tau: torch.Tensor, uend: torch.Tensor | None = None) -> torch.Tensor:
         """Harmfulness scores s(q), (N,), from transitions tau (N, L, D) and, for the
         ``instruction`` classifier, the block outputs at the end of the user's text."""

@@ -131,24 +131,16 @@ def run_suite(scans: Scans, run_dir: str | Path, opts: SuiteOptions, progress: b
     cap_settings = {"mmlu_limit": opts.mmlu_limit, "ppl_texts": opts.ppl_texts}
     if cap.get("settings") != cap_settings:
         cap = {"settings": cap_settings}
-    if mmlu_data is not None and capability:
-        from .capability import run_mmlu
+    from .capability import run_mmlu, run_perplexity
 
-        todo = [m for m in capability if m.name not in cap.get("mmlu", {})]
-        if todo:
-            t1 = time.perf_counter()
-            cap.setdefault("mmlu", {}).update(run_mmlu(scans, todo, mmlu_data, progress=progress))
-            cap.setdefault("seconds", {})["mmlu"] = round(time.perf_counter() - t1, 1)
-            _write_json(cap_path, cap)
-    if ppl_pairs is not None and capability:
-        from .capability import run_perplexity
-
-        todo = [m for m in capability if m.name not in cap.get("perplexity", {})]
-        if todo:
-            t1 = time.perf_counter()
-            cap.setdefault("perplexity", {}).update(run_perplexity(scans, todo, ppl_pairs, progress=progress))
-            cap.setdefault("seconds", {})["perplexity"] = round(time.perf_counter() - t1, 1)
-            _write_json(cap_path, cap)
+    for key, run, work in (("mmlu", run_mmlu, mmlu_data), ("perplexity", run_perplexity, ppl_pairs)):
+        todo = [m for m in capability if m.name not in cap.get(key, {})]
+        if work is None or not todo:
+            continue
+        t1 = time.perf_counter()
+        cap.setdefault(key, {}).update(run(scans, todo, work, progress=progress))  # type: ignore[operator]
+        cap.setdefault("seconds", {})[key] = round(time.perf_counter() - t1, 1)
+        _write_json(cap_path, cap)  # each part is kept as soon as it is done
     t0 = time.perf_counter()
     log = run_generations(scans, splits, methods, run_dir, opts.config, progress=progress)
     gen_seconds += time.perf_counter() - t0

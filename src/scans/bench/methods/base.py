@@ -61,15 +61,8 @@ class Method:
         """The steering plan for these rows (None when every sign is 0)."""
         if not any(signs):
             return None
-        profile = self.steering_profile()
-        return SteeringPlan(
-            vectors={l: profile.vectors[l] for l in profile.steer_layers},
-            alphas={l: profile.coefficient(l) for l in profile.steer_layers},
-            sign=torch.tensor(list(signs), dtype=torch.float32),
-            start=(pre.batch.attention_mask.sum(-1) - 1).cpu(),
-            layers_path=self.layers_path,
-            window=profile.steer_window,
-        )
+        start = (pre.batch.attention_mask.sum(-1) - 1).cpu()
+        return self.steering_profile().steering_plan(list(signs), start, self.layers_path)
 
     def steering_key(self) -> tuple[Any, ...]:
         """Equal keys (and equal signs) mean equal steering: answers are shared between methods."""
