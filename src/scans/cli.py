@@ -180,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="run methods over safety and capability benchmarks (resumable)")
     _model_args(bench)
     _profile_arg(bench)
+    _backend_args(bench)
     bench.add_argument("--out", required=True, help="run directory (answers are appended; a rerun resumes)")
     bench.add_argument("--splits", default="xstest-safe,xstest-unsafe,oktest,harmfulq",
                        help="comma list of xstest-safe, xstest-unsafe, oktest, harmfulq, advbench, truthfulqa ('' = none)")  # fmt: skip
@@ -216,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server applying SCANS to every request")
     _model_args(serve)
     _profile_arg(serve)
+    _backend_args(serve)
     from .serve.options import add_serve_args
 
     add_serve_args(serve)
@@ -457,6 +459,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     get_methods(args.methods)  # bad names fail before the model loads
     if args.capability_methods:
         get_methods(args.capability_methods)
+    vllm = args.backend == "vllm"
+    if vllm:
+        from .bench.methods import METHODS
+        from .bench.vllm_runner import UNSUPPORTED, check_methods
+
+        if args.methods.strip() == "all":
+            args.methods = ",".join(n for n in METHODS if n not in UNSUPPORTED)
+        check_methods(args.methods)
+        if args.mmlu_limit or args.ppl_texts:
+            print("scans: note: MMLU and perplexity are not run with --backend vllm "
+                  "(run them with --backend transformers)", file=sys.stderr)  # fmt: skip
     opts = SuiteOptions(
         splits=[s.strip() for s in args.splits.split(",") if s.strip()],
         files=args.file, text_column=args.text_column, label_column=args.label_column,
@@ -473,7 +486,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     try:
         scans.load(getattr(args, "profile", None))
     except ScansError:
-        if getattr(args, "profile", None):
+        if getattr(args, "profile", None) or vllm:  # the vllm backend does not fit profiles
             raise
         print("no cached profile for this model: fitting one with the defaults ...")
         start = time.time()

@@ -38,7 +38,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,7 @@ INSTALL_FIX = (
     "and pip install -e . (see the README's vLLM backend section)"
 )
 CAPTURE_NAMES = ("inst", "probe", "uend")
+FINISH_CANCELLED = "cancelled"  # as scans.decode.FINISH_CANCELLED
 PROFILE_PLAN = "profile"
 
 
@@ -69,6 +70,7 @@ class Output:
     text: str
     token_ids: list[int]
     cached_tokens: int
+    finish_reason: str = "stop"
 
 
 def require_vllm() -> Any:
@@ -322,7 +324,10 @@ def cache_salt(key: str, sign: int, start: int) -> str | None:
 
 
 class VLLMScans:
-    """SCANS on a vLLM engine: ``classify`` and ``generate`` with the API's dataclasses."""
+    """SCANS on a vLLM engine: ``classify`` and ``generate`` with the API's dataclasses,
+    ``chat_batch`` for the server and plans per benchmark method."""
+
+    backend = "vllm"
 
     def __init__(
         self,
@@ -347,6 +352,7 @@ class VLLMScans:
         self._plan_key = ""
         self._windows: dict[str, int | None] = {}
         self._keys: dict[str, str] = {}
+        self.layers_path: str | None = self.info.get("layers_path")
         if profile is not None:
             self.set_profile(profile)
 
@@ -406,7 +412,7 @@ class VLLMScans:
             eos = tokenizer.eos_token_id
         stops = [int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None]
         fingerprint = fingerprint_from_dir(source) if Path(str(source)).is_dir() else "unknown"
-        info = {**info, "load_s": round(load_s, 1), "engine_kwargs": kwargs}
+        info = {**info, "load_s": round(load_s, 1), "engine_kwargs": kwargs, "layers_path": layers_path}
         scans = cls(llm, tokenizer, name=name, fingerprint=fingerprint, n_layers=int(info["n_layers"]),
                     stop_token_ids=stops, info=info)  # fmt: skip
         if profile is not None:
@@ -445,6 +451,27 @@ class VLLMScans:
             self._plan_key = key
         return key
 
+    def plan_for(self, profile: Profile) -> str:
+        """The name of a registered plan steering like ``profile`` (registered on first use;
+        plans are named by their content, so equal steering shares one plan and its cache)."""
+        deltas = plan_deltas(profile)
+        name = f"plan-{plan_key(deltas)}w{profile.steer_window}"
+        if name not in self._keys:
+            self.llm.collective_rpc(_rpc_set_plan, args=(name, deltas))
+            self._windows[name] = profile.steer_window
+            self._keys[name] = name
+        return name
+
+    @property
+    def max_model_len(self) -> int:
+        """Longest prompt plus answer the engine accepts, in tokens."""
+        return int(self.llm.llm_engine.model_config.max_model_len)
+
+    @property
+    def dtype(self) -> str:
+        """The engine's weight dtype, e.g. ``float32``."""
+        return str(self.info.get("dtype", "?")).replace("torch.", "")
+
     def _require_profile(self) -> Profile:
         if self.profile is None:
             raise ScansError("no steering profile loaded; fix: run `scans fit` or pass --profile")
@@ -455,9 +482,13 @@ class VLLMScans:
         return self.llm.collective_rpc(_rpc_stats)[0]
 
     # ----------------------------------------------------------- classify/steer
-    def encode(self, prompts: Sequence[str]) -> list[tuple[list[int], int]]:
-        """Chat-formatted token ids and the user's text end, as the transformers backend builds them."""
-        system = self._require_profile().system
+    def encode(
+        self, prompts: Sequence[str], system: str | None = None, *, profile_system: bool = True
+    ) -> list[tuple[list[int], int]]:
+        """Chat-formatted token ids and the user's text end, as the transformers backend builds
+        them: with the profile's system prompt, or ``system`` when ``profile_system`` is False."""
+        if profile_system:
+            system = self._require_profile().system
         return [encode_chat_with_end(self.tokenizer, p, system) for p in prompts]
 
     def probe_activations(
@@ -581,4 +612,115 @@ class VLLMScans:
         return [
             Generation(p, v, results[i].text, results[n + i].text if compare else None)
             for i, (p, v) in enumerate(zip(prompts, verdicts))
+        ]
+
+    # ----------------------------------------------------------------- serving
+    def stream(
+        self,
+        requests: Sequence[tuple[Any, Any]],
+        *,
+        on_text: Sequence[Callable[[str], None] | None] | None = None,
+        cancelled: Sequence[Callable[[], bool] | None] | None = None,
+        on_step: Callable[[int], None] | None = None,
+    ) -> list[Output]:
+        """Run requests through the engine step by step: ``on_text[i]`` gets each new piece of
+        request ``i``'s text as it is decoded, a request whose ``cancelled[i]()`` turns true is
+        aborted at the next step (finish reason ``cancelled``), ``on_step(rows)`` is called once
+        per engine step. Outputs in request order; text is vLLM's (stop strings cut off, not
+        stripped)."""
+        from vllm.sampling_params import RequestOutputKind
+
+        n = len(requests)
+        on_text = list(on_text) if on_text is not None else [None] * n
+        cancelled = list(cancelled) if cancelled is not None else [None] * n
+        engine = self.llm.llm_engine
+        batch = uuid.uuid4().hex[:12]
+        ids = [f"scans-{batch}-{i}" for i in range(n)]
+        index = {rid: i for i, rid in enumerate(ids)}
+        sent = [0] * n
+        results: list[Output | None] = [None] * n
+        for rid, (prompt, params) in zip(ids, requests):
+            params.output_kind = RequestOutputKind.CUMULATIVE
+            engine.add_request(rid, prompt, params)
+        active = set(range(n))
+        try:
+            while active:
+                stop = [i for i in active if cancelled[i] is not None and cancelled[i]()]
+                if stop:
+                    engine.abort_request([ids[i] for i in stop])
+                    for i in stop:
+                        active.discard(i)
+                        results[i] = Output("", [], 0, FINISH_CANCELLED)
+                    if not active:
+                        break
+                if not engine.has_unfinished_requests():  # never expected: do not spin
+                    raise ScansError("the vllm engine dropped requests of a batch; fix: check the server log")
+                if on_step is not None:
+                    on_step(len(active))
+                for out in engine.step():
+                    i = index.get(out.request_id)
+                    if i is None or i not in active:
+                        continue
+                    first = out.outputs[0]
+                    text = first.text
+                    if on_text[i] is not None and len(text) > sent[i]:
+                        on_text[i](text[sent[i] :])
+                    sent[i] = len(text)
+                    if out.finished:
+                        active.discard(i)
+                        tokens = [t for t in first.token_ids if t not in self.stop_token_ids]
+                        reason = first.finish_reason or "stop"
+                        results[i] = Output(text, tokens, int(out.num_cached_tokens or 0),
+                                            FINISH_CANCELLED if reason == "abort" else reason)  # fmt: skip
+        finally:
+            left = [ids[i] for i in active]
+            if left:  # an error or interrupt: nothing of this batch stays in the engine
+                engine.abort_request(left)
+        return [r if r is not None else Output("", [], 0, FINISH_CANCELLED) for r in results]
+
+    def chat_batch(
+        self,
+        encoded: Sequence[tuple[list[int], int]],
+        settings: Sequence[Any],
+        *,
+        steer_rows: Sequence[bool] | None = None,
+        labels: Sequence[str] | None = None,
+        on_verdicts: Callable[[list[Verdict], list[int]], None] | None = None,
+        on_forward: Callable[[int], None] | None = None,
+    ) -> list[Any]:
+        """``scans.decode.chat_batch`` on the engine (the server's worker calls it): the probe
+        pass gives the verdicts, then every conversation is answered with its own sign and
+        sampling settings (``RowSettings``), streamed and cancellable per request."""
+        from ..decode import ChatResult, RowResult
+
+        n = len(encoded)
+        steer_rows = list(steer_rows) if steer_rows is not None else [True] * n
+        labels = list(labels) if labels is not None else [""] * n
+        if on_forward is not None:
+            on_forward(n)  # the probe pass
+        verdicts = self._verdicts(labels, encoded)
+        signs = [int(v.sign) if on else 0 for v, on in zip(verdicts, steer_rows)]
+        if on_verdicts is not None:
+            on_verdicts(verdicts, signs)
+        requests = [
+            self.request(
+                ids,
+                sign,
+                max_tokens=s.max_tokens,
+                temperature=max(s.temperature, 0.0),
+                top_p=s.top_p,
+                seed=s.seed,
+                stop=list(s.stop) or None,
+            )  # fmt: skip
+            for (ids, _), sign, s in zip(encoded, signs, settings)
+        ]
+        outs = self.stream(
+            requests,
+            on_text=[s.on_text for s in settings],
+            cancelled=[s.cancelled for s in settings],
+            on_step=on_forward,
+        )
+        return [
+            ChatResult(v, sign != 0, sign, len(ids), RowResult(o.token_ids, o.text, o.finish_reason))
+            for v, sign, (ids, _), o in zip(verdicts, signs, encoded, outs)
         ]

@@ -111,15 +111,18 @@ def write_meta(
     """Create or check the run's meta.json (a resumed run must use the same model and settings)."""
     profile = scans._require_profile()
     meta_path = run_dir / META
+    backend = getattr(scans, "backend", "transformers")  # scans.backends.vllm.VLLMScans: "vllm"
+    vllm = backend == "vllm"
     meta: dict[str, Any] = {
         "model": scans.name,
         "fingerprint": scans.fingerprint,
         "scans_version": __version__,
+        "backend": backend,
         "max_new_tokens": config.max_new_tokens,
-        "batch_size": config.batch_size or auto_batch_size(scans.model),
+        "batch_size": config.batch_size or (None if vllm else auto_batch_size(scans.model)),
         "seed": config.seed,
         "decoding": "greedy",
-        "dtype": str(next(scans.model.parameters()).dtype).replace("torch.", ""),
+        "dtype": scans.dtype if vllm else str(next(scans.model.parameters()).dtype).replace("torch.", ""),
         "methods": [m.name for m in methods],
         "method_settings": {m.name: m.settings() for m in methods},
         "splits": {s.name: {"n": len(s), "label": s.label} for s in splits},
@@ -130,7 +133,8 @@ def write_meta(
     }
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
-        for key in ("fingerprint", "max_new_tokens", "seed"):
+        old.setdefault("backend", "transformers")  # runs from before the vllm backend
+        for key in ("fingerprint", "max_new_tokens", "seed", "backend"):
             if old.get(key) != meta[key]:
                 raise ScansError(
                     f"{run_dir} holds a run with {key}={old.get(key)!r}, this one has {meta[key]!r}; "

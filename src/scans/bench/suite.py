@@ -106,6 +106,10 @@ def run_suite(scans: Scans, run_dir: str | Path, opts: SuiteOptions, progress: b
     """Run (or resume) a benchmark into ``run_dir``; returns a summary."""
     from .metrics import refusal_rates
 
+    if getattr(scans, "backend", "transformers") == "vllm":  # scans.backends.vllm.VLLMScans
+        from .vllm_runner import run_suite_vllm
+
+        return run_suite_vllm(scans, run_dir, opts, progress=progress)
     run_dir = Path(run_dir)
     anchors = set(scans._require_profile().anchors.get("used_prompt_keys", []))
     splits = load_splits(opts, anchors)  # anchors are never benchmark prompts

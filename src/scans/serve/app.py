@@ -77,7 +77,8 @@ def create_app(scans: Any, config: ServeConfig | None = None) -> FastAPI:
     config = config or ServeConfig()
     profile = scans._require_profile()
     model_name = config.served_model_name or scans.name
-    context = context_length(scans.model) or 1 << 30
+    # the vllm backend has no torch model here: its engine's max_model_len is the context
+    context = getattr(scans, "max_model_len", None) or context_length(scans.model) or 1 << 30
     limits = Limits(max_tokens_limit=config.max_tokens_limit, default_max_tokens=config.default_max_tokens)
     front_tokenizer = copy.deepcopy(scans.tokenizer)  # the worker owns scans.tokenizer
     batcher = Batcher(scans, max_batch_size=config.max_batch_size, max_queue=config.max_queue,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -198,9 +199,14 @@ class Batcher:
         self.stats.rows += len(jobs)
         if self.on_batch is not None:
             self.on_batch(len(jobs))
+        # the vllm backend (scans.backends.vllm.VLLMScans) runs the batch in its engine
+        run_batch = (
+            getattr(self.scans, "chat_batch", None) if getattr(self.scans, "backend", "") == "vllm" else None
+        )
+        if run_batch is None:
+            run_batch = functools.partial(chat_batch, self.scans)
         try:
-            results = chat_batch(
-                self.scans,
+            results = run_batch(
                 [j.encoded for j in jobs],
                 settings,
                 steer_rows=[j.steer for j in jobs],
