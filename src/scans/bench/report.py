@@ -623,7 +623,7 @@ class Report:
     def _settings(self) -> Section:
         meta = self.run.meta
         s = Section("Run settings", "settings")
-        keys = ("model", "fingerprint", "scans_version", "max_new_tokens", "batch_size", "threshold", "started", "command")  # fmt: skip
+        keys = ("model", "fingerprint", "scans_version", "backend", "dtype", "max_new_tokens", "batch_size", "threshold", "started", "command")  # fmt: skip
         rows = [[key, str(meta[key])] for key in keys if key in meta]
         splits = meta.get("splits") or {}
         if splits:
@@ -657,6 +657,15 @@ class Report:
             source = "timings.json" if timings else "sum of per-row seconds in generations.jsonl"
             s.blocks.append(f"Generation time per method (from {source}).")
             s.blocks.append(Table(["method", "rows", "seconds", "s/row", "mean new tokens"], rows))
+        tp = _read_json(self.run.path / "throughput.json", [])  # written by the vllm backend
+        if isinstance(tp, dict) and tp.get("wall_s"):
+            s.blocks.append(
+                f"Throughput of the last `scans bench` invocation on the {tp.get('backend', '?')} backend "
+                "(requests: unique engine requests, shared between methods; wall: generation and probe "
+                "passes, engine load excluded)."
+            )
+            cols = ("rows", "requests", "new_tokens", "wall_s", "rows_per_s", "requests_per_s", "new_tokens_per_s", "engine_load_s")  # fmt: skip
+            s.blocks.append(Table(list(cols), [[str(tp.get(c, "")) for c in cols]]))
         return s
 
     # -- examples
