@@ -142,7 +142,9 @@ ARCHS = {
 }
 
 
-def make_model(arch: str = "qwen2", seed: int = 0, vocab_size: int | None = None) -> torch.nn.Module:
+def make_model(
+    arch: str = "qwen2", seed: int = 0, vocab_size: int | None = None, n_layers: int = 2
+) -> torch.nn.Module:
     import transformers
 
     config_name, model_name, extra, _ = ARCHS[arch]
@@ -150,7 +152,7 @@ def make_model(arch: str = "qwen2", seed: int = 0, vocab_size: int | None = None
     config = getattr(transformers, config_name)(
         vocab_size=vocab_size or len(tok),
         hidden_size=32,
-        num_hidden_layers=2,
+        num_hidden_layers=n_layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         intermediate_size=64,

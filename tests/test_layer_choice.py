@@ -133,6 +133,38 @@ def test_bands_in_one_pass_match_one_band_at_a_time():
     assert any(abs(e.drop) > 1e-3 for e in one.effects)  # the steering does something
 
 
+def test_coarse_to_fine_band_search():
+    """Coarse to fine measures every other band, then the neighbours of the best one, with
+    the same numbers an exhaustive search measures for those bands, and picks the best measured."""
+    from conftest import HARMFUL, HARMLESS, make_model, make_tokenizer
+    from scans.layers import candidate_bands, choose_band
+
+    model, tok = make_model("qwen2", seed=3, n_layers=8), make_tokenizer("chatml")
+    g = torch.Generator().manual_seed(4)
+    vectors = torch.nn.functional.normalize(torch.randn(8, 32, generator=g), dim=-1)
+    coefficients = torch.full((8,), 3.0)
+    kw = dict(width=2, progress=False)
+    bands = candidate_bands(8, 2)
+    assert len(bands) == 5  # starts 1..5
+    full = choose_band(
+        model, tok, vectors, coefficients, HARMFUL[:4], HARMLESS[:4], coarse_to_fine=False, **kw
+    )
+    fast = choose_band(model, tok, vectors, coefficients, HARMFUL[:4], HARMLESS[:4], bands_per_pass=2, **kw)
+    assert [(e.start, e.end) for e in full.effects] == bands
+    by_band = {(e.start, e.end): e for e in full.effects}
+    measured = [(e.start, e.end) for e in fast.effects]
+    coarse = bands[::2]
+    assert set(coarse) <= set(measured) and len(set(measured)) == len(measured)
+    best_coarse = max(coarse, key=lambda b: by_band[b].score)
+    i = bands.index(best_coarse)
+    assert {b for b in bands[max(0, i - 1) : i + 2]} <= set(measured)  # its neighbours were refined
+    assert measured == sorted(measured)
+    for e in fast.effects:
+        ref = by_band[(e.start, e.end)]
+        assert abs(e.drop - ref.drop) < 1e-4 and abs(e.drift - ref.drift) < 1e-5
+    assert fast.band.score == max(e.score for e in fast.effects)
+
+
 def test_sign_matrix_steers_each_row_on_its_own_layers():
     from conftest import _tiny
     from scans.activations import forward_capture

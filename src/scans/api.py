@@ -214,9 +214,21 @@ class Scans:
         common_kw = dict(
             system=system, batch_size=batch_size, layers_path=self.layers_path, progress=progress
         )
-        acts = collect(
-            self.model, self.tokenizer, [*fit_h, *fit_b], probe=probe, desc="fit anchors", **common_kw
-        )
+        # The layer-band anchors (the first k per side) run through the inference path
+        # (prefill + probe pass): their prefix caches are reused to measure the bands.
+        k = min(n_layer_eval, len(fit_h), len(fit_b))
+        max_len = context_length(self.model)
+        pre_h = prefill(self.model, build_batch(self.tokenizer, fit_h[:k], system=system, max_length=max_len))
+        pre_b = prefill(self.model, build_batch(self.tokenizer, fit_b[:k], system=system, max_length=max_len))
+        acts_h = probe_pass(self.model, self.tokenizer, pre_h, probe, self.layers_path)
+        acts_b = probe_pass(self.model, self.tokenizer, pre_b, probe, self.layers_path)
+        acts_rest = collect(self.model, self.tokenizer, [*fit_h[k:], *fit_b[k:]], probe=probe,
+                            desc="fit anchors", **common_kw)  # fmt: skip
+        n_rest_h = len(fit_h) - k
+        acts = {
+            name: torch.cat([acts_h[name].cpu(), acts_rest[name][:n_rest_h], acts_b[name].cpu(), acts_rest[name][n_rest_h:]])
+            for name in ("inst", "probe", "uend")
+        }  # fmt: skip
         acts_x = collect(self.model, self.tokenizer, fit_x, probe=probe, uend_only=not every,
                          desc="fit borderline", **common_kw)  # fmt: skip
         acts.update({k: torch.cat([acts[k], acts_x[k]]) for k in acts_x})  # without every: x only at uend
@@ -232,10 +244,9 @@ class Scans:
 
         extra: dict[str, Any] = {}
         clock.lap("vectors and logit lens")
-        k = min(n_layer_eval, len(fit_h), len(fit_b))
         choice = choose_band(  # step 2
-            self.model, self.tokenizer, vectors, coefficients, fit_h[:k], fit_b[:k],
-            system=system, width=len(layers) if layers else None, progress=progress,
+            self.model, self.tokenizer, vectors, coefficients, pre_h, pre_b,
+            width=len(layers) if layers else None, progress=progress,
         )  # fmt: skip
         clock.lap("layer bands (prefill, refusal opening, band effects)")
         extra["bands"] = [
@@ -250,11 +261,11 @@ class Scans:
         else:
             steer_layers = list(range(choice.band.start, choice.band.end + 1))
             extra["layers_source"] = "measured effect (drop - drift)"
-        gain_h, gain_b = toward_refusal_gain(self.model, choice, vectors, coefficients)
-        extra["toward_refusal_gain"] = {"harmful": gain_h, "harmless": gain_b}
         harmful_sign = 1 if harmful_policy == "refuse" else 0
-
-        clock.lap("toward-refusal gain")
+        if harmful_sign or compare_classifiers:  # a diagnostic, needed only when steering toward refusal
+            gain_h, gain_b = toward_refusal_gain(self.model, choice, vectors, coefficients)
+            extra["toward_refusal_gain"] = {"harmful": gain_h, "harmless": gain_b}
+            clock.lap("toward-refusal gain")
         cls_layers = list(range(steer_layers[0], self.n_layers))  # step 3
         reference = reference_transition(tau_h)
         held = collect(self.model, self.tokenizer, [*held_h, *held_b, *held_x], probe=probe,

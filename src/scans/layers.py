@@ -108,15 +108,16 @@ def refusal_opening(
 def suffix_logprobs(
     model: nn.Module, pre: Prefill, suffix_ids: Sequence[int], plan: SteeringPlan | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run [instruction end, *suffix_ids] after the prefix cache (optionally steered).
+    """Run [instruction end, *suffix_ids[:-1]] after the prefix cache (optionally steered).
 
-    Returns log P(suffix) per row (B,) and the first-token log-distribution (B, V).
+    Returns log P(suffix) per row (B,) and the first-token log-distribution (B, V). The
+    suffix's last token is only a target, so it is never run.
     """
     device = model_device(model)
     batch_size = pre.batch.input_ids.shape[0]
-    tail = torch.tensor(list(suffix_ids), dtype=torch.long, device=device).expand(batch_size, -1)
-    ids = torch.cat([pre.batch.input_ids[:, -1:], tail], dim=1)
-    mask = torch.cat([pre.batch.attention_mask, torch.ones_like(tail)], dim=1)
+    suffix = torch.tensor(list(suffix_ids), dtype=torch.long, device=device).expand(batch_size, -1)
+    ids = torch.cat([pre.batch.input_ids[:, -1:], suffix[:, :-1]], dim=1)
+    mask = torch.cat([pre.batch.attention_mask, torch.ones_like(suffix[:, :-1])], dim=1)
     base = getattr(model, "base_model", model)
     with steer(model, plan) if plan is not None else nullcontext():
         out = base(
@@ -127,8 +128,10 @@ def suffix_logprobs(
             **{cache_kwarg(base): pre.fresh_cache()},
         )
     logp = F.log_softmax(model.get_output_embeddings()(out.last_hidden_state).float(), dim=-1)
-    targets = ids[:, 1:]
-    total = logp[:, :-1].gather(-1, targets[..., None]).squeeze(-1).sum(-1)
+    if suffix.shape[1]:
+        total = logp.gather(-1, suffix[..., None]).squeeze(-1).sum(-1)
+    else:
+        total = torch.zeros(batch_size, device=logp.device)
     return total.cpu(), logp[:, 0].cpu()
 
 
@@ -197,19 +200,27 @@ def choose_band(
     tokenizer: Any,
     vectors: torch.Tensor,
     coefficients: torch.Tensor,
-    harmful: Sequence[str],
-    harmless: Sequence[str],
+    harmful: Sequence[str] | Prefill,
+    harmless: Sequence[str] | Prefill,
     *,
     system: str | None = None,
     width: int | None = None,
     progress: bool = True,
-    bands_per_pass: int = 5,
+    bands_per_pass: int = 8,
+    coarse_to_fine: bool = True,
 ) -> LayerChoice:
-    """Measure every candidate band and pick the one with the best drop - drift."""
+    """Measure every candidate band and pick the one with the best drop - drift.
+
+    ``harmful``/``harmless`` are prompts or their prefills (reused, not recomputed).
+    """
     from tqdm.auto import tqdm
 
-    pre_h = prefill(model, build_batch(tokenizer, harmful, system=system))
-    pre_b = prefill(model, build_batch(tokenizer, harmless, system=system))
+    def as_prefill(prompts: Sequence[str] | Prefill) -> Prefill:
+        if isinstance(prompts, Prefill):
+            return prompts
+        return prefill(model, build_batch(tokenizer, prompts, system=system))
+
+    pre_h, pre_b = as_prefill(harmful), as_prefill(harmless)
     opening_ids, opening, rate = refusal_opening(model, tokenizer, pre_h)
     base_h, _ = suffix_logprobs(model, pre_h, opening_ids, None)
     _, base_b = suffix_logprobs(model, pre_b, [], None)
@@ -219,20 +230,34 @@ def choose_band(
         raise ScansError(
             f"no band of {width} layers fits a model with {vectors.shape[0]} layers; fix: pass fewer --layers"
         )
-    groups = [bands[i : i + bands_per_pass] for i in range(0, len(bands), bands_per_pass)]
-    for group in tqdm(groups, desc="layer bands", disable=not progress, leave=False):
+    n_h, n_b = len(base_h), len(base_b)
+
+    def measure(group: Sequence[tuple[int, int]]) -> None:
         # several bands in one forward pass: the anchors repeated once per band, each copy
         # steered on its own band only (a sign matrix over the union of the bands' layers)
         tiled_h, plan_h = tiled_band_plan(vectors, coefficients, group, -1, pre_h)
         tiled_b, plan_b = tiled_band_plan(vectors, coefficients, group, -1, pre_b)
         lp_h, _ = suffix_logprobs(model, tiled_h, opening_ids, plan_h)
         _, lp_b = suffix_logprobs(model, tiled_b, [], plan_b)
-        n_h, n_b = len(base_h), len(base_b)
         for i, (start, end) in enumerate(group):
             drop = float((base_h - lp_h[i * n_h : (i + 1) * n_h]).mean())
             part = lp_b[i * n_b : (i + 1) * n_b]
             drift = float(F.kl_div(part, base_b, log_target=True, reduction="batchmean"))
             effects.append(BandEffect(start, end, drop, drift))
+
+    # coarse to fine: every other band first, then the unmeasured neighbours of the best
+    # (the score is smooth in the band's start: one band more or less deep changes it little)
+    coarse = bands[::2] if coarse_to_fine and len(bands) > 2 else bands
+    groups = [coarse[i : i + bands_per_pass] for i in range(0, len(coarse), bands_per_pass)]
+    for group in tqdm(groups, desc="layer bands", disable=not progress, leave=False):
+        measure(group)
+    top = max(effects, key=lambda e: e.score)
+    best_at = bands.index((top.start, top.end))
+    measured = {(e.start, e.end) for e in effects}
+    fine = [bands[j] for j in (best_at - 1, best_at + 1) if 0 <= j < len(bands) and bands[j] not in measured]
+    if fine:
+        measure(fine)
+    effects.sort(key=lambda e: e.start)
     best = max(effects, key=lambda e: e.score)
     return LayerChoice(best, effects, opening, opening_ids, rate, pre_h, pre_b)
 
