@@ -227,7 +227,8 @@ def _bench_split():
 
 
 def test_bench_vllm_matches_transformers_runner(both, tmp_path):
-    """The same split through both runners: same record format, verdicts, signs and answers
+    """The same split through both runners, every method the vLLM backend supports (another
+    system prompt, another steering plan): same record format, verdicts, signs and answers
     (16 greedy tokens, the exact-token tolerance above); a rerun resumes (writes nothing);
     `scans report` renders the vLLM run; the backend and throughput are recorded."""
     import json
@@ -237,7 +238,7 @@ def test_bench_vllm_matches_transformers_runner(both, tmp_path):
     from scans.bench.suite import SuiteOptions, build_methods, run_suite
 
     hf, engine = both
-    names = "original,scans,always-away"
+    names = "original,scans,scans-paper,always-away,prompt"
     config = BenchConfig(max_new_tokens=BENCH_TOKENS, batch_size=4)
     ref = run_generations(
         hf, _bench_split(), build_methods(hf, names), tmp_path / "hf", config, progress=False
