@@ -24,8 +24,14 @@ if [ "$have" != "$want" ] || ! "$PY" -c "import vllm" >/dev/null 2>&1; then
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
         "$PY" -m pip install -q "torch==${TORCH_VERSION}"
     else
-        "$PY" -m pip install -q --no-index "torch==${TORCH_VERSION}" 2>/dev/null \
-            || "$PY" -m pip install -q "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu
+        # a local CPU wheel (pip's find-links) if there is one, its dependencies from the index;
+        # else the CPU wheel index (a bare `torch` would pull the multi-GB CUDA build)
+        if "$PY" -m pip install -q --no-index --no-deps "torch==${TORCH_VERSION}" 2>/dev/null; then
+            "$PY" -m pip install -q "torch==${TORCH_VERSION}"
+        else
+            "$PY" -m pip install -q "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu \
+                --extra-index-url https://pypi.org/simple
+        fi
     fi
     "$PY" -m pip install -q "${VLLM_SPEC}"
     "$PY" -m pip uninstall -q -y torchvision torchaudio torchcodec || true

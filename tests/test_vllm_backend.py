@@ -294,6 +294,27 @@ def test_bench_vllm_refuses_unsupported_method_and_other_backend(both, tmp_path)
 
 
 # ------------------------------------------------------------------ scans serve --backend vllm
+def test_stream_deltas_and_cancellation(both):
+    """The server's engine loop: text arrives in several deltas that add up to the answer, a
+    cancelled request is aborted at the next step and leaves nothing in the engine."""
+    _, engine = both
+    ((ids, _),) = engine.encode([PROMPTS[0]])
+    pieces: list[str] = []
+    steps: list[int] = []
+    out = engine.stream(
+        [engine.request(ids, 0, max_tokens=12), engine.request(ids, 0, max_tokens=400)],
+        on_text=[pieces.append, None],
+        cancelled=[None, lambda: len(steps) >= 4],
+        on_step=steps.append,
+    )
+    assert len(pieces) > 1 and "".join(pieces) == out[0].text
+    assert out[0].finish_reason in ("stop", "length") and 0 < len(out[0].token_ids) <= 12
+    assert out[1].finish_reason == "cancelled"
+    assert len(steps) < 20 and steps[:4] == [2, 2, 2, 2] and set(steps[4:]) == {1}
+    assert not engine.llm.llm_engine.has_unfinished_requests()
+    assert engine.run([engine.request(ids, 0, max_tokens=12)])[0].text == out[0].text.strip()
+
+
 def test_serve_vllm_mixed_batch_same_as_alone(both):
     """Harmful, benign and steering-off requests (one streamed, one with a stop string) sent
     concurrently to the server on the vLLM backend, collected into one batch, each get the
