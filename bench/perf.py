@@ -4,13 +4,15 @@
 
 Side by side in one run, each method in its own subprocess (so peak RSS is its own):
   a  plain batched greedy `generate` of the prompts (no classification, no steering)
+  e  the same without SCANS on this project's engine: length-sorted buckets and the shared
+     prefill (system prompt run once), then `generate`: b/e is what SCANS itself costs
   b  this project's SCANS: shared prefill, batched probe pass, per-row steered generation
   c  the paper's code path: per prompt, a full forward pass with every layer's hidden
      states copied to the CPU in half precision to classify, then a second full forward
      pass plus decoding under steering (run on the first --loop-n prompts; its rate is
      per prompt, so b/c compares seconds per prompt)
 All generate exactly --new-tokens tokens per prompt (min_new_tokens). Each method warms
-up on 4 prompts; a and b alternate in fresh processes (a, b, a, b, ...) and the best of
+up on 4 prompts; a, e and b alternate in fresh processes (a, e, b, a, e, b, ...) and the best of
 --repeats runs of each counts (c runs once). Prints prompts/s,
 tokens/s, peak RSS and the ratios; also the machine's measured fp32 matmul throughput and
 the fraction of it that a batched forward pass reaches.
@@ -69,6 +71,12 @@ def _one_run(method, scans, model, tok, profile, prompts, new_tokens, batch_size
                     max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=pad_id_of(tok),
                     **GenerationConfig().kwargs(),
                 )  # fmt: skip
+    elif method == "e":  # this project's engine without SCANS: same buckets and shared prefill
+        from scans.engine import generate_from
+
+        config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+        for rows in scans._buckets(prompts, batch_size):
+            generate_from(model, tok, scans._prefill([prompts[i] for i in rows]), config)
     elif method == "b":
         scans.generate(
             prompts,
@@ -140,7 +148,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2, help="timed runs of a and b (best counts)")
-    ap.add_argument("--only", choices=["a", "b", "c", "machine"], help=argparse.SUPPRESS)
+    ap.add_argument("--only", choices=["a", "e", "b", "c", "machine"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.only:
         if args.only == "machine":
@@ -162,7 +170,7 @@ def main() -> None:
     # a and b alternate (a, b, a, b, ...), each in a fresh process, the best run of each
     # counting: a burst of load from another process hits both, not just one of them
     for _ in range(args.repeats):
-        for method in "ab":
+        for method in "aeb":
             r = run(method, 1)
             prev = results.get(method, r)
             best = r if r["seconds"] <= prev["seconds"] else prev
@@ -172,18 +180,20 @@ def main() -> None:
     print(f"fp32 matmul: {m['matmul_gflops']:.0f} GFLOP/s; batched forward pass (32 prompts, "
           f"{m['padded_tokens']} padded tokens): {m['forward_gflops']:.0f} GFLOP/s = "
           f"{m['forward_gflops'] / m['matmul_gflops']:.0%} of it")  # fmt: skip
-    names = {"a": "plain batched generate", "b": "SCANS (this project)", "c": "one-at-a-time SCANS loop"}
+    names = {"a": "plain batched generate", "e": "plain, this project's engine", "b": "SCANS (this project)",
+             "c": "one-at-a-time SCANS loop"}  # fmt: skip
     print(
         f"{'method':28s} {'prompts':>7s} {'seconds':>8s} {'prompts/s':>9s} {'tokens/s':>8s} {'peak RSS':>9s}"
     )
-    for key in "abc":
+    for key in "aebc":
         r = results[key]
         rate = r["n"] / r["seconds"]
         print(f"{names[key]:28s} {r['n']:7d} {r['seconds']:8.1f} {rate:9.3f} {rate * args.new_tokens:8.1f} "
               f"{r['peak_rss_mb']:7.0f}MB")  # fmt: skip
-    per = {k: results[k]["seconds"] / results[k]["n"] for k in "abc"}
+    per = {k: results[k]["seconds"] / results[k]["n"] for k in "aebc"}
     print(
-        f"b/a wall time: {per['b'] / per['a']:.3f}   c/b time per prompt: {per['c'] / per['b']:.1f}   "
+        f"b/a wall time: {per['b'] / per['a']:.3f}   b/e (SCANS over the same engine unsteered): "
+        f"{per['b'] / per['e']:.3f}   c/b time per prompt: {per['c'] / per['b']:.1f}   "
         f"peak RSS b/a: {results['b']['peak_rss_mb'] / results['a']['peak_rss_mb']:.3f}"
     )
 
