@@ -122,10 +122,13 @@ def machine_throughput() -> dict:
 
     a, b = torch.randn(1024, 896), torch.randn(896, 4864)
     a @ b
-    start = time.perf_counter()
-    for _ in range(10):
-        a @ b
-    matmul = 10 * 2 * 1024 * 896 * 4864 / (time.perf_counter() - start) / 1e9
+    best = float("inf")
+    for _ in range(5):  # best of 5 (a busy machine only ever makes it slower)
+        start = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        best = min(best, time.perf_counter() - start)
+    matmul = 10 * 2 * 1024 * 896 * 4864 / best / 1e9
     scans = Scans.from_pretrained()
     model = scans.model
     batch = build_batch(scans.tokenizer, load(32))
@@ -133,9 +136,11 @@ def machine_throughput() -> dict:
     body = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n and "lm_head" not in n)
     with torch.no_grad():
         model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-        start = time.perf_counter()
-        model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-        seconds = time.perf_counter() - start
+        seconds = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+            seconds = min(seconds, time.perf_counter() - start)
     padded = batch.input_ids.numel()
     forward = 2 * body * padded / seconds / 1e9
     return {"matmul_gflops": matmul, "forward_gflops": forward, "tokens": tokens, "padded_tokens": padded}
