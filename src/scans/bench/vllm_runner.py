@@ -18,6 +18,7 @@ answer likelihoods) are not run on this backend. The run records its backend in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -153,13 +154,14 @@ def run_suite_vllm(engine: Any, run_dir: str | Path, opts: Any, progress: bool =
     methods = build_methods(engine, opts.methods)
     check_methods([m.name for m in methods])
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_meta(run_dir, engine, splits, methods, opts.config)
+    config = dataclasses.replace(opts.config, batch_size=opts.config.batch_size or DEFAULT_CHUNK)
+    write_meta(run_dir, engine, splits, methods, config)
     save_profile_copy(run_dir, engine)
-    log, stats = run_generations_vllm(engine, splits, methods, run_dir, opts.config, progress=progress)
+    log, stats = run_generations_vllm(engine, splits, methods, run_dir, config, progress=progress)
     if stats["requests"]:  # a rerun with nothing left to do keeps the last measurement
         throughput = {
             "backend": "vllm", "dtype": engine.dtype, "engine_load_s": engine.info.get("load_s"),
-            "max_new_tokens": opts.config.max_new_tokens, "chunk": opts.config.batch_size or DEFAULT_CHUNK,
+            "max_new_tokens": config.max_new_tokens, "chunk": config.batch_size,
             "methods": [m.name for m in methods], **stats,
             "note": "rows: records written; requests: unique engine requests (methods share unsteered "
             "answers); wall_s: generation phase of this invocation (probe passes included, engine load not)",
