@@ -222,8 +222,13 @@ class Scans:
         pre_b = prefill(self.model, build_batch(self.tokenizer, fit_b[:k], system=system, max_length=max_len))
         acts_h = probe_pass(self.model, self.tokenizer, pre_h, probe, self.layers_path)
         acts_b = probe_pass(self.model, self.tokenizer, pre_b, probe, self.layers_path)
-        acts_rest = collect(self.model, self.tokenizer, [*fit_h[k:], *fit_b[k:]], probe=probe,
-                            desc="fit anchors", **common_kw)  # fmt: skip
+        rest = [*fit_h[k:], *fit_b[k:]]
+        if rest:
+            acts_rest = collect(
+                self.model, self.tokenizer, rest, probe=probe, desc="fit anchors", **common_kw
+            )
+        else:  # every fit anchor is also a layer-evaluation anchor
+            acts_rest = {name: acts_h[name][:0].cpu() for name in ("inst", "probe", "uend")}
         n_rest_h = len(fit_h) - k
         acts = {
             name: torch.cat([acts_h[name].cpu(), acts_rest[name][:n_rest_h], acts_b[name].cpu(), acts_rest[name][n_rest_h:]])
