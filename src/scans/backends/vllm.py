@@ -349,7 +349,6 @@ class VLLMScans:
         self.stop_token_ids = list(stop_token_ids)
         self.info = info or {}
         self.profile: Profile | None = None
-        self._plan_key = ""
         self._windows: dict[str, int | None] = {}
         self._keys: dict[str, str] = {}
         self.layers_path: str | None = self.info.get("layers_path")
@@ -447,19 +446,14 @@ class VLLMScans:
         key = plan_key(deltas) + f"w{profile.steer_window}"
         self._windows[name] = profile.steer_window
         self._keys[name] = key
-        if name == PROFILE_PLAN:
-            self._plan_key = key
         return key
 
     def plan_for(self, profile: Profile) -> str:
         """The name of a registered plan steering like ``profile`` (registered on first use;
         plans are named by their content, so equal steering shares one plan and its cache)."""
-        deltas = plan_deltas(profile)
-        name = f"plan-{plan_key(deltas)}w{profile.steer_window}"
+        name = f"plan-{plan_key(plan_deltas(profile))}w{profile.steer_window}"
         if name not in self._keys:
-            self.llm.collective_rpc(_rpc_set_plan, args=(name, deltas))
-            self._windows[name] = profile.steer_window
-            self._keys[name] = name
+            self.add_plan(name, profile)
         return name
 
     @property
@@ -559,7 +553,7 @@ class VLLMScans:
         from vllm.inputs import TokensPrompt
 
         start = len(ids) - 1
-        salt = cache_salt(key or self._keys.get(plan, self._plan_key), sign, start)
+        salt = cache_salt(key or self._keys.get(plan, self._keys.get(PROFILE_PLAN, "")), sign, start)
         prompt = TokensPrompt(prompt_token_ids=list(ids))
         if salt is not None:
             prompt["cache_salt"] = salt

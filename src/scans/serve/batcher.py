@@ -200,10 +200,9 @@ class Batcher:
         if self.on_batch is not None:
             self.on_batch(len(jobs))
         # the vllm backend (scans.backends.vllm.VLLMScans) runs the batch in its engine
-        run_batch = (
-            getattr(self.scans, "chat_batch", None) if getattr(self.scans, "backend", "") == "vllm" else None
-        )
-        if run_batch is None:
+        if getattr(self.scans, "backend", "") == "vllm":
+            run_batch = self.scans.chat_batch
+        else:
             run_batch = functools.partial(chat_batch, self.scans)
         try:
             results = run_batch(
