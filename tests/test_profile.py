@@ -12,6 +12,7 @@ import torch
 from conftest import BORDERLINE, FIT_KWARGS, HARMFUL, HARMLESS, _fitted, _tiny, make_model, make_scans
 from scans.activations import collect
 from scans.api import _split
+from scans.classifier import SHRINKAGE_GRID
 from scans.errors import ScansError
 from scans.profile import METADATA, TENSOR_FIELDS, TENSORS, Profile
 from scans.vectors import mean_difference
@@ -38,10 +39,23 @@ def test_fit_produces_profile(fitted):
     assert p.cls_layers == list(range(p.steer_layers[0], 2))
     assert p.harmful_sign in (0, 1)
     assert p.threshold == p.calibration["threshold"]
-    assert p.calibration["n_harmful"] == 4 and p.calibration["n_harmless"] == 8
+    # cross-fitted calibration: fit and held-out anchors form one pool, scored out of fold
+    n_x = len(p.extra["heldout_scores"]["borderline"])
+    assert p.calibration["n_harmful"] == 10 and p.calibration["n_harmless"] == 10 + n_x
+    assert p.extra["calibration_mode"] == "crossfit" and p.extra["shrinkage"]["instruction"] in SHRINKAGE_GRID
     assert p.anchors["n_fit"] == 6 and p.anchors["n_heldout"] == 4 and p.anchors["n_layer_eval"] == 4
     assert [e["layer"] for e in p.layer_evidence] == [0, 1]
     assert p.extra["layers_source"] != "user"
+
+
+def test_heldout_calibration_keeps_the_heldout_anchors_out():
+    t = _tiny("qwen2")
+    p = make_scans(t.model, t.tokenizer).fit(
+        HARMFUL, HARMLESS, BORDERLINE, calibration="heldout", **FIT_KWARGS
+    )
+    assert p.calibration["n_harmful"] == 4 and p.calibration["n_harmless"] == 8
+    assert p.extra["calibration_mode"] == "heldout"
+    assert len(p.extra["heldout_scores"]["harmful"]) == 4
 
 
 def test_fit_vectors_are_the_mean_difference(fitted):
@@ -94,6 +108,8 @@ def test_fit_cosine_classifier():
         dict(classifier="knn"),
         dict(harmful_policy="maybe"),
         dict(layers=[5]),
+        dict(calibration="cv"),
+        dict(shrinkage=1.5),
     ],
 )
 def test_fit_bad_arguments(kwargs):

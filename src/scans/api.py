@@ -17,6 +17,7 @@ from torch import nn
 from . import __version__
 from .activations import collect
 from .calibration import average_precision, calibrate
+from .classifier import fit_classifier
 from .embedded import cache_dir
 from .engine import GenerationConfig, Prefill, generate_from, prefill, probe_pass
 from .errors import ScansError
@@ -26,10 +27,8 @@ from .profile import CLASSIFIERS, Profile
 from .prompts import DEFAULT_PROBE, build_batch, context_length, encode_chat
 from .steering import SteeringPlan
 from .vectors import (
-    contrast_direction,
     mean_difference,
     mean_norms,
-    projection_stats,
     reference_transition,
     transitions,
 )
@@ -172,13 +171,20 @@ class Scans:
         batch_size: int | None = None,
         progress: bool = True,
         compare_classifiers: bool = False,
+        calibration: str = "crossfit",
+        shrinkage: float | None = None,
     ) -> Profile:
         """Steps 1-3: refusal vectors, layers, classifier and calibration.
 
         Anchors default to the shipped ones: matched harmful/harmless pairs and borderline
         (benign but scary-sounding) prompts. Each side is shuffled with ``seed``; ``n_fit``
-        per side build the vectors (harmful vs harmless) and the classifier (harmful vs
-        harmless + borderline), the next ``n_heldout`` per side calibrate the threshold.
+        per side build the vectors (harmful vs harmless); the next ``n_heldout`` per side are
+        read only up to the end of the user's text. The classifier (harmful vs harmless +
+        borderline, a shrunk contrast direction, ``shrinkage`` None = chosen by 4-fold
+        cross-validation) is fitted on the pool of both; with ``calibration="crossfit"`` the
+        threshold is calibrated on out-of-fold scores (every anchor scored by a classifier
+        that never saw it); with ``"heldout"`` the ``n_heldout`` anchors are kept out of the
+        classifier and calibrate it.
         ``compare_classifiers`` also scores the held-out anchors with every classifier (recorded
         in ``extra``); without it, the default instruction classifier reads the borderline and
         held-out anchors only up to the end of the user's text (less work).
@@ -202,6 +208,12 @@ class Scans:
             )
         if classifier not in CLASSIFIERS:
             raise ScansError(f"classifier {classifier!r}; fix: use one of {', '.join(CLASSIFIERS)}")
+        if calibration not in ("crossfit", "heldout"):
+            raise ScansError(f"calibration {calibration!r}; fix: use 'crossfit' or 'heldout'")
+        if shrinkage is not None and not 0.0 <= shrinkage <= 1.0:
+            raise ScansError(
+                f"shrinkage {shrinkage}; fix: use a value in [0, 1] (1 = plain mean difference) or auto"
+            )
         if harmful_policy not in ("refuse", "none"):
             raise ScansError(f"harmful_policy {harmful_policy!r}; fix: use 'none' or 'refuse'")
 
@@ -277,36 +289,61 @@ class Scans:
                        uend_only=not every, desc="held-out anchors", **common_kw)  # fmt: skip
         clock.lap("held-out anchors forward")
         held_tau = transitions(held["inst"], held["probe"]) if every else None
-        labels = np.array([True] * len(held_h) + [False] * (len(held_b) + len(held_x)))
-        fit_features = {"contrast": tau, "instruction": acts["uend"]}
-        scorers, held_scores = {}, {}
+        held_labels = np.array([True] * len(held_h) + [False] * (len(held_b) + len(held_x)))
+        fit_labels = np.array([True] * n_h + [False] * (n_b + len(fit_x)))
+        # which anchor set each scored row belongs to (for the report's histograms)
+        held_groups = ["harmful"] * len(held_h) + ["harmless"] * len(held_b) + ["borderline"] * len(held_x)
+        fit_groups = ["harmful"] * n_h + ["harmless"] * n_b + ["borderline"] * len(fit_x)
+        features = {
+            "contrast": (tau, held_tau),
+            "cosine": (tau, held_tau),
+            "instruction": (acts["uend"], held["uend"]),
+        }
+
+        def scorer(name: str) -> Any:
+            def score(tensors: dict[str, torch.Tensor], feats: torch.Tensor) -> np.ndarray:
+                p = Profile(self.name, self.fingerprint, vectors, norms=norms, steer_layers=steer_layers,
+                            cls_layers=cls_layers, alpha=alpha, threshold=0.0, classifier=name,
+                            **{"reference": reference, **tensors})  # fmt: skip
+                return p.scores(feats, feats).numpy()
+
+            return score
+
+        fits, held_scores = {}, {}
+        extra["calibration_mode"] = calibration
         for name in CLASSIFIERS if every else (classifier,):  # held-out AUPRC of each (compared) classifier
-            tensors: dict[str, torch.Tensor] = {"reference": reference}
-            if name in fit_features:
-                feature = fit_features[name]
-                tensors["contrast"] = contrast_direction(feature[:n_h], feature[n_h:])
-                tensors["contrast_mean"], tensors["contrast_std"] = projection_stats(
-                    feature, tensors["contrast"]
+            train, test = features[name]
+            if calibration == "crossfit":  # held-out anchors join the pool; out-of-fold scores calibrate
+                pool = torch.cat([train, test])
+                fits[name] = fit_classifier(name, pool, np.r_[fit_labels, held_labels], scorer(name),
+                                            cls_layers, shrinkage, seed=seed)  # fmt: skip
+                held_scores[name] = fits[name].oof_scores
+            else:
+                fits[name] = fit_classifier(
+                    name, train, fit_labels, scorer(name), cls_layers, shrinkage, seed=seed
                 )
-            scorers[name] = Profile(self.name, self.fingerprint, vectors, norms=norms, steer_layers=steer_layers,
-                                    cls_layers=cls_layers, alpha=alpha, threshold=0.0, classifier=name, **tensors)  # fmt: skip
-            held_scores[name] = scorers[name].scores(held_tau, held["uend"]).numpy()
-            extra[f"heldout_auprc_{name}"] = average_precision(held_scores[name], labels)
-        scorer = scorers[classifier]
-        common = {k: getattr(scorer, k) for k in ("reference", "contrast", "contrast_mean", "contrast_std")}
+                held_scores[name] = scorer(name)(fits[name].tensors, test)
+            extra.setdefault("shrinkage", {})[name] = fits[name].shrinkage
+            extra.setdefault("cv_auprc", {})[name] = {f"{k:g}": v for k, v in fits[name].cv_auprc.items()}
+        labels, groups = (
+            (np.r_[fit_labels, held_labels], fit_groups + held_groups)
+            if calibration == "crossfit"
+            else (held_labels, held_groups)
+        )
+        for name, scores in held_scores.items():
+            extra[f"heldout_auprc_{name}"] = average_precision(scores, labels)
+        common = {"reference": reference, **fits[classifier].tensors}
         scores = held_scores[classifier]
-        calibration = calibrate(scores, labels, target_recall).to_dict()
+        calibration_stats = calibrate(scores, labels, target_recall).to_dict()
         if threshold is not None:
-            calibration["threshold_override"] = float(threshold)
+            calibration_stats["threshold_override"] = float(threshold)
         if "inst" in held:
             mid = steer_layers[len(steer_layers) // 2]
             projection = (held["inst"][:, mid] @ vectors[mid]).numpy()
-            extra["vector_separation_auprc"] = average_precision(projection, labels)
-        n_hb = len(held_h) + len(held_b)
+            extra["vector_separation_auprc"] = average_precision(projection, held_labels)
         extra["heldout_scores"] = {
-            "harmful": scores[: len(held_h)].tolist(),
-            "harmless": scores[len(held_h) : n_hb].tolist(),
-            "borderline": scores[n_hb:].tolist(),
+            group: [float(x) for x, g in zip(scores, groups) if g == group]
+            for group in ("harmful", "harmless", "borderline")
         }
 
         evidence = []
@@ -329,12 +366,12 @@ class Scans:
             cls_layers=cls_layers,
             alpha=alpha,
             alpha_mode=alpha_mode,
-            threshold=float(threshold if threshold is not None else calibration["threshold"]),
+            threshold=float(threshold if threshold is not None else calibration_stats["threshold"]),
             harmful_sign=harmful_sign,
             steer_window=steer_window,
             probe=probe,
             system=system,
-            calibration=calibration,
+            calibration=calibration_stats,
             layer_evidence=evidence,
             anchors={
                 "harmful_sha256": _hash_prompts(harmful),

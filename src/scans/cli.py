@@ -43,6 +43,19 @@ def parse_layers(text: str | None) -> list[int] | None:
     return sorted(layers)
 
 
+def shrinkage_arg(text: str) -> float | None:
+    """--shrinkage: a number in [0, 1] or 'auto' (None: chosen by cross-validation)."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number in [0, 1] or 'auto'")
+    return value
+
+
 def batch_size_arg(text: str) -> int | None:
     """--batch-size: a positive number or 'auto' (None: chosen from the device)."""
     if text.strip().lower() == "auto":
@@ -121,7 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--borderline", help="benign-but-scary anchor file (classifier negatives)")
     fit.add_argument("--text-column", default=None, help="column holding the prompt text")
     fit.add_argument("--n-fit", type=int, default=64, help="anchors per side for vectors/classifier")
-    fit.add_argument("--n-heldout", type=int, default=32, help="anchors per side held out for calibration")
+    fit.add_argument("--n-heldout", type=int, default=32,
+                     help="more anchors per side, read to the end of the user's text only: classifier and calibration")  # fmt: skip
+    fit.add_argument("--calibration", choices=["crossfit", "heldout"], default="crossfit",
+                     help="crossfit (default): the classifier learns from all anchors and its threshold is calibrated "
+                     "on out-of-fold scores; heldout: the --n-heldout anchors only calibrate")  # fmt: skip
+    fit.add_argument("--shrinkage", type=shrinkage_arg, default=None,
+                     help="covariance shrinkage of the classifier direction, 0-1 (1 = plain mean difference), "
+                     "or auto (default: chosen by cross-validation)")  # fmt: skip
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--layers", default=None, help="steering layers, e.g. 10-17 (default: measured)")
     fit.add_argument(
@@ -300,9 +320,14 @@ def print_fit(profile: Any, seconds: float, path: Any) -> None:
     mode = "x layer norm" if profile.alpha_mode == "relative" else "absolute"
     print(f"alpha: {profile.alpha} ({mode}); prompts judged harmful: "
           f"{'steered toward refusal' if profile.harmful_sign > 0 else 'left unsteered'}")  # fmt: skip
-    print(f"threshold: {profile.threshold:.4f}")
+    shrink = (extra.get("shrinkage") or {}).get(profile.classifier)
     print(
-        f"held-out calibration ({c['n_harmful']} harmful, {c['n_harmless']} benign): accuracy {c['accuracy']:.3f}, "
+        f"threshold: {profile.threshold:.4f}"
+        + (f", direction shrinkage {shrink:g}" if shrink is not None else "")
+    )
+    how = "cross-fitted (out-of-fold)" if extra.get("calibration_mode") == "crossfit" else "held-out"
+    print(
+        f"{how} calibration ({c['n_harmful']} harmful, {c['n_harmless']} benign): accuracy {c['accuracy']:.3f}, "
         f"balanced accuracy {c['balanced_accuracy']:.3f}, AUPRC {c['auprc']:.3f}, "
         f"precision {c['precision']:.3f}, recall {c['recall']:.3f}"
     )
@@ -340,6 +365,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         target_recall=args.target_recall, harmful_policy=args.harmful_policy, probe=args.probe,
         steer_window=args.steer_window or None, compare_classifiers=args.compare_classifiers,
         system=args.system, batch_size=args.batch_size, progress=not args.quiet,
+        calibration=args.calibration, shrinkage=args.shrinkage,
     )  # fmt: skip
     path = scans.save(args.out)
     print_fit(profile, time.time() - start, path)

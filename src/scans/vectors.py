@@ -55,9 +55,62 @@ def mean_norms(*acts: torch.Tensor) -> torch.Tensor:
     return norms.mean(0).float()
 
 
-def contrast_direction(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
-    """Unit direction (L, D) from the negative mean to the positive mean (float64 sums)."""
-    return mean_difference(positive, negative)
+def contrast_direction(
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    shrinkage: float = 1.0,
+    layers: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Unit direction (L, D) that separates ``positive`` from ``negative`` (float64 math).
+
+    w_l = (Sigma_l(lambda))^-1 (mu_pos,l - mu_neg,l),  w_l <- w_l / ||w_l||, with the pooled
+    within-class covariance shrunk toward a scaled identity (a regularised Fisher / LDA
+    direction):  Sigma(lambda) = (1 - lambda) S + lambda (tr S / D) I.
+    ``shrinkage`` 1 gives the plain mean difference (the previous behaviour). With
+    ``layers``, only those layers are solved (the others get the mean difference).
+    """
+    return contrast_directions(positive, negative, [shrinkage], layers)[0]
+
+
+def contrast_directions(
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    shrinkages: Sequence[float],
+    layers: Sequence[int] | None = None,
+) -> list[torch.Tensor]:
+    """:func:`contrast_direction` for several shrinkage values, one decomposition per layer.
+
+    With the centred rows C = U diag(s) V^T (thin SVD), S = V diag(e) V^T, e = s^2 / (n - 2),
+    so Sigma(lambda)^-1 d = V diag(1 / ((1 - lambda) e + b)) V^T d + (d - V V^T d) / b with
+    b = lambda tr(S) / D (the second term is dropped when b = 0: a pseudo-inverse).
+    """
+    assert all(0.0 <= lam <= 1.0 for lam in shrinkages), f"shrinkage must lie in [0, 1], got {shrinkages}"
+    mean_diff = mean_difference(positive, negative).double()
+    out = [mean_diff.clone() for _ in shrinkages]
+    if all(lam >= 1.0 for lam in shrinkages):
+        return [d.float() for d in out]
+    n = positive.shape[0] + negative.shape[0]
+    assert n > 2, "need more than two prompts for a covariance"
+    pos, neg = positive.double(), negative.double()
+    for layer in range(mean_diff.shape[0]) if layers is None else layers:
+        p, q = pos[:, layer], neg[:, layer]
+        d = p.mean(0) - q.mean(0)
+        centred = torch.cat([p - p.mean(0), q - q.mean(0)])
+        _, s, vt = torch.linalg.svd(centred, full_matrices=False)
+        e = s.square() / (n - 2)
+        scale = e.sum() / d.shape[0]  # tr(S) / D
+        coef = vt @ d
+        for i, lam in enumerate(shrinkages):
+            if lam >= 1.0:
+                continue
+            b = lam * scale
+            w = vt.T @ (coef / ((1.0 - lam) * e + b))
+            if b > 0:
+                w = w + (d - vt.T @ coef) / b
+            norm = w.norm()
+            assert torch.isfinite(w).all() and norm > 0, f"layer {layer}: degenerate contrast direction"
+            out[i][layer] = w / norm
+    return [d.float() for d in out]
 
 
 def projection_stats(x: torch.Tensor, direction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
