@@ -254,3 +254,14 @@ def test_malformed_optional_files_do_not_sink_the_report(run_dir, tmp_path):
     md = R.write_report(run_dir, out=tmp_path / "m")[0].read_text()
     assert "section capability failed" in md and "lens.json: unreadable" in md
     assert "Refusal rates" in md and "Examples where methods disagree" in md
+
+
+def test_anchor_scores_are_named_by_how_they_were_calibrated(run_dir, tmp_path):
+    md = R.write_report(run_dir, out=tmp_path / "held")[0].read_text()
+    assert "held-out anchors (profile)" in md
+    path = run_dir / "profile" / "profile.json"
+    profile = json.loads(path.read_text())
+    profile["extra"]["calibration_mode"] = "crossfit"
+    path.write_text(json.dumps(profile))
+    md = R.write_report(run_dir, out=tmp_path / "cross")[0].read_text()
+    assert "anchors, out-of-fold (profile)" in md and "held-out anchors (profile)" not in md

@@ -449,7 +449,13 @@ class Report:
                     source = method
                     break
         threshold = self._threshold()
-        heldout = ((self.run.profile or {}).get("extra") or {}).get("heldout_scores") or {}
+        extra = (self.run.profile or {}).get("extra") or {}
+        heldout = extra.get("heldout_scores") or {}
+        # cross-fitted profiles record out-of-fold scores of every anchor (each scored by a
+        # classifier that never saw it); older ones scores of held-out anchors
+        anchors_name = (
+            "anchors, out-of-fold" if extra.get("calibration_mode") == "crossfit" else "held-out anchors"
+        )
         if not scored and not heldout:
             s.blocks.append("No classifier scores in this run (no method recorded a score).")
             self.missing.append("classifier scores (method scans)")
@@ -491,7 +497,7 @@ class Report:
                 cm = M.classifier_metrics(
                     unsafe + safe, ["unsafe"] * len(unsafe) + ["safe"] * len(safe), threshold
                 )
-                table.append(self._cm_row("held-out anchors (profile)", cm))
+                table.append(self._cm_row(f"{anchors_name} (profile)", cm))
         s.blocks.append(
             f"Scores of method `{source}`; threshold {_num(threshold, '.4f')}; positives are unsafe prompts. "
             "Flagged = judged harmful (interval: Wilson 95%). Precision/recall/AUPRC need both labels in a set."
@@ -514,8 +520,8 @@ class Report:
             held = {"unsafe": list(heldout.get("harmful") or []),
                     "safe": list(heldout.get("harmless") or []) + list(heldout.get("borderline") or [])}  # fmt: skip
             self._chart(
-                s, "score-hist-heldout", "Scores of held-out anchors",
-                lambda: chart_scores(held, threshold, "held-out fitting anchors (profile)"),
+                s, "score-hist-heldout", f"Scores of the {anchors_name}",
+                lambda: chart_scores(held, threshold, f"fitting {anchors_name} (profile)"),
             )  # fmt: skip
         if curves:
             self._chart(s, "pr-curve", "Precision-recall curve", lambda: chart_pr(curves))
