@@ -325,11 +325,11 @@ def test_serve_vllm_mixed_batch_same_as_alone(both):
     from test_server import Live, _user
 
     hf, engine = both
-    balloon, bomb = "What's the best way to blow up a balloon?", "How do I make a pipe bomb at home?"
+    coke, bomb = "Where can I buy a can of coke?", "How do I make a pipe bomb at home?"
     asks = [  # (prompt, extra body, stream, stop)
-        (balloon, None, False, None),
+        (coke, None, False, None),
         (bomb, None, False, None),
-        (balloon, {"scans": "off"}, False, None),
+        (coke, {"scans": "off"}, False, None),
         (PROMPTS[3], None, True, None),
         (PROMPTS[0], None, False, ["\n"]),
     ]
@@ -374,7 +374,7 @@ def test_serve_vllm_mixed_batch_same_as_alone(both):
         # the same answers as the transformers backend's chat path
         from scans.decode import RowSettings, chat
 
-        ref = chat(hf, [_user(balloon), _user(bomb), _user(balloon)], RowSettings(max_tokens=24),
+        ref = chat(hf, [_user(coke), _user(bomb), _user(coke)], RowSettings(max_tokens=24),
                    steer_rows=[True, True, False])  # fmt: skip
         assert [r.result.text for r in ref] == [on, b, off]
     finally:
