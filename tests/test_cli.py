@@ -260,3 +260,15 @@ def test_fit_layers_out_of_range(loader, capsys):
     assert cli.main(["fit", "--layers", "0-5"]) == 2
     line = _error_line(capsys)
     assert "out of range" in line and "fix:" in line
+
+
+def test_shrinkage_flag_parses_auto_or_a_fraction(capsys):
+    from scans.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["fit", "--shrinkage", "auto"]).shrinkage is None
+    assert parser.parse_args(["fit", "--shrinkage", "0.3"]).shrinkage == 0.3
+    for bad in ("1.5", "nan", "lots"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["fit", "--shrinkage", bad])
+        assert "is not a number in [0, 1] or 'auto'" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import ScansError
@@ -43,30 +43,29 @@ def parse_layers(text: str | None) -> list[int] | None:
     return sorted(layers)
 
 
-def shrinkage_arg(text: str) -> float | None:
-    """--shrinkage: a number in [0, 1] or 'auto' (None: chosen by cross-validation)."""
-    if text.strip().lower() == "auto":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number in [0, 1] or 'auto'")
-    return value
+def auto_or(
+    convert: Callable[[str], Any], valid: Callable[[Any], bool], expected: str
+) -> Callable[[str], Any]:
+    """An argparse type: 'auto' (None: chosen by the program) or a ``convert``-ed value that is ``valid``."""
+
+    def parse(text: str) -> Any:
+        if text.strip().lower() == "auto":
+            return None
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not valid(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {expected} or 'auto'")
+        return value
+
+    return parse
 
 
-def batch_size_arg(text: str) -> int | None:
-    """--batch-size: a positive number or 'auto' (None: chosen from the device)."""
-    if text.strip().lower() == "auto":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number or 'auto'")
-    return value
+# --batch-size: rows per batch (auto: chosen from the device)
+batch_size_arg = auto_or(int, lambda v: v >= 1, "a positive number")
+# --shrinkage: covariance shrinkage of the classifier direction (auto: chosen by cross-validation)
+shrinkage_arg = auto_or(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
