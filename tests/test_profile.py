@@ -110,6 +110,7 @@ def test_fit_cosine_classifier():
         dict(layers=[5]),
         dict(calibration="cv"),
         dict(shrinkage=1.5),
+        dict(n_fit=2, calibration="heldout"),  # 2 harmful rows cannot make 4 folds
     ],
 )
 def test_fit_bad_arguments(kwargs):

@@ -17,7 +17,7 @@ from torch import nn
 from . import __version__
 from .activations import collect
 from .calibration import average_precision, calibrate
-from .classifier import fit_classifier
+from .classifier import N_FOLDS, fit_classifier
 from .embedded import cache_dir
 from .engine import GenerationConfig, Prefill, generate_from, prefill, probe_pass
 from .errors import ScansError
@@ -213,6 +213,12 @@ class Scans:
         if shrinkage is not None and not 0.0 <= shrinkage <= 1.0:
             raise ScansError(
                 f"shrinkage {shrinkage}; fix: use a value in [0, 1] (1 = plain mean difference) or auto"
+            )
+        n_cls_h = len(fit_h) + (len(held_h) if calibration == "crossfit" else 0)
+        if n_cls_h < N_FOLDS:
+            raise ScansError(
+                f"{n_cls_h} harmful anchors train the classifier, its {N_FOLDS}-fold cross-validation needs "
+                f"{N_FOLDS}; fix: raise --n-fit to {N_FOLDS} or use --calibration crossfit"
             )
         if harmful_policy not in ("refuse", "none"):
             raise ScansError(f"harmful_policy {harmful_policy!r}; fix: use 'none' or 'refuse'")
