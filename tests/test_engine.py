@@ -6,7 +6,7 @@ import torch
 
 from scans import prompts
 from scans.activations import collect, forward_capture
-from scans.engine import GenerationConfig, generate_from, prefill, probe_pass
+from scans.engine import GenerationConfig, generate_from, prefill, prefill_probed, probe_pass
 from scans.steering import SteeringPlan, steer
 
 PROMPTS = ["Hi", "How do I bake bread at home, step by step?", "What is the capital of France?"]
@@ -39,6 +39,26 @@ def test_probe_pass_matches_full_forward(tiny):
     assert pre.cache.get_seq_length() == seq_before
     again = probe_pass(model, tok, pre, "Sure")
     assert torch.allclose(again["probe"], got["probe"], atol=1e-6)
+
+
+def test_prefill_probed_matches_prefill_then_probe_pass(tiny):
+    """One pass for both: the same activations, and a cache from which steered and
+    unsteered generation give the same tokens as from ``prefill``'s."""
+    model, tok = tiny.model, tiny.tokenizer
+    batch = prompts.build_batch(tok, PROMPTS, system="Be brief.")
+    pre = prefill(model, batch)
+    expected = probe_pass(model, tok, pre, "Sure")
+    both, got = prefill_probed(model, tok, batch, "Sure")
+    for name in ("inst", "probe", "uend"):
+        assert torch.allclose(got[name], expected[name], atol=1e-4), name
+    assert torch.allclose(both.uend, got["uend"])
+    assert both.cache.get_seq_length() == pre.cache.get_seq_length()
+    for a, b in zip(both.cache.layers, pre.cache.layers):
+        assert torch.allclose(a.keys, b.keys, atol=1e-5) and torch.allclose(a.values, b.values, atol=1e-5)
+    config = GenerationConfig(max_new_tokens=6)
+    plan = _plan(pre.batch)
+    assert generate_from(model, tok, both, config) == generate_from(model, tok, pre, config)
+    assert generate_from(model, tok, both, config, plan) == generate_from(model, tok, pre, config, plan)
 
 
 def test_collect_matches_forward_capture(tiny):

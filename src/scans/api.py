@@ -19,10 +19,11 @@ from .activations import collect
 from .calibration import average_precision, calibrate
 from .classifier import N_FOLDS, fit_classifier
 from .embedded import cache_dir
-from .engine import GenerationConfig, Prefill, generate_from, prefill, probe_pass
+from .engine import GenerationConfig, Prefill, generate_from, prefill, prefill_probed, probe_pass
 from .errors import ScansError
 from .layers import choose_band, logit_lens, toward_refusal_gain
 from .models import LoadedModel, find_layers, load_model, model_fingerprint
+from .packing import packed_linears
 from .profile import CLASSIFIERS, Profile
 from .prompts import DEFAULT_PROBE, build_batch, context_length, encode_chat
 from .steering import SteeringPlan
@@ -173,6 +174,7 @@ class Scans:
         compare_classifiers: bool = False,
         calibration: str = "crossfit",
         shrinkage: float | None = None,
+        pack_linears: bool = True,
     ) -> Profile:
         """Steps 1-3: refusal vectors, layers, classifier and calibration.
 
@@ -187,7 +189,8 @@ class Scans:
         classifier and calibrate it.
         ``compare_classifiers`` also scores the held-out anchors with every classifier (recorded
         in ``extra``); without it, the default instruction classifier reads the borderline and
-        held-out anchors only up to the end of the user's text (less work).
+        held-out anchors only up to the end of the user's text (less work). ``pack_linears``:
+        on a CPU in float32, run the forward passes on prepacked weights (same math, faster).
         """
         from .datafiles import shipped_anchors, shipped_borderline
 
@@ -228,72 +231,77 @@ class Scans:
 
             batch_size = auto_batch_size(self.model)
         clock = _Clock()
-        every = compare_classifiers or classifier != "instruction"  # transitions of all anchors needed
-        common_kw = dict(
-            system=system, batch_size=batch_size, layers_path=self.layers_path, progress=progress
-        )
-        # The layer-band anchors (the first k per side) run through the inference path
-        # (prefill + probe pass): their prefix caches are reused to measure the bands.
-        k = min(n_layer_eval, len(fit_h), len(fit_b))
-        max_len = context_length(self.model)
-        pre_h = prefill(self.model, build_batch(self.tokenizer, fit_h[:k], system=system, max_length=max_len))
-        pre_b = prefill(self.model, build_batch(self.tokenizer, fit_b[:k], system=system, max_length=max_len))
-        acts_h = probe_pass(self.model, self.tokenizer, pre_h, probe, self.layers_path)
-        acts_b = probe_pass(self.model, self.tokenizer, pre_b, probe, self.layers_path)
-        rest = [*fit_h[k:], *fit_b[k:]]
-        if rest:
-            acts_rest = collect(
-                self.model, self.tokenizer, rest, probe=probe, desc="fit anchors", **common_kw
+        # CPU float32: the linear layers run on weights packed once (see scans.packing)
+        with packed_linears(self.model, enabled=pack_linears):
+            every = compare_classifiers or classifier != "instruction"  # transitions of all anchors needed
+            common_kw = dict(
+                system=system, batch_size=batch_size, layers_path=self.layers_path, progress=progress
             )
-        else:  # every fit anchor is also a layer-evaluation anchor
-            acts_rest = {name: acts_h[name][:0].cpu() for name in ("inst", "probe", "uend")}
-        n_rest_h = len(fit_h) - k
-        acts = {
-            name: torch.cat([acts_h[name].cpu(), acts_rest[name][:n_rest_h], acts_b[name].cpu(), acts_rest[name][n_rest_h:]])
-            for name in ("inst", "probe", "uend")
-        }  # fmt: skip
-        acts_x = collect(self.model, self.tokenizer, fit_x, probe=probe, uend_only=not every,
-                         desc="fit borderline", **common_kw)  # fmt: skip
-        acts.update({k: torch.cat([acts[k], acts_x[k]]) for k in acts_x})  # without every: x only at uend
-        n_h, n_b = len(fit_h), len(fit_b)
-        inst_h, inst_b = acts["inst"][:n_h], acts["inst"][n_h : n_h + n_b]
-        tau_h = transitions(inst_h, acts["probe"][:n_h])
-        tau = transitions(acts["inst"], acts["probe"]) if every else tau_h
-        vectors = mean_difference(inst_h, inst_b)  # step 1
-        norms = mean_norms(inst_h, inst_b)
-        coefficients = alpha * norms if alpha_mode == "relative" else torch.full_like(norms, alpha)
-        clock.lap("fit anchors forward")
-        lens_scores, top_tokens = logit_lens(self.model, self.tokenizer, vectors)
+            # The layer-band anchors (the first k per side) run through the inference path
+            # (prefill + probe pass, both sides in one batch): their prefix caches are reused
+            # to measure the bands.
+            k = min(n_layer_eval, len(fit_h), len(fit_b))
+            max_len = context_length(self.model)
+            batch = build_batch(self.tokenizer, [*fit_h[:k], *fit_b[:k]], system=system, max_length=max_len)
+            pre, acts_eval = prefill_probed(self.model, self.tokenizer, batch, probe, self.layers_path)
+            pre_h, pre_b = pre.select(range(k)), pre.select(range(k, 2 * k))
+            rest = [*fit_h[k:], *fit_b[k:]]
+            if rest:
+                acts_rest = collect(
+                    self.model, self.tokenizer, rest, probe=probe, desc="fit anchors", **common_kw
+                )
+            else:  # every fit anchor is also a layer-evaluation anchor
+                acts_rest = {name: acts_eval[name][:0].cpu() for name in ("inst", "probe", "uend")}
+            n_rest_h = len(fit_h) - k
+            acts = {
+                name: torch.cat([acts_eval[name][:k].cpu(), acts_rest[name][:n_rest_h],
+                                 acts_eval[name][k:].cpu(), acts_rest[name][n_rest_h:]])
+                for name in ("inst", "probe", "uend")
+            }  # fmt: skip
+            # The classifier's other anchors (borderline to fit, and the held-out ones) in one
+            # pass, read only to the end of the user's text unless every classifier is compared.
+            acts_c = collect(self.model, self.tokenizer, [*fit_x, *held_h, *held_b, *held_x], probe=probe,
+                             uend_only=not every, desc="classifier anchors", **common_kw)  # fmt: skip
+            n_x = len(fit_x)
+            acts_x = {name: value[:n_x] for name, value in acts_c.items()}
+            held = {name: value[n_x:] for name, value in acts_c.items()}
+            acts.update({k: torch.cat([acts[k], acts_x[k]]) for k in acts_x})  # without every: x only at uend
+            n_h, n_b = len(fit_h), len(fit_b)
+            inst_h, inst_b = acts["inst"][:n_h], acts["inst"][n_h : n_h + n_b]
+            tau_h = transitions(inst_h, acts["probe"][:n_h])
+            tau = transitions(acts["inst"], acts["probe"]) if every else tau_h
+            vectors = mean_difference(inst_h, inst_b)  # step 1
+            norms = mean_norms(inst_h, inst_b)
+            coefficients = alpha * norms if alpha_mode == "relative" else torch.full_like(norms, alpha)
+            clock.lap("anchors forward")
+            lens_scores, top_tokens = logit_lens(self.model, self.tokenizer, vectors)
 
-        extra: dict[str, Any] = {}
-        clock.lap("vectors and logit lens")
-        choice = choose_band(  # step 2
-            self.model, self.tokenizer, vectors, coefficients, pre_h, pre_b,
-            width=len(layers) if layers else None, progress=progress,
-        )  # fmt: skip
-        clock.lap("layer bands (prefill, refusal opening, band effects)")
-        extra["bands"] = [
-            {"start": e.start, "end": e.end, "drop": e.drop, "drift": e.drift, "score": e.score}
-            for e in choice.effects
-        ]
-        extra["refusal_opening"] = choice.opening
-        extra["anchor_refusal_rate"] = choice.refusal_rate
-        if layers:
-            steer_layers = sorted(int(l) for l in layers)
-            extra["layers_source"] = "user"
-        else:
-            steer_layers = list(range(choice.band.start, choice.band.end + 1))
-            extra["layers_source"] = "measured effect (drop - drift)"
-        harmful_sign = 1 if harmful_policy == "refuse" else 0
-        if harmful_sign or compare_classifiers:  # a diagnostic, needed only when steering toward refusal
-            gain_h, gain_b = toward_refusal_gain(self.model, choice, vectors, coefficients)
-            extra["toward_refusal_gain"] = {"harmful": gain_h, "harmless": gain_b}
-            clock.lap("toward-refusal gain")
+            extra: dict[str, Any] = {}
+            clock.lap("vectors and logit lens")
+            choice = choose_band(  # step 2
+                self.model, self.tokenizer, vectors, coefficients, pre_h, pre_b,
+                width=len(layers) if layers else None, progress=progress,
+            )  # fmt: skip
+            clock.lap("layer bands (prefill, refusal opening, band effects)")
+            extra["bands"] = [
+                {"start": e.start, "end": e.end, "drop": e.drop, "drift": e.drift, "score": e.score}
+                for e in choice.effects
+            ]
+            extra["refusal_opening"] = choice.opening
+            extra["anchor_refusal_rate"] = choice.refusal_rate
+            if layers:
+                steer_layers = sorted(int(l) for l in layers)
+                extra["layers_source"] = "user"
+            else:
+                steer_layers = list(range(choice.band.start, choice.band.end + 1))
+                extra["layers_source"] = "measured effect (drop - drift)"
+            harmful_sign = 1 if harmful_policy == "refuse" else 0
+            if harmful_sign or compare_classifiers:  # a diagnostic, needed only when steering toward refusal
+                gain_h, gain_b = toward_refusal_gain(self.model, choice, vectors, coefficients)
+                extra["toward_refusal_gain"] = {"harmful": gain_h, "harmless": gain_b}
+                clock.lap("toward-refusal gain")
         cls_layers = list(range(steer_layers[0], self.n_layers))  # step 3
         reference = reference_transition(tau_h)
-        held = collect(self.model, self.tokenizer, [*held_h, *held_b, *held_x], probe=probe,
-                       uend_only=not every, desc="held-out anchors", **common_kw)  # fmt: skip
-        clock.lap("held-out anchors forward")
         held_tau = transitions(held["inst"], held["probe"]) if every else None
         held_labels = np.array([True] * len(held_h) + [False] * (len(held_b) + len(held_x)))
         fit_labels = np.array([True] * n_h + [False] * (n_b + len(fit_x)))

@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--shrinkage", type=shrinkage_arg, default=None,
                      help="covariance shrinkage of the classifier direction, 0-1 (1 = plain mean difference), "
                      "or auto (default: chosen by cross-validation)")  # fmt: skip
+    fit.add_argument("--no-pack", action="store_true",
+                     help="on a CPU, do not run the fit's forward passes on prepacked float32 weights "
+                     "(packing: same math, ~8%% faster, a second copy of the linear weights while fitting)")  # fmt: skip
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--layers", default=None, help="steering layers, e.g. 10-17 (default: measured)")
     fit.add_argument(
@@ -364,7 +367,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         target_recall=args.target_recall, harmful_policy=args.harmful_policy, probe=args.probe,
         steer_window=args.steer_window or None, compare_classifiers=args.compare_classifiers,
         system=args.system, batch_size=args.batch_size, progress=not args.quiet,
-        calibration=args.calibration, shrinkage=args.shrinkage,
+        calibration=args.calibration, shrinkage=args.shrinkage, pack_linears=not args.no_pack,
     )  # fmt: skip
     path = scans.save(args.out)
     print_fit(profile, time.time() - start, path)
@@ -576,5 +579,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def run() -> None:
+    """Console entry point: :func:`main`, then exit without tearing the interpreter down.
+
+    Unloading torch and transformers module by module takes 1.5-2 s after every command;
+    the work is done and the files are written and closed, so the process ends at once
+    (output flushed first) and the OS frees its memory. Exceptions propagate as usual.
+    """
+    import logging
+    import os
+
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -21,6 +21,7 @@ from torch import nn
 
 from .activations import forward_capture, model_device
 from .models import cache_kwarg
+from .packing import is_packed
 from .prompts import Batch, encode_probe, pad_id_of
 from .steering import SteeringPlan, steer
 
@@ -85,13 +86,17 @@ PREFIX_MEMO_SIZE = 8
 
 
 def _has_hooks(model: nn.Module) -> bool:
-    """True while any forward hook is installed (steering, ablation, captures): a prefix
-    computed under hooks must not be reused without them, or the other way round."""
+    """True while any forward hook or foreign forward override is installed (steering,
+    ablation, captures): a prefix computed under them must not be reused without them, or
+    the other way round. Packed linears (``scans.packing``) are part of the memo's key instead."""
     from torch.nn.modules import module as torch_module
 
     if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
         return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    return any(
+        m._forward_hooks or m._forward_pre_hooks or ("forward" in m.__dict__ and not is_packed(m))
+        for m in model.modules()
+    )
 
 
 def _weights_version(model: nn.Module) -> tuple:
@@ -111,7 +116,8 @@ def shared_prefix_cache(model: nn.Module, batch: Batch, length: int) -> Any:
     device = model_device(model)
     ids = batch.input_ids[:1, :length].to(device)
     memo = None if _has_hooks(model) else _PREFIX_MEMO.setdefault(model, OrderedDict())
-    key = (tuple(ids[0].tolist()), str(device), _weights_version(model))
+    packed = any(is_packed(m) for m in model.modules())  # packed results differ in the last bits
+    key = (tuple(ids[0].tolist()), str(device), _weights_version(model), packed)
     if memo is not None and key in memo:
         memo.move_to_end(key)
         cache = copy.deepcopy(memo[key])
@@ -183,6 +189,38 @@ def probe_pass(
         uend[last] = acts["inst"][last]
         acts["uend"] = uend
     return acts
+
+
+@torch.no_grad()
+def prefill_probed(
+    model: nn.Module,
+    tokenizer: Any,
+    batch: Batch,
+    probe: str,
+    layers_path: str | None = None,
+    share_prefix: bool = True,
+) -> tuple[Prefill, dict[str, torch.Tensor]]:
+    """:func:`prefill` and :func:`probe_pass` in one forward pass (one pass fewer, for work
+    that needs both): the prompt and the probe run together, then the instruction end and
+    the probe are cut off the cache. Causal attention makes the kept entries the ones
+    ``prefill`` computes; the activations are ``probe_pass``'s."""
+    device = model_device(model)
+    shared = batch.shared_prefix() if share_prefix else 0
+    batch = batch.hoist_prefix(shared).to(device)
+    cache = shared_prefix_cache(model, batch, shared) if shared else new_cache(model)
+    probe_ids = torch.tensor(encode_probe(tokenizer, probe), device=device)
+    rows, width = batch.input_ids.shape
+    ids = torch.cat([batch.input_ids[:, shared:], probe_ids.expand(rows, -1)], dim=1)
+    mask = torch.cat([batch.attention_mask, torch.ones_like(ids[:, width - shared :])], dim=1)
+    positions = {
+        "inst": torch.full((rows,), width - 1 - shared, dtype=torch.long),
+        "probe": torch.full((rows,), ids.shape[1] - 1, dtype=torch.long),
+    }
+    if "uend" in batch.positions:
+        positions["uend"] = batch.positions["uend"] - shared
+    acts, _ = forward_capture(model, ids, mask, positions, cache=cache, layers_path=layers_path)
+    cache.crop(-(len(probe_ids) + 1))  # negative: remove that many newest tokens
+    return Prefill(batch, cache, acts.get("uend")), acts
 
 
 @dataclass

@@ -56,16 +56,14 @@ def logit_lens(
     head = model.get_output_embeddings()
     norm = find_final_norm(model)
     refusal = torch.tensor(refusal_token_ids(tokenizer), dtype=torch.long)
-    scores, tops = [], []
-    for v in vectors:
-        x = v.to(device, head.weight.dtype)[None]
-        if norm is not None:
-            x = norm(x)
-        logits = head(x)[0].float().cpu()
-        logits = logits[: len(tokenizer)] if logits.shape[0] > len(tokenizer) else logits
-        z = (logits - logits.mean()) / logits.std().clamp_min(1e-8)
-        scores.append(float(z[refusal].mean()) if len(refusal) else 0.0)
-        tops.append([tokenizer.decode([int(i)]) for i in torch.topk(logits, top_k).indices])
+    x = vectors.to(device, head.weight.dtype)
+    if norm is not None:
+        x = norm(x)
+    logits = head(x).float().cpu()  # (L, V): every layer's vector in one product
+    logits = logits[:, : len(tokenizer)] if logits.shape[1] > len(tokenizer) else logits
+    z = (logits - logits.mean(-1, keepdim=True)) / logits.std(-1, keepdim=True).clamp_min(1e-8)
+    scores = z[:, refusal].mean(-1).tolist() if len(refusal) else [0.0] * len(vectors)
+    tops = [[tokenizer.decode([int(i)]) for i in row] for row in torch.topk(logits, top_k, dim=-1).indices]
     return scores, tops
 
 
@@ -152,18 +150,19 @@ def band_plan(
 def tiled_band_plan(
     vectors: torch.Tensor,
     coefficients: torch.Tensor,
-    bands: Sequence[tuple[int, int]],
+    bands: Sequence[tuple[int, int] | None],
     sign: float,
     pre: Prefill,
 ) -> tuple[Prefill, SteeringPlan]:
-    """``pre`` repeated once per band, and a plan steering copy ``i`` on band ``i`` only."""
+    """``pre`` repeated once per band, and a plan steering copy ``i`` on band ``i`` only
+    (a ``None`` band leaves its copy unsteered)."""
     n = pre.batch.input_ids.shape[0]
     tiled = pre.select(torch.arange(n).repeat(len(bands)).tolist())
-    layers = sorted({l for start, end in bands for l in range(start, end + 1)})
+    layers = sorted({l for band in bands if band is not None for l in range(band[0], band[1] + 1)})
     signs = torch.zeros((n * len(bands), len(layers)))
-    for i, (start, end) in enumerate(bands):
+    for i, band in enumerate(bands):
         for col, layer in enumerate(layers):
-            if start <= layer <= end:
+            if band is not None and band[0] <= layer <= band[1]:
                 signs[i * n : (i + 1) * n, col] = sign
     plan = SteeringPlan(
         vectors={l: vectors[l] for l in layers},
@@ -222,33 +221,41 @@ def choose_band(
 
     pre_h, pre_b = as_prefill(harmful), as_prefill(harmless)
     opening_ids, opening, rate = refusal_opening(model, tokenizer, pre_h)
-    base_h, _ = suffix_logprobs(model, pre_h, opening_ids, None)
-    _, base_b = suffix_logprobs(model, pre_b, [], None)
     effects = []
     bands = candidate_bands(vectors.shape[0], width)
     if not bands:
         raise ScansError(
             f"no band of {width} layers fits a model with {vectors.shape[0]} layers; fix: pass fewer --layers"
         )
-    n_h, n_b = len(base_h), len(base_b)
+    n_h, n_b = pre_h.batch.input_ids.shape[0], pre_b.batch.input_ids.shape[0]
+    base: dict[str, torch.Tensor] = {}
 
-    def measure(group: Sequence[tuple[int, int]]) -> None:
+    def measure(group: Sequence[tuple[int, int] | None]) -> None:
         # several bands in one forward pass: the anchors repeated once per band, each copy
-        # steered on its own band only (a sign matrix over the union of the bands' layers)
+        # steered on its own band only (a sign matrix over the union of the bands' layers);
+        # a None band is the unsteered baseline, measured in the first pass
         tiled_h, plan_h = tiled_band_plan(vectors, coefficients, group, -1, pre_h)
         tiled_b, plan_b = tiled_band_plan(vectors, coefficients, group, -1, pre_b)
         lp_h, _ = suffix_logprobs(model, tiled_h, opening_ids, plan_h)
         _, lp_b = suffix_logprobs(model, tiled_b, [], plan_b)
-        for i, (start, end) in enumerate(group):
-            drop = float((base_h - lp_h[i * n_h : (i + 1) * n_h]).mean())
+        if None in group:
+            i = group.index(None)
+            base["h"], base["b"] = lp_h[i * n_h : (i + 1) * n_h], lp_b[i * n_b : (i + 1) * n_b]
+        for i, band in enumerate(group):
+            if band is None:
+                continue
+            drop = float((base["h"] - lp_h[i * n_h : (i + 1) * n_h]).mean())
             part = lp_b[i * n_b : (i + 1) * n_b]
-            drift = float(F.kl_div(part, base_b, log_target=True, reduction="batchmean"))
-            effects.append(BandEffect(start, end, drop, drift))
+            drift = float(F.kl_div(part, base["b"], log_target=True, reduction="batchmean"))
+            effects.append(BandEffect(band[0], band[1], drop, drift))
 
     # coarse to fine: every other band first, then the unmeasured neighbours of the best
     # (the score is smooth in the band's start: one band more or less deep changes it little)
     coarse = bands[::2] if coarse_to_fine and len(bands) > 2 else bands
-    groups = [coarse[i : i + bands_per_pass] for i in range(0, len(coarse), bands_per_pass)]
+    groups: list[list[tuple[int, int] | None]] = [
+        list(coarse[i : i + bands_per_pass]) for i in range(0, len(coarse), bands_per_pass)
+    ]
+    groups[0].insert(0, None)  # the unsteered baseline rides along in the first pass
     for group in tqdm(groups, desc="layer bands", disable=not progress, leave=False):
         measure(group)
     top = max(effects, key=lambda e: e.score)

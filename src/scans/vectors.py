@@ -80,9 +80,11 @@ def contrast_directions(
 ) -> list[torch.Tensor]:
     """:func:`contrast_direction` for several shrinkage values, one decomposition per layer.
 
-    With the centred rows C = U diag(s) V^T (thin SVD), S = V diag(e) V^T, e = s^2 / (n - 2),
-    so Sigma(lambda)^-1 d = V diag(1 / ((1 - lambda) e + b)) V^T d + (d - V V^T d) / b with
-    b = lambda tr(S) / D (the second term is dropped when b = 0: a pseudo-inverse).
+    With the centred rows C, the pooled covariance is S = C^T C / (n - 2) = V diag(e) V^T
+    over its nonzero eigenvalues e, so Sigma(lambda)^-1 d = V diag(1 / ((1 - lambda) e + b))
+    V^T d + (d - V V^T d) / b with b = lambda tr(S) / D (the second term is dropped when
+    b = 0: a pseudo-inverse). V and e come from one batched symmetric eigendecomposition of
+    the smaller of C C^T (n x n) and C^T C (D x D) for all layers at once.
     """
     assert all(0.0 <= lam <= 1.0 for lam in shrinkages), f"shrinkage must lie in [0, 1], got {shrinkages}"
     mean_diff = mean_difference(positive, negative).double()
@@ -91,26 +93,51 @@ def contrast_directions(
         return [d.float() for d in out]
     n = positive.shape[0] + negative.shape[0]
     assert n > 2, "need more than two prompts for a covariance"
-    pos, neg = positive.double(), negative.double()
-    for layer in range(mean_diff.shape[0]) if layers is None else layers:
-        p, q = pos[:, layer], neg[:, layer]
-        d = p.mean(0) - q.mean(0)
-        centred = torch.cat([p - p.mean(0), q - q.mean(0)])
-        _, s, vt = torch.linalg.svd(centred, full_matrices=False)
-        e = s.square() / (n - 2)
-        scale = e.sum() / d.shape[0]  # tr(S) / D
-        coef = vt @ d
-        for i, lam in enumerate(shrinkages):
-            if lam >= 1.0:
-                continue
-            b = lam * scale
-            w = vt.T @ (coef / ((1.0 - lam) * e + b))
-            if b > 0:
-                w = w + (d - vt.T @ coef) / b
-            norm = w.norm()
-            assert torch.isfinite(w).all() and norm > 0, f"layer {layer}: degenerate contrast direction"
-            out[i][layer] = w / norm
+    idx = (
+        torch.arange(mean_diff.shape[0])
+        if layers is None
+        else torch.as_tensor(list(layers), dtype=torch.long)
+    )
+    pos, neg = positive.double()[:, idx].transpose(0, 1), negative.double()[:, idx].transpose(0, 1)
+    d = pos.mean(1) - neg.mean(1)  # (L', D)
+    centred = torch.cat(
+        [pos - pos.mean(1, keepdim=True), neg - neg.mean(1, keepdim=True)], dim=1
+    )  # (L', n, D)
+    axes, e = principal_axes(centred)  # (L', D, k), (L', k)
+    e = e / (n - 2)
+    scale = e.sum(-1, keepdim=True) / d.shape[-1]  # tr(S) / D
+    coef = (axes * d.unsqueeze(-1)).sum(1)  # V^T d, (L', k)
+    inside = (axes * coef.unsqueeze(1)).sum(-1)  # V V^T d, (L', D)
+    for i, lam in enumerate(shrinkages):
+        if lam >= 1.0:
+            continue
+        b = lam * scale
+        denom = (1.0 - lam) * e + b
+        inv = torch.where(denom > 0, 1.0 / denom.clamp_min(1e-300), torch.zeros_like(denom))
+        w = (axes * (coef * inv).unsqueeze(1)).sum(-1)
+        if lam > 0:
+            w = w + (d - inside) / b
+        norm = w.norm(dim=-1, keepdim=True)
+        assert torch.isfinite(w).all() and (norm > 0).all(), "degenerate contrast direction"
+        out[i][idx] = w / norm
     return [d.float() for d in out]
+
+
+def principal_axes(centred: torch.Tensor, rtol: float = 1e-10) -> tuple[torch.Tensor, torch.Tensor]:
+    """Orthonormal axes V (B, D, k) and eigenvalues (B, k) of C^T C for a batch of (B, n, D)
+    centred rows, from the smaller Gram matrix; axes of eigenvalues below ``rtol`` times the
+    largest are zeroed (so they act as the null space)."""
+    n, dim = centred.shape[-2:]
+    if n < dim:  # C C^T = U diag(s^2) U^T and V = C^T U / s
+        evals, u = torch.linalg.eigh(centred @ centred.transpose(-1, -2))
+        keep = evals > rtol * evals.amax(-1, keepdim=True).clamp_min(1e-300)
+        s = evals.clamp_min(0).sqrt()
+        axes = centred.transpose(-1, -2) @ u / torch.where(keep, s, torch.ones_like(s)).unsqueeze(-2)
+    else:
+        evals, axes = torch.linalg.eigh(centred.transpose(-1, -2) @ centred)
+        keep = evals > rtol * evals.amax(-1, keepdim=True).clamp_min(1e-300)
+    evals = torch.where(keep, evals, torch.zeros_like(evals))
+    return axes * keep.unsqueeze(-2), evals
 
 
 def projection_stats(x: torch.Tensor, direction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
