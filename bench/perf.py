@@ -1,6 +1,7 @@
 """Throughput of SCANS against plain generation and a one-prompt-at-a-time SCANS loop.
 
     python bench/perf.py [--n 64] [--loop-n 16] [--new-tokens 16] [--batch-size 32]
+    python bench/perf.py --fit-runs 3      # time `scans fit` instead (packed vs --no-pack)
 
 Side by side in one run, each method in its own subprocess (so peak RSS is its own):
   a  plain batched greedy `generate` of the prompts (no classification, no steering)
@@ -15,7 +16,13 @@ All generate exactly --new-tokens tokens per prompt (min_new_tokens). Each metho
 up on 4 prompts; a, e and b alternate in fresh processes (a, e, b, a, e, b, ...) and the best of
 --repeats runs of each counts (c runs once). Prints prompts/s,
 tokens/s, peak RSS and the ratios; also the machine's measured fp32 matmul throughput and
-the fraction of it that a batched forward pass reaches.
+the fraction of it that a batched forward pass reaches (plain, and on weights prepacked
+by ``scans.packing`` as ``scans fit`` runs them).
+
+With ``--fit-runs K``: the whole ``scans --quiet fit`` command (defaults, the model already
+cached), K times with its prepacked linears and K times with ``--no-pack``, alternating;
+prints every wall time, the medians and their ratio, and where the fit's time went (the
+stage timings each profile records).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).parent
 
@@ -118,32 +126,82 @@ def machine_throughput() -> dict:
     import torch
 
     from scans import Scans
+    from scans.packing import packed_linears
     from scans.prompts import build_batch
 
-    a, b = torch.randn(1024, 896), torch.randn(896, 4864)
-    a @ b
-    best = float("inf")
-    for _ in range(5):  # best of 5 (a busy machine only ever makes it slower)
-        start = time.perf_counter()
-        for _ in range(10):
-            a @ b
-        best = min(best, time.perf_counter() - start)
-    matmul = 10 * 2 * 1024 * 896 * 4864 / best / 1e9
+    def best_of(runs: int, work: Any) -> float:
+        work()
+        best = float("inf")
+        for _ in range(runs):  # a busy machine only ever makes it slower
+            start = time.perf_counter()
+            work()
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    a, weight = torch.randn(1024, 896), torch.randn(4864, 896)  # the embedded model's MLP shape
+    flops = 10 * 2 * 1024 * 896 * 4864
+    layer = torch.nn.Linear(896, 4864, bias=False)
+    layer.weight.data = weight
+
+    def ten() -> None:
+        with torch.no_grad():
+            for _ in range(10):
+                layer(a)
+
+    matmul = flops / best_of(5, ten) / 1e9
+    with packed_linears(layer):
+        matmul_packed = flops / best_of(5, ten) / 1e9
     scans = Scans.from_pretrained()
     model = scans.model
     batch = build_batch(scans.tokenizer, load(32))
     tokens = int(batch.attention_mask.sum())
     body = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n and "lm_head" not in n)
-    with torch.no_grad():
-        model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-        seconds = float("inf")
-        for _ in range(3):
-            start = time.perf_counter()
+
+    def forward_pass() -> None:
+        with torch.no_grad():
             model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-            seconds = min(seconds, time.perf_counter() - start)
+
     padded = batch.input_ids.numel()
-    forward = 2 * body * padded / seconds / 1e9
-    return {"matmul_gflops": matmul, "forward_gflops": forward, "tokens": tokens, "padded_tokens": padded}
+    forward = 2 * body * padded / best_of(3, forward_pass) / 1e9
+    with packed_linears(model):
+        forward_packed = 2 * body * padded / best_of(3, forward_pass) / 1e9
+    return {"matmul_gflops": matmul, "forward_gflops": forward, "matmul_packed_gflops": matmul_packed,
+            "forward_packed_gflops": forward_packed, "tokens": tokens, "padded_tokens": padded}  # fmt: skip
+
+
+def time_fits(runs: int) -> None:
+    """``scans --quiet fit`` with and without packed linears, alternating, in fresh processes."""
+    import statistics
+    import tempfile
+
+    walls: dict[str, list[float]] = {"packed": [], "--no-pack": []}
+    stages: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(runs):
+            for mode in walls:
+                out = Path(tmp) / f"{mode.strip('-')}-{i}"
+                cmd = [
+                    sys.executable,
+                    "-c",
+                    "from scans.cli import run; run()",
+                    "--quiet",
+                    "fit",
+                    "--out",
+                    str(out),
+                ]
+                cmd += [mode] if mode != "packed" else []  # the same as the `scans` console command
+                start = time.perf_counter()
+                subprocess.run(cmd, check=True, capture_output=True, text=True)
+                walls[mode].append(time.perf_counter() - start)
+                profile = json.loads((out / "profile.json").read_text())
+                stages[mode] = profile["extra"]["timings_s"]
+                print(f"run {i + 1} {mode:9s} wall {walls[mode][-1]:6.1f} s  layers {profile['steer_layers'][0]}-"
+                      f"{profile['steer_layers'][-1]}  threshold {profile['threshold']:.4f}", flush=True)  # fmt: skip
+    med = {mode: statistics.median(values) for mode, values in walls.items()}
+    for mode, values in walls.items():
+        print(f"{mode:9s} median {med[mode]:.1f} s (min {min(values):.1f}, max {max(values):.1f}); "
+              f"stages of its last run: {stages[mode]}")  # fmt: skip
+    print(f"packed / --no-pack median wall time: {med['packed'] / med['--no-pack']:.3f}")
 
 
 def main() -> None:
@@ -153,8 +211,17 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2, help="timed runs of a and b (best counts)")
+    ap.add_argument(
+        "--fit-runs", type=int, default=0, help="time `scans fit` this many times per mode instead"
+    )
     ap.add_argument("--only", choices=["a", "e", "b", "c", "machine"], help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.fit_runs:
+        m = machine_throughput()
+        print(f"fp32 matmul {m['matmul_gflops']:.0f} GFLOP/s (prepacked {m['matmul_packed_gflops']:.0f}); "
+              f"batched forward {m['forward_gflops']:.0f} (prepacked {m['forward_packed_gflops']:.0f})", flush=True)  # fmt: skip
+        time_fits(args.fit_runs)
+        return
     if args.only:
         if args.only == "machine":
             print(json.dumps(machine_throughput()))
@@ -184,7 +251,9 @@ def main() -> None:
     m = results["machine"]
     print(f"fp32 matmul: {m['matmul_gflops']:.0f} GFLOP/s; batched forward pass (32 prompts, "
           f"{m['padded_tokens']} padded tokens): {m['forward_gflops']:.0f} GFLOP/s = "
-          f"{m['forward_gflops'] / m['matmul_gflops']:.0%} of it")  # fmt: skip
+          f"{m['forward_gflops'] / m['matmul_gflops']:.0%} of it; on prepacked weights (as scans fit "
+          f"runs): matmul {m['matmul_packed_gflops']:.0f}, forward {m['forward_packed_gflops']:.0f} GFLOP/s = "
+          f"{m['forward_packed_gflops'] / m['matmul_packed_gflops']:.0%}")  # fmt: skip
     names = {"a": "plain batched generate", "e": "plain, this project's engine", "b": "SCANS (this project)",
              "c": "one-at-a-time SCANS loop"}  # fmt: skip
     print(

@@ -125,12 +125,12 @@ def suffix_logprobs(
             use_cache=True,
             **{cache_kwarg(base): pre.fresh_cache()},
         )
-    logp = F.log_softmax(model.get_output_embeddings()(out.last_hidden_state).float(), dim=-1)
-    if suffix.shape[1]:
-        total = logp.gather(-1, suffix[..., None]).squeeze(-1).sum(-1)
+    logits = model.get_output_embeddings()(out.last_hidden_state).float()
+    if suffix.shape[1]:  # log softmax at the targets only: logit - logsumexp
+        total = (logits.gather(-1, suffix[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)).sum(-1)
     else:
-        total = torch.zeros(batch_size, device=logp.device)
-    return total.cpu(), logp[:, 0].cpu()
+        total = torch.zeros(batch_size, device=logits.device)
+    return total.cpu(), F.log_softmax(logits[:, 0], dim=-1).cpu()
 
 
 def band_plan(
