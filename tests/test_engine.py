@@ -61,6 +61,23 @@ def test_prefill_probed_matches_prefill_then_probe_pass(tiny):
     assert generate_from(model, tok, both, config, plan) == generate_from(model, tok, pre, config, plan)
 
 
+def test_prefill_probed_falls_back_where_a_sliding_window_could_drop_entries(qwen, monkeypatch):
+    from scans import engine
+
+    model, tok = qwen.model, qwen.tokenizer
+    batch = prompts.build_batch(tok, PROMPTS)
+    calls = []
+    monkeypatch.setattr(engine, "probe_pass", lambda *a, **k: calls.append(1) or probe_pass(*a, **k))
+    monkeypatch.setattr(model.config, "sliding_window", 4, raising=False)
+    pre, acts = engine.prefill_probed(model, tok, batch, "Sure")
+    assert calls == [1]
+    expected = probe_pass(model, tok, prefill(model, batch), "Sure")
+    assert torch.allclose(acts["inst"], expected["inst"], atol=1e-5)
+    monkeypatch.setattr(model.config, "sliding_window", None, raising=False)
+    engine.prefill_probed(model, tok, batch, "Sure")
+    assert calls == [1]  # no window: the one-pass path
+
+
 def test_collect_matches_forward_capture(tiny):
     """Bucketing by length and re-padding must not change the activations or their order."""
     model, tok = tiny.model, tiny.tokenizer

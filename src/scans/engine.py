@@ -203,7 +203,12 @@ def prefill_probed(
     """:func:`prefill` and :func:`probe_pass` in one forward pass (one pass fewer, for work
     that needs both): the prompt and the probe run together, then the instruction end and
     the probe are cut off the cache. Causal attention makes the kept entries the ones
-    ``prefill`` computes; the activations are ``probe_pass``'s."""
+    ``prefill`` computes; the activations are ``probe_pass``'s. Where a sliding-window
+    cache could already have dropped entries, it runs ``prefill`` and ``probe_pass``."""
+    window = getattr(getattr(model, "config", None), "sliding_window", None)
+    if window and batch.input_ids.shape[1] + len(encode_probe(tokenizer, probe)) > window:
+        pre = prefill(model, batch, share_prefix)
+        return pre, probe_pass(model, tokenizer, pre, probe, layers_path)
     device = model_device(model)
     shared = batch.shared_prefix() if share_prefix else 0
     batch = batch.hoist_prefix(shared).to(device)
