@@ -216,6 +216,10 @@ def main() -> None:
     )
     ap.add_argument("--only", choices=["a", "e", "b", "c", "machine"], help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.fit_runs < 0:
+        ap.error(
+            f"--fit-runs {args.fit_runs}; fix: pass a positive number of runs per mode (0: time generation)"
+        )
     if args.fit_runs:
         m = machine_throughput()
         print(f"fp32 matmul {m['matmul_gflops']:.0f} GFLOP/s (prepacked {m['matmul_packed_gflops']:.0f}); "
