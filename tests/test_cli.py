@@ -272,3 +272,15 @@ def test_shrinkage_flag_parses_auto_or_a_fraction(capsys):
         with pytest.raises(SystemExit):
             parser.parse_args(["fit", "--shrinkage", bad])
         assert "is not a number in [0, 1] or 'auto'" in capsys.readouterr().err
+
+
+def test_missing_profile_fails_before_the_model_loads(monkeypatch, capsys, tmp_path):
+    from scans import api
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not load for a wrong --profile")
+
+    monkeypatch.setattr(api.Scans, "from_pretrained", no_model)
+    assert cli.main(["classify", "hi", "--profile", str(tmp_path / "nowhere")]) == 2
+    line = _error_line(capsys)
+    assert "no steering profile" in line and "fix:" in line

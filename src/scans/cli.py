@@ -279,6 +279,10 @@ def _load_vllm(args: argparse.Namespace, need_profile: bool = True):
 def _load(args: argparse.Namespace, need_profile: bool = True):
     from .api import Scans
 
+    if need_profile and getattr(args, "profile", None):
+        from .profile import require_profile_dir
+
+        require_profile_dir(args.profile)  # a wrong --profile fails before the model loads
     if getattr(args, "backend", "transformers") == "vllm":
         return _load_vllm(args, need_profile)
     scans = Scans.from_pretrained(
@@ -435,7 +439,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         scans.load()
         print(f"using cached profile {scans.default_profile_path}")
     except ScansError:
-        print("no cached profile for this model: fitting one (about 2-3 minutes on 2 CPU cores) ...")
+        print("no cached profile for this model: fitting one (about a minute on 2 CPU cores) ...")
         start = time.time()
         scans.fit(progress=not args.quiet)
         path = scans.save()

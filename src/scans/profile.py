@@ -152,12 +152,7 @@ class Profile:
     @classmethod
     def load(cls, path: str | Path, fingerprint: str | None = None) -> Profile:
         """Load a profile; with ``fingerprint``, refuse one made for another model."""
-        path = Path(path)
-        if not (path / METADATA).is_file() or not (path / TENSORS).is_file():
-            raise ScansError(
-                f"no steering profile at {path} (need {METADATA} and {TENSORS}); "
-                "fix: run `scans fit` or pass --profile DIR"
-            )
+        path = require_profile_dir(path)
         fix = "fix: rerun `scans fit`"
         try:
             meta = json.loads((path / METADATA).read_text())
@@ -199,3 +194,15 @@ def _atomic(target: Path, write) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def require_profile_dir(path: str | Path) -> Path:
+    """``path`` if it holds a profile's two files, else a one-line ScansError (cheap: the
+    CLI checks a given --profile before it loads the model)."""
+    path = Path(path)
+    if not (path / METADATA).is_file() or not (path / TENSORS).is_file():
+        raise ScansError(
+            f"no steering profile at {path} (need {METADATA} and {TENSORS}); "
+            "fix: run `scans fit` or pass --profile DIR"
+        )
+    return path
