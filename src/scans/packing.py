@@ -37,7 +37,8 @@ def _available_bytes() -> int | None:
 def packable(model: nn.Module) -> list[nn.Linear]:
     """The plain float32 ``nn.Linear`` modules on the CPU (subclasses, e.g. quantised or
     adapter layers, are left alone); empty where oneDNN's packed linear is unavailable."""
-    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+    ops = ("_linear_pointwise", "_reorder_linear_weight")
+    if not torch.backends.mkldnn.is_available() or not all(hasattr(torch.ops.mkldnn, op) for op in ops):
         return []
     return [
         m
