@@ -115,7 +115,7 @@ def batches_by_length(
     (dynamic programming over the split points).
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    if pass_overhead is None or len(order) <= 1:
+    if pass_overhead is None:
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     import numpy as np
 

@@ -133,6 +133,15 @@ def shared_prefix_cache(model: nn.Module, batch: Batch, length: int) -> Any:
     return cache
 
 
+def _hoisted(model: nn.Module, batch: Batch, share_prefix: bool) -> tuple[Batch, Any, int]:
+    """The batch on the model's device with its shared prefix hoisted, a cache already
+    holding that prefix (empty without one), and the prefix's length."""
+    shared = batch.shared_prefix() if share_prefix else 0
+    batch = batch.hoist_prefix(shared).to(model_device(model))
+    cache = shared_prefix_cache(model, batch, shared) if shared else new_cache(model)
+    return batch, cache, shared
+
+
 @torch.no_grad()
 def prefill(model: nn.Module, batch: Batch, share_prefix: bool = True) -> Prefill:
     """Run the prompt prefix (everything before the instruction end) once.
@@ -140,10 +149,7 @@ def prefill(model: nn.Module, batch: Batch, share_prefix: bool = True) -> Prefil
     With ``share_prefix``, a token prefix common to all rows (system prompt, template
     header, few-shot examples) is run once for the whole batch (see ``Batch.hoist_prefix``).
     """
-    device = model_device(model)
-    shared = batch.shared_prefix() if share_prefix else 0
-    batch = batch.hoist_prefix(shared).to(device)
-    cache = shared_prefix_cache(model, batch, shared) if shared else new_cache(model)
+    batch, cache, shared = _hoisted(model, batch, share_prefix)
     width = batch.input_ids.shape[1]
     uend = None
     if width - 1 > shared:
@@ -209,11 +215,8 @@ def prefill_probed(
     if window and batch.input_ids.shape[1] + len(encode_probe(tokenizer, probe)) > window:
         pre = prefill(model, batch, share_prefix)
         return pre, probe_pass(model, tokenizer, pre, probe, layers_path)
-    device = model_device(model)
-    shared = batch.shared_prefix() if share_prefix else 0
-    batch = batch.hoist_prefix(shared).to(device)
-    cache = shared_prefix_cache(model, batch, shared) if shared else new_cache(model)
-    probe_ids = torch.tensor(encode_probe(tokenizer, probe), device=device)
+    batch, cache, shared = _hoisted(model, batch, share_prefix)
+    probe_ids = torch.tensor(encode_probe(tokenizer, probe), device=batch.input_ids.device)
     rows, width = batch.input_ids.shape
     ids = torch.cat([batch.input_ids[:, shared:], probe_ids.expand(rows, -1)], dim=1)
     mask = torch.cat([batch.attention_mask, torch.ones_like(ids[:, width - shared :])], dim=1)

@@ -128,14 +128,13 @@ def principal_axes(centred: torch.Tensor, rtol: float = 1e-10) -> tuple[torch.Te
     centred rows, from the smaller Gram matrix; axes of eigenvalues below ``rtol`` times the
     largest are zeroed (so they act as the null space)."""
     n, dim = centred.shape[-2:]
-    if n < dim:  # C C^T = U diag(s^2) U^T and V = C^T U / s
-        evals, u = torch.linalg.eigh(centred @ centred.transpose(-1, -2))
-        keep = evals > rtol * evals.amax(-1, keepdim=True).clamp_min(1e-300)
+    small = n < dim  # then C C^T = U diag(s^2) U^T and V = C^T U / s
+    gram = centred @ centred.transpose(-1, -2) if small else centred.transpose(-1, -2) @ centred
+    evals, axes = torch.linalg.eigh(gram)
+    keep = evals > rtol * evals.amax(-1, keepdim=True).clamp_min(1e-300)
+    if small:
         s = evals.clamp_min(0).sqrt()
-        axes = centred.transpose(-1, -2) @ u / torch.where(keep, s, torch.ones_like(s)).unsqueeze(-2)
-    else:
-        evals, axes = torch.linalg.eigh(centred.transpose(-1, -2) @ centred)
-        keep = evals > rtol * evals.amax(-1, keepdim=True).clamp_min(1e-300)
+        axes = centred.transpose(-1, -2) @ axes / torch.where(keep, s, torch.ones_like(s)).unsqueeze(-2)
     evals = torch.where(keep, evals, torch.zeros_like(evals))
     return axes * keep.unsqueeze(-2), evals
 
