@@ -282,7 +282,7 @@ class Scans:
                 self.model, self.tokenizer, vectors, coefficients, pre_h, pre_b,
                 width=len(layers) if layers else None, progress=progress,
             )  # fmt: skip
-            clock.lap("layer bands (prefill, refusal opening, band effects)")
+            clock.lap("layer bands (refusal opening, band effects)")
             extra["bands"] = [
                 {"start": e.start, "end": e.end, "drop": e.drop, "drift": e.drift, "score": e.score}
                 for e in choice.effects
