@@ -2,9 +2,19 @@
 
 __version__ = "0.1.0"
 
-from .api import Generation, Scans, Verdict  # noqa: E402
-from .errors import ScansError  # noqa: E402
-from .profile import Profile  # noqa: E402
-from .steering import SteeringPlan, steer  # noqa: E402
+import gc as _gc  # noqa: E402
+
+# Importing torch creates several hundred thousand long-lived objects, and the cyclic garbage
+# collector would walk them again and again meanwhile: paused for this import only.
+_gc_was_enabled = _gc.isenabled()
+_gc.disable()
+try:
+    from .api import Generation, Scans, Verdict
+    from .errors import ScansError
+    from .profile import Profile
+    from .steering import SteeringPlan, steer
+finally:
+    if _gc_was_enabled:
+        _gc.enable()
 
 __all__ = ["Generation", "Profile", "Scans", "ScansError", "SteeringPlan", "Verdict", "steer", "__version__"]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import inspect
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,6 +113,24 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector paused inside the block, restored after.
+
+    Loading a model imports its modelling code and builds the tokenizer's vocabulary: about a
+    million long-lived objects, which the collector would otherwise walk over and over
+    (measured on the embedded model: the tokenizer loads in 1.0 s instead of 2.0 s).
+    Reference counting still frees everything else as usual.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 @dataclass
 class LoadedModel:
     """A model with its tokenizer and a name that identifies it."""
@@ -132,6 +153,18 @@ def load_model(
 
     ``model=None`` (or ``"embedded"``) means the embedded Qwen2.5-Coder-0.5B-Instruct.
     """
+    with gc_paused():
+        return _load_model(model, dtype, device, device_map, trust_remote_code, gguf_file)
+
+
+def _load_model(
+    model: str | None,
+    dtype: str | torch.dtype | None,
+    device: str | None,
+    device_map: str | dict | None,
+    trust_remote_code: bool,
+    gguf_file: str | None,
+) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .embedded import EMBEDDED, embedded_model_dir
