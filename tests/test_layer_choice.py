@@ -165,6 +165,48 @@ def test_coarse_to_fine_band_search():
     assert fast.band.score == max(e.score for e in fast.effects)
 
 
+def test_halved_coarse_round_then_contenders_on_every_anchor():
+    """With enough anchors the coarse round runs on the first half of each side; the best
+    coarse band and its neighbours are then measured on every anchor, with the numbers an
+    exhaustive search on all anchors gives, and the best of them is chosen."""
+    from conftest import HARMFUL, HARMLESS, make_model, make_tokenizer
+    from scans.layers import HALF_MIN, candidate_bands, choose_band
+
+    model, tok = make_model("qwen2", seed=3, n_layers=8), make_tokenizer("chatml")
+    g = torch.Generator().manual_seed(4)
+    vectors = torch.nn.functional.normalize(torch.randn(8, 32, generator=g), dim=-1)
+    coefficients = torch.full((8,), 3.0)
+    n = 2 * HALF_MIN
+    h, b = HARMFUL[:n], HARMLESS[:n]
+    kw = dict(width=2, progress=False)
+    bands = candidate_bands(8, 2)
+    every = {
+        (e.start, e.end): e
+        for e in choose_band(model, tok, vectors, coefficients, h, b, coarse_to_fine=False, **kw).effects
+    }
+    half = {
+        (e.start, e.end): e
+        for e in choose_band(
+            model, tok, vectors, coefficients, h[: n // 2], b[: n // 2], coarse_to_fine=False, **kw
+        ).effects
+    }
+    fast = choose_band(model, tok, vectors, coefficients, h, b, **kw)
+    coarse = bands[::2]
+    top = max(coarse, key=lambda band: half[band].score)
+    i = bands.index(top)
+    contenders = set(bands[max(0, i - 1) : i + 2])
+    measured = {(e.start, e.end): e for e in fast.effects}
+    assert set(measured) == set(coarse) | contenders
+    for band, e in measured.items():
+        ref, anchors = (every[band], 2 * n) if band in contenders else (half[band], n)
+        assert e.anchors == anchors
+        assert abs(e.drop - ref.drop) < 1e-4 and abs(e.drift - ref.drift) < 1e-5
+    assert (fast.band.start, fast.band.end) == max(contenders, key=lambda band: every[band].score)
+    # below the threshold (or with halve=False) every band is measured on all anchors
+    whole = choose_band(model, tok, vectors, coefficients, h, b, halve=False, **kw)
+    assert all(e.anchors == 2 * n for e in whole.effects)
+
+
 def test_sign_matrix_steers_each_row_on_its_own_layers():
     from conftest import _tiny
     from scans.activations import forward_capture

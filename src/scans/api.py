@@ -284,7 +284,14 @@ class Scans:
             )  # fmt: skip
             clock.lap("layer bands (refusal opening, band effects)")
             extra["bands"] = [
-                {"start": e.start, "end": e.end, "drop": e.drop, "drift": e.drift, "score": e.score}
+                {
+                    "start": e.start,
+                    "end": e.end,
+                    "drop": e.drop,
+                    "drift": e.drift,
+                    "score": e.score,
+                    "anchors": e.anchors,
+                }
                 for e in choice.effects
             ]
             extra["refusal_opening"] = choice.opening

@@ -34,6 +34,7 @@ REFUSAL_WORDS = (
     "Unfortunately", "unfortunately", "prohibited", "not", "No",
 )  # fmt: skip
 FALLBACK_OPENING = "I'm sorry"
+HALF_MIN = 4  # the halved coarse round needs this many anchors per side in each half
 
 
 def refusal_token_ids(tokenizer: Any) -> list[int]:
@@ -75,6 +76,7 @@ class BandEffect:
     end: int  # inclusive
     drop: float  # mean drop of log P(refusal opening) on harmful anchors (nats)
     drift: float  # mean KL of the first-token distribution on harmless anchors (nats)
+    anchors: int = 0  # harmful + harmless anchors it was measured on (0: not recorded)
 
     @property
     def score(self) -> float:
@@ -153,17 +155,23 @@ def tiled_band_plan(
     bands: Sequence[tuple[int, int] | None],
     sign: float,
     pre: Prefill,
+    rows: Sequence[Sequence[int]] | None = None,
 ) -> tuple[Prefill, SteeringPlan]:
     """``pre`` repeated once per band, and a plan steering copy ``i`` on band ``i`` only
-    (a ``None`` band leaves its copy unsteered)."""
+    (a ``None`` band leaves its copy unsteered). ``rows[i]``: the rows of copy ``i``
+    (default: all of them)."""
     n = pre.batch.input_ids.shape[0]
-    tiled = pre.select(torch.arange(n).repeat(len(bands)).tolist())
+    rows = [range(n)] * len(bands) if rows is None else rows
+    assert len(rows) == len(bands), "one row list per band"
+    tiled = pre.select([r for part in rows for r in part])
     layers = sorted({l for band in bands if band is not None for l in range(band[0], band[1] + 1)})
-    signs = torch.zeros((n * len(bands), len(layers)))
-    for i, band in enumerate(bands):
+    signs = torch.zeros((tiled.batch.input_ids.shape[0], len(layers)))
+    at = 0
+    for part, band in zip(rows, bands):
         for col, layer in enumerate(layers):
             if band is not None and band[0] <= layer <= band[1]:
-                signs[i * n : (i + 1) * n, col] = sign
+                signs[at : at + len(part), col] = sign
+        at += len(part)
     plan = SteeringPlan(
         vectors={l: vectors[l] for l in layers},
         alphas={l: float(coefficients[l]) for l in layers},
@@ -207,10 +215,17 @@ def choose_band(
     progress: bool = True,
     bands_per_pass: int = 8,
     coarse_to_fine: bool = True,
+    halve: bool = True,
 ) -> LayerChoice:
-    """Measure every candidate band and pick the one with the best drop - drift.
+    """Measure the candidate bands and pick the one with the best drop - drift.
 
     ``harmful``/``harmless`` are prompts or their prefills (reused, not recomputed).
+    Coarse to fine: every other band first, then the unmeasured neighbours of the best
+    (the score is smooth in the band's start). With ``halve`` (and at least
+    ``2 * HALF_MIN`` anchors per side) the coarse round runs on the first half of the
+    anchors only; the best coarse band and its neighbours, the contenders, are then
+    measured on every anchor, and the best contender wins: the choice is made on all
+    anchors, about a third fewer tokens are run.
     """
     from tqdm.auto import tqdm
 
@@ -221,51 +236,75 @@ def choose_band(
 
     pre_h, pre_b = as_prefill(harmful), as_prefill(harmless)
     opening_ids, opening, rate = refusal_opening(model, tokenizer, pre_h)
-    effects = []
     bands = candidate_bands(vectors.shape[0], width)
     if not bands:
         raise ScansError(
             f"no band of {width} layers fits a model with {vectors.shape[0]} layers; fix: pass fewer --layers"
         )
     n_h, n_b = pre_h.batch.input_ids.shape[0], pre_b.batch.input_ids.shape[0]
-    base: dict[str, torch.Tensor] = {}
+    # per anchor (row): unsteered log P(opening) and first-token log-distribution, and per
+    # band the rows measured with their drop and KL drift; a band's effect is the mean
+    base_h: dict[int, float] = {}
+    base_b: dict[int, torch.Tensor] = {}
+    drops: dict[tuple[int, int], dict[int, float]] = {}
+    drifts: dict[tuple[int, int], dict[int, float]] = {}
 
-    def measure(group: Sequence[tuple[int, int] | None]) -> None:
+    def measure(tiles: Sequence[tuple[tuple[int, int] | None, Sequence[int], Sequence[int]]]) -> None:
         # several bands in one forward pass: the anchors repeated once per band, each copy
         # steered on its own band only (a sign matrix over the union of the bands' layers);
-        # a None band is the unsteered baseline, measured in the first pass
-        tiled_h, plan_h = tiled_band_plan(vectors, coefficients, group, -1, pre_h)
-        tiled_b, plan_b = tiled_band_plan(vectors, coefficients, group, -1, pre_b)
+        # a None band is the unsteered baseline of its rows, measured before their bands
+        group = [band for band, _, _ in tiles]
+        rows_h, rows_b = [list(t[1]) for t in tiles], [list(t[2]) for t in tiles]
+        tiled_h, plan_h = tiled_band_plan(vectors, coefficients, group, -1, pre_h, rows_h)
+        tiled_b, plan_b = tiled_band_plan(vectors, coefficients, group, -1, pre_b, rows_b)
         lp_h, _ = suffix_logprobs(model, tiled_h, opening_ids, plan_h)
         _, lp_b = suffix_logprobs(model, tiled_b, [], plan_b)
-        if None in group:
-            i = group.index(None)
-            base["h"], base["b"] = lp_h[i * n_h : (i + 1) * n_h], lp_b[i * n_b : (i + 1) * n_b]
-        for i, band in enumerate(group):
+        at_h = at_b = 0
+        for band, part_h, part_b in zip(group, rows_h, rows_b):
+            got_h, got_b = lp_h[at_h : at_h + len(part_h)], lp_b[at_b : at_b + len(part_b)]
+            at_h, at_b = at_h + len(part_h), at_b + len(part_b)
             if band is None:
+                base_h.update({r: float(v) for r, v in zip(part_h, got_h)})
+                base_b.update(dict(zip(part_b, got_b)))
                 continue
-            drop = float((base["h"] - lp_h[i * n_h : (i + 1) * n_h]).mean())
-            part = lp_b[i * n_b : (i + 1) * n_b]
-            drift = float(F.kl_div(part, base["b"], log_target=True, reduction="batchmean"))
-            effects.append(BandEffect(band[0], band[1], drop, drift))
+            drops.setdefault(band, {}).update({r: base_h[r] - float(v) for r, v in zip(part_h, got_h)})
+            kl = F.kl_div(got_b, torch.stack([base_b[r] for r in part_b]), log_target=True, reduction="none")
+            drifts.setdefault(band, {}).update(dict(zip(part_b, kl.sum(-1).tolist())))
 
-    # coarse to fine: every other band first, then the unmeasured neighbours of the best
-    # (the score is smooth in the band's start: one band more or less deep changes it little)
-    coarse = bands[::2] if coarse_to_fine and len(bands) > 2 else bands
-    groups: list[list[tuple[int, int] | None]] = [
-        list(coarse[i : i + bands_per_pass]) for i in range(0, len(coarse), bands_per_pass)
+    def effect(band: tuple[int, int]) -> BandEffect:
+        drop, drift = drops[band], drifts[band]
+        score = sum(drop.values()) / len(drop), sum(drift.values()) / len(drift)
+        return BandEffect(band[0], band[1], score[0], score[1], len(drop) + len(drift))
+
+    all_h, all_b = range(n_h), range(n_b)
+    coarse_to_fine = coarse_to_fine and len(bands) > 2
+    halve = halve and coarse_to_fine and min(n_h, n_b) >= 2 * HALF_MIN
+    first_h, first_b = (range(n_h // 2), range(n_b // 2)) if halve else (all_h, all_b)
+    coarse = bands[::2] if coarse_to_fine else bands
+    passes = [
+        [(band, first_h, first_b) for band in coarse[i : i + bands_per_pass]]
+        for i in range(0, len(coarse), bands_per_pass)
     ]
-    groups[0].insert(0, None)  # the unsteered baseline rides along in the first pass
-    for group in tqdm(groups, desc="layer bands", disable=not progress, leave=False):
-        measure(group)
-    top = max(effects, key=lambda e: e.score)
-    best_at = bands.index((top.start, top.end))
-    measured = {(e.start, e.end) for e in effects}
-    fine = [bands[j] for j in (best_at - 1, best_at + 1) if 0 <= j < len(bands) and bands[j] not in measured]
-    if fine:
-        measure(fine)
-    effects.sort(key=lambda e: e.start)
-    best = max(effects, key=lambda e: e.score)
+    passes[0].insert(0, (None, first_h, first_b))  # the baseline rides along in the first pass
+    for tiles in tqdm(passes, desc="layer bands", disable=not progress, leave=False):
+        measure(tiles)
+    if coarse_to_fine:
+        top = max(coarse, key=lambda b: effect(b).score)
+        at = bands.index(top)
+        contenders = [bands[j] for j in (at - 1, at, at + 1) if 0 <= j < len(bands)]
+        second_h, second_b = range(len(first_h), n_h), range(len(first_b), n_b)
+        tiles = [(None, second_h, second_b)] if halve else []
+        for band in contenders:
+            if band == top:  # measured on the first half: the second half completes it
+                if halve:
+                    tiles.append((band, second_h, second_b))
+            else:
+                tiles.append((band, all_h, all_b))
+        if tiles:
+            measure(tiles)
+    effects = sorted((effect(b) for b in drops), key=lambda e: e.start)
+    complete = [e for e in effects if e.anchors == n_h + n_b]  # measured on every anchor
+    best = max(complete or effects, key=lambda e: e.score)
     return LayerChoice(best, effects, opening, opening_ids, rate, pre_h, pre_b)
 
 
