@@ -4,8 +4,8 @@ __version__ = "0.1.0"
 
 import gc as _gc  # noqa: E402
 
-# Importing torch creates several hundred thousand long-lived objects, and the cyclic garbage
-# collector would walk them again and again meanwhile: paused for this import only.
+# Importing torch creates about 250,000 long-lived objects, and the cyclic garbage collector
+# would walk them again and again meanwhile: paused for this import only.
 _gc_was_enabled = _gc.isenabled()
 _gc.disable()
 try:

@@ -117,9 +117,9 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
 def gc_paused() -> Iterator[None]:
     """The cyclic garbage collector paused inside the block, restored after.
 
-    Loading a model imports its modelling code and builds the tokenizer's vocabulary: about a
-    million long-lived objects, which the collector would otherwise walk over and over
-    (measured on the embedded model: the tokenizer loads in 1.0 s instead of 2.0 s).
+    Loading a model imports its modelling code and builds the tokenizer's vocabulary: on the
+    embedded model about 600,000 long-lived objects on top of torch's, which the collector
+    would otherwise walk over and over (measured: the tokenizer loads in 1.0 s, not 2.0 s).
     Reference counting still frees everything else as usual.
     """
     was_enabled = gc.isenabled()
