@@ -220,8 +220,16 @@ def main() -> None:
         ap.error(
             f"--fit-runs {args.fit_runs}; fix: pass a positive number of runs per mode (0: time generation)"
         )
+
+    def run(method: str, repeats: int) -> dict:
+        cmd = [sys.executable, __file__, "--only", method, "--n", str(args.n), "--loop-n", str(args.loop_n),
+               "--new-tokens", str(args.new_tokens), "--batch-size", str(args.batch_size),
+               "--repeats", str(repeats)]  # fmt: skip
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        return json.loads(out)
+
     if args.fit_runs:
-        m = machine_throughput()
+        m = run("machine", 1)  # in its own process: this one holds no model while the fits run
         print(f"fp32 matmul {m['matmul_gflops']:.0f} GFLOP/s (prepacked {m['matmul_packed_gflops']:.0f}); "
               f"batched forward {m['forward_gflops']:.0f} (prepacked {m['forward_packed_gflops']:.0f})", flush=True)  # fmt: skip
         time_fits(args.fit_runs)
@@ -234,13 +242,6 @@ def main() -> None:
             repeats = 1 if args.only == "c" else args.repeats
             print(json.dumps(run_method(args.only, n, args.new_tokens, args.batch_size, repeats)))
         return
-
-    def run(method: str, repeats: int) -> dict:
-        cmd = [sys.executable, __file__, "--only", method, "--n", str(args.n), "--loop-n", str(args.loop_n),
-               "--new-tokens", str(args.new_tokens), "--batch-size", str(args.batch_size),
-               "--repeats", str(repeats)]  # fmt: skip
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        return json.loads(out)
 
     results = {"machine": run("machine", 1)}
     # a and b alternate (a, b, a, b, ...), each in a fresh process, the best run of each

@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "or auto (default: chosen by cross-validation)")  # fmt: skip
     fit.add_argument("--no-pack", action="store_true",
                      help="on a CPU, do not run the fit's forward passes on prepacked float32 weights "
-                     "(packing: same math, ~8%% faster, a second copy of the linear weights while fitting)")  # fmt: skip
+                     "(packing: same math, 0.88-0.97x the time in 5 of 6 measured fits, a second copy of the linear weights while fitting)")  # fmt: skip
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--layers", default=None, help="steering layers, e.g. 10-17 (default: measured)")
     fit.add_argument(
