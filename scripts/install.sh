@@ -19,8 +19,17 @@ elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; the
     python -m pip install "torch==${TORCH_VERSION}"
 else
     echo "[install] no GPU: installing the CPU build of torch ${TORCH_VERSION}"
-    python -m pip install --no-index "torch==${TORCH_VERSION}" 2>/dev/null \
-        || python -m pip install "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu
+    # A local CPU wheel (pip's find-links) wins: torch==V also matches V+cpu, the higher
+    # version. Without one, the CPU wheel index supplies torch and PyPI its dependencies.
+    probe_dir="$(mktemp -d)"
+    if python -m pip download -q --no-deps --no-index -d "$probe_dir" "torch==${TORCH_VERSION}" >/dev/null 2>&1 \
+        && ls "$probe_dir"/torch-*+cpu* >/dev/null 2>&1; then
+        python -m pip install "torch==${TORCH_VERSION}"
+    else
+        python -m pip install "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu \
+            --extra-index-url https://pypi.org/simple
+    fi
+    rm -rf "$probe_dir"
 fi
 python -m pip install -e ".[${extras}]"
 python -c "import torch, scans; print('[install] scans', scans.__version__, 'with torch', torch.__version__)"

@@ -14,7 +14,7 @@ from scans.activations import collect
 from scans.api import _split
 from scans.classifier import SHRINKAGE_GRID
 from scans.errors import ScansError
-from scans.profile import METADATA, TENSOR_FIELDS, TENSORS, Profile
+from scans.profile import FORMAT_VERSION, METADATA, TENSOR_FIELDS, TENSORS, Profile
 from scans.vectors import mean_difference
 
 
@@ -148,7 +148,7 @@ def test_save_load_round_trip(fitted, tmp_path):
     assert loaded.steer_layers == p.steer_layers and loaded.threshold == p.threshold
     assert loaded.alpha == p.alpha and loaded.calibration == p.calibration
     meta = json.loads((out / METADATA).read_text())
-    assert meta["format_version"] == 1 and meta["n_layers"] == 2 and meta["hidden_size"] == 32
+    assert meta["format_version"] == FORMAT_VERSION and meta["n_layers"] == 2 and meta["hidden_size"] == 32
     # saving again over the same directory works and leaves no temporary files
     p.save(out)
     assert sorted(x.name for x in out.iterdir()) == sorted([TENSORS, METADATA])

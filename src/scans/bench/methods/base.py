@@ -21,6 +21,13 @@ class Decision:
     signs: list[int]
     scores: list[float | None]
     flagged: list[bool | None]
+    decisions: list[str | None] | None = None  # the rule's branch per row (scans.verdict.DECISIONS)
+
+    @classmethod
+    def of(cls, verdicts: Sequence[Any]) -> Decision:
+        """From :class:`scans.verdict.Verdict` objects (the one decision path)."""
+        return cls([v.sign for v in verdicts], [v.score for v in verdicts], [v.harmful for v in verdicts],
+                   [v.decision for v in verdicts])  # fmt: skip
 
 
 class Method:

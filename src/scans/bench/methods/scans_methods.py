@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 
 from ...profile import Profile
-from ...vectors import transitions
+from ...verdict import decide
 from .base import Decision, Method
 
 
@@ -32,14 +32,12 @@ class ScansMethod(Method):
     def classifier_profile(self) -> Profile:
         return self.profile
 
+    rule: ClassVar[str | None] = None  # None: the profile's own rule (see scans.verdict)
+
     def decide(self, acts: dict[str, torch.Tensor] | None, n: int) -> Decision:
         assert acts is not None, f"{self.name} needs the probe pass"
-        profile = self.classifier_profile()
-        tau = transitions(acts["inst"].cpu(), acts["probe"].cpu())
-        scores = profile.scores(tau, acts["uend"].cpu()).tolist()
-        flagged = [s >= profile.threshold for s in scores]
-        signs = [profile.harmful_sign if f else -1 for f in flagged]
-        return Decision(signs, [float(s) for s in scores], flagged)
+        verdicts = decide(self.classifier_profile(), acts, [""] * n, rule=self.rule)
+        return Decision.of(verdicts)
 
     def settings(self) -> dict[str, Any]:
         p = self.classifier_profile()
