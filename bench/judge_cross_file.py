@@ -42,8 +42,10 @@ def main() -> None:
             if held == tune:
                 continue
             t, h = scores[best][tune], scores[best][held]
-            print(f"tuned on {t.name} ({settings[best]}): {t.name} {t.binary_percent:.1f}% binary / "
-                  f"{t.three_percent:.1f}% 3-class; held out {h.name} {h.binary_percent:.1f}% / {h.three_percent:.1f}%")
+            print(
+                f"tuned on {t.name} ({settings[best]}): {t.name} {t.binary_percent:.1f}% binary / "
+                f"{t.three_percent:.1f}% 3-class; held out {h.name} {h.binary_percent:.1f}% / {h.three_percent:.1f}%"
+            )
 
 
 if __name__ == "__main__":
