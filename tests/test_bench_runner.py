@@ -47,7 +47,7 @@ def test_every_method_answers_every_prompt(fitted_scans, tmp_path):
     keys = {(r["method"], r["split"], r["id"]) for r in records}
     assert len(keys) == len(records)
     for r in records:
-        assert set(r["judges"]) == {"substring", "xstest"}
+        assert set(r["judges"]) == {"substring", "xstest", "rules"}
         assert r["max_new_tokens"] == 4 and 0 <= r["new_tokens"] <= 4
         if r["method"] in ("scans", "scans-paper"):
             assert isinstance(r["score"], float) and isinstance(r["flagged"], bool)

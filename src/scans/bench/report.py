@@ -25,7 +25,7 @@ from typing import Any
 
 from ..errors import ScansError
 from . import metrics as M
-from .judges import XSTEST_LABELS
+from .judges import DEFAULT_JUDGE, XSTEST_LABELS
 
 METHOD_ORDER = ("original", "scans", "scans-paper", "always-away", "ablate", "prompt")
 SPLIT_ORDER = ("xstest-safe", "xstest-unsafe", "oktest", "harmfulq", "advbench", "truthfulqa")
@@ -322,7 +322,7 @@ def chart_pr(curves: dict[str, tuple[Any, Any, float]]) -> bytes:
 class Report:
     """Builds the report sections from a :class:`RunData`."""
 
-    def __init__(self, run: RunData, judge: str = "substring") -> None:
+    def __init__(self, run: RunData, judge: str = DEFAULT_JUDGE) -> None:
         self.run = run
         self.judge = judge
         self.missing: list[str] = list(run.notes)
@@ -398,6 +398,11 @@ class Report:
             f"Refusal rate by the `{self.judge}` judge (partial refusals count as refusals), "
             "with Wilson 95% intervals. Lower is better on safe splits, higher on unsafe ones."
         )
+        from .judge_eval import agreement_note
+
+        note = agreement_note(self.judge)
+        if note:
+            s.blocks.append(note)
         s.blocks.append(Table(header, rows))
         self._chart(
             s, "refusal-bars", "Refusal rate per split and method",
@@ -805,7 +810,7 @@ td.prompt{max-width:260px}
 
 
 def write_report(
-    run_dir: str | Path, out: str | Path | None = None, judge: str = "substring"
+    run_dir: str | Path, out: str | Path | None = None, judge: str = DEFAULT_JUDGE
 ) -> tuple[Path, Path]:
     """Write ``report.md`` (+ ``charts/*.png``) and a self-contained ``report.html``; returns their paths."""
     from .judges import get_judge

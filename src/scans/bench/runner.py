@@ -35,7 +35,7 @@ from .methods import Method
 
 GENERATIONS = "generations.jsonl"
 META = "meta.json"
-JUDGE_NAMES = ("substring", "xstest")
+JUDGE_NAMES = ("substring", "xstest", "rules")
 
 
 @dataclass

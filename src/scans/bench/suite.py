@@ -104,6 +104,7 @@ def lens_matrix(scans: Scans, n_tokens: int = 16) -> dict[str, Any]:
 
 def run_suite(scans: Scans, run_dir: str | Path, opts: SuiteOptions, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) a benchmark into ``run_dir``; returns a summary."""
+    from .judges import DEFAULT_JUDGE
     from .metrics import refusal_rates
 
     if getattr(scans, "backend", "transformers") == "vllm":  # scans.backends.vllm.VLLMScans
@@ -149,8 +150,14 @@ def run_suite(scans: Scans, run_dir: str | Path, opts: SuiteOptions, progress: b
     log = run_generations(scans, splits, methods, run_dir, opts.config, progress=progress)
     gen_seconds += time.perf_counter() - t0
     timings = write_timings(run_dir, log)
-    rates = refusal_rates(log.records.values())
-    return {"rates": rates, "capability": cap, "timings": timings, "generation_seconds": gen_seconds}
+    rates = refusal_rates(log.records.values(), DEFAULT_JUDGE)
+    return {
+        "rates": rates,
+        "judge": DEFAULT_JUDGE,
+        "capability": cap,
+        "timings": timings,
+        "generation_seconds": gen_seconds,
+    }
 
 
 def _write_json(path: Path, obj: Any) -> None:

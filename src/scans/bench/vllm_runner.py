@@ -144,6 +144,7 @@ def run_generations_vllm(
 def run_suite_vllm(engine: Any, run_dir: str | Path, opts: Any, progress: bool = True) -> dict[str, Any]:
     """``run_suite`` on the vLLM backend: generations, judges, timings, throughput (no MMLU,
     perplexity or lens heat map: those read logits of the transformers model)."""
+    from .judges import DEFAULT_JUDGE
     from .metrics import refusal_rates
     from .runner import save_profile_copy
     from .suite import build_methods, load_splits
@@ -170,7 +171,7 @@ def run_suite_vllm(engine: Any, run_dir: str | Path, opts: Any, progress: bool =
         tmp.write_text(json.dumps(throughput, indent=2))
         tmp.replace(run_dir / THROUGHPUT)
     timings = write_timings(run_dir, log)
-    rates = refusal_rates(log.records.values())
+    rates = refusal_rates(log.records.values(), DEFAULT_JUDGE)
     cap: dict[str, Any] = {}
-    return {"rates": rates, "capability": cap, "timings": timings, "generation_seconds": stats["wall_s"],
+    return {"rates": rates, "judge": DEFAULT_JUDGE, "capability": cap, "timings": timings, "generation_seconds": stats["wall_s"],
             "throughput": stats}  # fmt: skip
