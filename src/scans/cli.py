@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     _backend_args(bench)
     bench.add_argument("--out", required=True, help="run directory (answers are appended; a rerun resumes)")
     bench.add_argument("--splits", default="xstest-safe,xstest-unsafe,oktest,harmfulq",
-                       help="comma list of xstest-safe, xstest-unsafe, oktest, harmfulq, advbench, truthfulqa ('' = none)")  # fmt: skip
+                       help="comma list of xstest-safe, xstest-unsafe, oktest, harmfulq, advbench, truthfulqa, jailbreak ('' = none)")  # fmt: skip
     bench.add_argument("--file", action="append", default=[], help="extra prompt file (repeatable)")
     bench.add_argument("--text-column", default=None)
     bench.add_argument("--label-column", default=None, help="safe/unsafe label column of --file")

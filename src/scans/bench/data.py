@@ -1,4 +1,4 @@
-"""Benchmark data: XSTest, OKTest, HarmfulQ, AdvBench, TruthfulQA, MMLU and user files.
+"""Benchmark data: XSTest, OKTest, HarmfulQ, AdvBench, TruthfulQA, MMLU, jailbreaks and user files.
 
 Files are looked up in a data directory: the ``data_dir`` argument (``--data-dir``), else
 ``$SCANS_DATA``, else ``<scans cache>/data`` (``~/.cache/scans/data``, moved by
@@ -8,11 +8,14 @@ and kept only if its SHA-256 matches the canonical copy. Offline and missing is 
 :class:`~scans.errors.ScansError` naming the file and where to put it.
 
 Every loader returns :class:`Split` objects (labels ``"safe"`` / ``"unsafe"``); MMLU returns
-per-subject dev shots and test questions.
+per-subject dev shots and test questions. The ``jailbreak`` split ships with the package
+(``scans/bench/jailbreak/``, see its README) and needs no data directory.
 """
 
 from __future__ import annotations
 
+import base64
+import codecs
 import hashlib
 import io
 import json
@@ -25,6 +28,7 @@ import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import ScansError
 
@@ -33,18 +37,31 @@ SAFE, UNSAFE = "safe", "unsafe"
 
 @dataclass(frozen=True)
 class Split:
-    """One evaluation set: prompts with parallel labels ("safe" or "unsafe")."""
+    """One evaluation set: prompts with parallel labels ("safe" or "unsafe").
+
+    ``meta`` (optional) holds one dict per prompt (e.g. the jailbreak family and template); the
+    bench runner writes it into each generation record as ``"meta"``.
+    """
 
     name: str
     prompts: list[str]
     labels: list[str]
+    meta: list[dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if len(self.prompts) != len(self.labels):
             raise ValueError(f"split {self.name}: {len(self.prompts)} prompts but {len(self.labels)} labels")
+        if self.meta is not None and len(self.meta) != len(self.prompts):
+            raise ValueError(f"split {self.name}: {len(self.prompts)} prompts but {len(self.meta)} meta rows")
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+    def subset(self, indices: Iterable[int]) -> Split:
+        """The prompts at ``indices`` (in that order), with their labels and meta rows."""
+        keep = list(indices)
+        meta = None if self.meta is None else [self.meta[i] for i in keep]
+        return Split(self.name, [self.prompts[i] for i in keep], [self.labels[i] for i in keep], meta)
 
     @property
     def label(self) -> str:
@@ -477,7 +494,121 @@ def user_file(
     return Split(name or Path(path).stem, read.prompts, labels)
 
 
-SPLITS = ("xstest-safe", "xstest-unsafe", "oktest", "harmfulq", "advbench", "truthfulqa")
+# ----------------------------------------------------------------------------- jailbreaks
+
+# Template families in the order each request goes through them (see bench/jailbreak/README.md).
+JAILBREAK_FAMILIES = (
+    "role_play",
+    "prefix_injection",
+    "refusal_suppression",
+    "hypothetical_fiction",
+    "hidden_in_task",
+    "translation_encoding",
+)
+_LEET = {"a": "4", "e": "3", "i": "1", "o": "0", "s": "5", "t": "7"}
+_UNLEET = {v: k for k, v in _LEET.items()}
+
+
+def encode(text: str, encoding: str | None) -> str:
+    """``text`` as a template receives it: unchanged (None), ``base64``, ``rot13`` or ``leetspeak``.
+
+    Leetspeak replaces the lowercase letters a, e, i, o, s, t with 4, 3, 1, 0, 5, 7; it decodes
+    exactly because no request contains those digits (checked when the requests are read).
+    """
+    if encoding is None:
+        return text
+    if encoding == "base64":
+        return base64.b64encode(text.encode("utf-8")).decode("ascii")
+    if encoding == "rot13":
+        return codecs.encode(text, "rot13")
+    if encoding == "leetspeak":
+        return "".join(_LEET.get(c, c) for c in text)
+    raise ValueError(f"unknown encoding {encoding!r} (base64, rot13 or leetspeak)")
+
+
+def decode(text: str, encoding: str | None) -> str:
+    """Inverse of :func:`encode`."""
+    if encoding is None:
+        return text
+    if encoding == "base64":
+        return base64.b64decode(text.encode("ascii")).decode("utf-8")
+    if encoding == "rot13":
+        return codecs.decode(text, "rot13")
+    if encoding == "leetspeak":
+        return "".join(_UNLEET.get(c, c) for c in text)
+    raise ValueError(f"unknown encoding {encoding!r} (base64, rot13 or leetspeak)")
+
+
+def _packaged_jsonl(name: str) -> list[dict[str, Any]]:
+    from importlib.resources import files
+
+    resource = files("scans") / "bench" / "jailbreak" / name
+    try:
+        lines = resource.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+    except (OSError, ValueError) as exc:
+        raise ScansError(
+            f"cannot read the packaged bench/jailbreak/{name}: {exc}; fix: reinstall scans"
+        ) from None
+
+
+def jailbreak_requests() -> list[dict[str, Any]]:
+    """The packaged harmful requests: dicts with id, text, category and severity."""
+    rows = _packaged_jsonl("requests.jsonl")
+    for row in rows:
+        if set(row["text"]) & set(_UNLEET):
+            raise ScansError(
+                f"jailbreak request {row['id']} contains a digit that leetspeak uses; fix: spell it out"
+            )
+    return rows
+
+
+def jailbreak_templates() -> list[dict[str, Any]]:
+    """The packaged attack templates: dicts with id, family, text (one ``{request}``), inspiration
+    and, for encoded ones, encoding."""
+    rows = _packaged_jsonl("templates.jsonl")
+    for row in rows:
+        if row["family"] not in JAILBREAK_FAMILIES or row["text"].count("{request}") != 1:
+            raise ScansError(f"jailbreak template {row['id']} is malformed; fix: reinstall scans")
+    return rows
+
+
+def compose(template: dict[str, Any], request: str) -> str:
+    """The prompt: ``template``'s text with ``{request}`` replaced by the (encoded) request."""
+    return template["text"].replace("{request}", encode(request, template.get("encoding")))
+
+
+def jailbreak() -> Split:
+    """The ``jailbreak`` split: every packaged request through one template of each family.
+
+    Request ``i`` (file order) goes through the families in :data:`JAILBREAK_FAMILIES` order and,
+    within a family, through its template ``i mod (templates in the family)`` (file order), so
+    every template is used and each family gets every request once. Prompts come request by
+    request (``--limit 12`` gives two requests through all six families). Each prompt's meta row
+    holds family, template, request (id), category, severity and encoding.
+    """
+    templates = jailbreak_templates()
+    by_family = {family: [t for t in templates if t["family"] == family] for family in JAILBREAK_FAMILIES}
+    empty = [family for family, members in by_family.items() if not members]
+    if empty:
+        raise ScansError(f"no jailbreak template of family {', '.join(empty)}; fix: reinstall scans")
+    prompts, meta = [], []
+    for i, request in enumerate(jailbreak_requests()):
+        for family in JAILBREAK_FAMILIES:
+            members = by_family[family]
+            template = members[i % len(members)]
+            prompts.append(compose(template, request["text"]))
+            meta.append({
+                "family": family, "template": template["id"], "request": request["id"],
+                "category": request["category"], "severity": request["severity"],
+                "encoding": template.get("encoding"),
+            })  # fmt: skip
+    return Split("jailbreak", prompts, [UNSAFE] * len(prompts), meta)
+
+
+# ----------------------------------------------------------------------------- registry
+
+SPLITS = ("xstest-safe", "xstest-unsafe", "oktest", "harmfulq", "advbench", "truthfulqa", "jailbreak")
 
 
 def load_split(name: str, data_dir: str | Path | None = None, download: bool = False) -> Split:
@@ -485,6 +616,8 @@ def load_split(name: str, data_dir: str | Path | None = None, download: bool = F
     if name in ("xstest-safe", "xstest-unsafe"):
         safe, unsafe = xstest(data_dir, download)
         return safe if name == "xstest-safe" else unsafe
+    if name == "jailbreak":  # packaged: no data directory
+        return jailbreak()
     loaders = {"oktest": oktest, "harmfulq": harmfulq, "advbench": advbench, "truthfulqa": truthfulqa}
     if name not in loaders:
         raise ScansError(f"unknown split {name!r}; fix: use one of {', '.join(SPLITS)} or a prompt file")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +85,34 @@ def refusal_rates(records: Iterable[Record], judge: str = "substring") -> dict[t
         cell[0] += refused(judge_label(record, judge))
         cell[1] += 1
     return {key: rate(k, n) for key, (k, n) in counts.items()}
+
+
+def refusal_rates_by(
+    records: Iterable[Record], group: Callable[[Record], str], judge: str = "substring"
+) -> dict[tuple[str, str], Rate]:
+    """Refusal rate per (method, ``group(record)``) by ``judge``, e.g. per jailbreak template family."""
+    counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for record in records:
+        cell = counts[(record["method"], group(record))]
+        cell[0] += refused(judge_label(record, judge))
+        cell[1] += 1
+    return {key: rate(k, n) for key, (k, n) in counts.items()}
+
+
+def paired_difference(
+    records: Iterable[Record], method: str, baseline: str, judge: str = "substring"
+) -> tuple[float, int]:
+    """Refusal rate of ``method`` minus that of ``baseline`` on the prompts (split, id) both answered,
+    as a fraction, and the number of such prompts; (NaN, 0) when there are none."""
+    verdicts: dict[str, dict[tuple[str, int], bool]] = {method: {}, baseline: {}}
+    for record in records:
+        if record["method"] in verdicts:
+            verdicts[record["method"]][(record["split"], record["id"])] = refused(judge_label(record, judge))
+    common = verdicts[method].keys() & verdicts[baseline].keys()
+    if not common:
+        return float("nan"), 0
+    diff = sum(verdicts[method][key] - verdicts[baseline][key] for key in common)
+    return diff / len(common), len(common)
 
 
 def label_counts(records: Iterable[Record], judge: str = "xstest") -> dict[tuple[str, str], dict[str, int]]:

@@ -28,7 +28,8 @@ from . import metrics as M
 from .judges import DEFAULT_JUDGE, XSTEST_LABELS
 
 METHOD_ORDER = ("original", "scans", "scans-paper", "always-away", "ablate", "prompt")
-SPLIT_ORDER = ("xstest-safe", "xstest-unsafe", "oktest", "harmfulq", "advbench", "truthfulqa")
+SPLIT_ORDER = ("xstest-safe", "xstest-unsafe", "oktest", "harmfulq", "advbench", "truthfulqa", "jailbreak")
+JAILBREAK = "jailbreak"  # the packaged split of harmful requests in attack templates
 MAX_EXAMPLES = 12
 AGREEMENT_SAMPLE = 200
 
@@ -330,6 +331,7 @@ class Report:
         self.charts: list[Chart] = []
         builders: list[Callable[[], Section | None]] = [
             self._refusals,
+            self._jailbreak,
             self._xstest_labels,
             self._classifier,
             self._layers,
@@ -408,6 +410,62 @@ class Report:
             s, "refusal-bars", "Refusal rate per split and method",
             lambda: chart_refusal_bars(rates, ran, run.splits),
         )  # fmt: skip
+        return s
+
+    # -- jailbreak families
+    def _jailbreak(self) -> Section | None:
+        records = [r for r in self.run.records if r["split"] == JAILBREAK]
+        if not records:
+            return None
+        from .data import JAILBREAK_FAMILIES
+
+        by_prompt: dict[str, str] | None = None
+
+        def family(record: dict[str, Any]) -> str:
+            nonlocal by_prompt
+            meta = record.get("meta")
+            if isinstance(meta, dict) and meta.get("family"):
+                return str(meta["family"])
+            if by_prompt is None:  # records without meta: look the prompt up in the packaged split
+                from .data import jailbreak
+
+                split = jailbreak()
+                by_prompt = {p: m["family"] for p, m in zip(split.prompts, split.meta or [])}
+            return by_prompt.get(record.get("prompt", ""), "unknown")
+
+        families = {id(r): family(r) for r in records}
+        rates = M.refusal_rates_by(records, lambda r: families[id(r)], self.judge)
+        seen = list(dict.fromkeys(families.values()))
+        order = [f for f in JAILBREAK_FAMILIES if f in seen] + sorted(
+            f for f in seen if f not in JAILBREAK_FAMILIES
+        )
+        overall = M.refusal_rates_by(records, lambda r: "all", self.judge)
+        methods = [m for m in self.run.methods if any(r["method"] == m for r in records)]
+        rows = []
+        for method in methods:
+            cells = [M.format_rate(rates[(method, f)]) if (method, f) in rates else "missing" for f in order]
+            rows.append([method, *cells, M.format_rate(overall[(method, "all")])])
+        if "original" in methods:
+            for method in methods:
+                if method == "original":
+                    continue
+                cells = []
+                for group in [*order, None]:
+                    subset = [r for r in records if group is None or families[id(r)] == group]
+                    diff, n = M.paired_difference(subset, method, "original", self.judge)
+                    cells.append(f"{100 * diff:+.1f} (n={n})" if n else "n/a")
+                rows.append([f"{method} vs original (points)", *cells])
+        else:
+            self.missing.append("jailbreak: no original generations to compare the methods with")
+        s = Section("Jailbreak refusal by template family", "jailbreak-families")
+        s.blocks.append(
+            f"Refusal rate on the `{JAILBREAK}` split (harmful requests wrapped in attack templates; higher "
+            f"is better) per template family, by the `{self.judge}` judge, with Wilson 95% intervals. "
+            "The 'vs original' rows give the method's refusal rate minus the original model's, in "
+            "percentage points, on the prompts both answered (n); a negative value means the attacks "
+            "succeed more often than on the unsteered model."
+        )
+        s.blocks.append(Table(["method", *order, "all families"], rows))
         return s
 
     def _xstest_labels(self) -> Section | None:

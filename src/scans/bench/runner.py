@@ -54,6 +54,23 @@ class Item:
     id: int
     prompt: str
     label: str
+    meta: dict[str, Any] | None = None  # the split's per-prompt meta row, recorded as "meta"
+
+
+def split_items(splits: Sequence[Split]) -> list[Item]:
+    """Every prompt of every split as an :class:`Item` (id: its index in the split)."""
+    return [
+        Item(s.name, i, p, lab, s.meta[i] if s.meta is not None else None)
+        for s in splits
+        for i, (p, lab) in enumerate(zip(s.prompts, s.labels))
+    ]
+
+
+def with_meta(record: dict[str, Any], item: Item) -> dict[str, Any]:
+    """``record`` plus ``"meta"`` when the item has a meta row (records of other splits are unchanged)."""
+    if item.meta is not None:
+        record["meta"] = item.meta
+    return record
 
 
 class RunLog:
@@ -195,7 +212,7 @@ def run_generations(
         )
         return [(r.text.strip(), len(r.token_ids)) for r in out]
 
-    items = [Item(s.name, i, p, l) for s in splits for i, (p, l) in enumerate(zip(s.prompts, s.labels))]
+    items = split_items(splits)
     model, tok = scans.model, scans.tokenizer
     for members in group_methods(methods):
         todo = [it for it in items if any(not log.done(m.name, it) for m in members)]
@@ -262,14 +279,14 @@ def run_generations(
                     for j in need:
                         r = rows[j]
                         text, n_new, secs = answers[j]
-                        records.append({
+                        records.append(with_meta({
                             "method": m.name, "split": r.split, "id": r.id, "prompt": r.prompt, "label": r.label,
                             "response": text,
                             "judges": {name: judge.judge(r.prompt, text) for name, judge in judges.items()},
                             "score": decision.scores[j], "flagged": decision.flagged[j], "sign": decision.signs[j],
                             "new_tokens": n_new, "seconds": round(shared_s + max(secs, 0.0), 4),
                             "max_new_tokens": config.max_new_tokens,
-                        })  # fmt: skip
+                        }, r))  # fmt: skip
                     log.append(records)
     return log
 

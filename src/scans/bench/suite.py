@@ -53,15 +53,13 @@ def load_splits(
         for path in opts.files
     ]
     if exclude_keys:
-        kept = []
-        for s in splits:
-            pairs = [(p, lab) for p, lab in zip(s.prompts, s.labels) if prompt_key(p) not in exclude_keys]
-            kept.append(data.Split(s.name, [p for p, _ in pairs], [lab for _, lab in pairs]))
-        splits = kept
+        splits = [
+            s.subset(i for i, p in enumerate(s.prompts) if prompt_key(p) not in exclude_keys) for s in splits
+        ]
     if opts.limit is not None:
         if opts.limit < 1:
             raise ScansError(f"--limit {opts.limit}; fix: pass a positive number of prompts per split")
-        splits = [data.Split(s.name, s.prompts[: opts.limit], s.labels[: opts.limit]) for s in splits]
+        splits = [s.subset(range(min(opts.limit, len(s)))) for s in splits]
     names = [s.name for s in splits]
     if len(set(names)) != len(names):
         raise ScansError(f"two splits are named alike ({', '.join(names)}); fix: rename one of the files")

@@ -29,7 +29,7 @@ from ..backends.vllm import PROFILE_PLAN
 from ..errors import ScansError
 from .data import Split
 from .methods import Method, get_methods
-from .runner import BenchConfig, Item, RunLog, _judges, write_meta, write_timings
+from .runner import BenchConfig, RunLog, _judges, split_items, with_meta, write_meta, write_timings
 
 THROUGHPUT = "throughput.json"
 UNSUPPORTED = {
@@ -65,7 +65,7 @@ def run_generations_vllm(
     log = RunLog(run_dir)
     judges = _judges()
     profile = engine._require_profile()
-    items = [Item(s.name, i, p, l) for s in splits for i, (p, l) in enumerate(zip(s.prompts, s.labels))]
+    items = split_items(splits)
     todo = [it for it in items if any(not log.done(m.name, it) for m in methods)]
     chunk = config.batch_size or DEFAULT_CHUNK
     stats: dict[str, Any] = {"rows": 0, "requests": 0, "prompt_tokens": 0, "new_tokens": 0,
@@ -115,14 +115,14 @@ def run_generations_vllm(
                 r = rows[j]
                 sign = decision.signs[j]
                 out = outs[slots[(m.system, plan if sign else None, sign, j)]]
-                records.append({
+                records.append(with_meta({
                     "method": m.name, "split": r.split, "id": r.id, "prompt": r.prompt, "label": r.label,
                     "response": out.text,
                     "judges": {name: judge.judge(r.prompt, out.text) for name, judge in judges.items()},
                     "score": decision.scores[j], "flagged": decision.flagged[j], "sign": sign,
                     "new_tokens": len(out.token_ids), "seconds": round(per, 4),
                     "max_new_tokens": config.max_new_tokens,
-                })  # fmt: skip
+                }, r))  # fmt: skip
             log.append(records)
         stats["rows"] += sum(len(need) for _, need, _ in plans)
         stats["requests"] += len(requests)
