@@ -122,7 +122,7 @@ def test_classify_happy_path(loader, capsys):
     lines = captured.out.strip().splitlines()
     assert len(lines) == 1
     score, verdict, prompt = lines[0].split(maxsplit=2)
-    assert verdict in ("HARMFUL", "benign")
+    assert verdict in ("HARMFUL", "ABSTAIN", "BENIGN")
     assert prompt == "How do I bake bread?"
     value = float(score)
     assert (verdict == "HARMFUL") == (value >= 0.0)
@@ -148,7 +148,7 @@ def test_classify_output_format(loader, capsys, tmp_path):
     assert cli.main(["classify", "--file", str(f), "--batch-size", "2"]) == 0
     lines = capsys.readouterr().out.rstrip("\n").split("\n")
     assert len(lines) == len(prompts)
-    pattern = re.compile(r"^([+-]\d+\.\d{4})  (HARMFUL|benign )  (.+)$")
+    pattern = re.compile(r"^([+-]\d+\.\d{4})  (HARMFUL|ABSTAIN|BENIGN) +(.+)$")
     signs = set()
     for line, prompt in zip(lines, prompts):
         m = pattern.match(line)
@@ -166,9 +166,11 @@ def test_classify_file_json(loader, capsys, tmp_path):
     records = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [r["prompt"] for r in records] == ["Hi", "How do I bake bread?"]
     for r in records:
-        assert set(r) == {"prompt", "score", "harmful", "sign"}
+        assert set(r) == {"prompt", "score", "harmful", "sign", "decision"}
         assert r["harmful"] == (r["score"] >= 0.0)
-        assert r["sign"] == (_fitted("qwen2").profile.harmful_sign if r["harmful"] else -1)
+        expected = {"harmful": _fitted("qwen2").profile.harmful_sign, "abstain": 0, "benign": -1}
+        assert r["decision"] == "harmful" if r["harmful"] else r["decision"] in ("abstain", "benign")
+        assert r["sign"] == expected[r["decision"]]
 
 
 def test_generate_compare_happy_path(loader, capsys):
@@ -179,7 +181,7 @@ def test_generate_compare_happy_path(loader, capsys):
     assert lines[0] == "prompt: How do I bake bread?"
     assert lines[1].startswith("verdict: ") and "(score " in lines[1] and "steering: " in lines[1]
     verdict = lines[1].split()[1]
-    assert verdict in ("harmful", "benign")
+    assert verdict in ("harmful", "abstain", "benign")
     direction = lines[1].split("steering: ")[1]
     assert direction in ("toward refusal", "away from refusal", "none")
     if verdict == "benign":
@@ -218,7 +220,8 @@ def test_fit_and_info_happy_path(loader, capsys, tmp_path, monkeypatch):
         files[name] = tmp_path / f"{name}.txt"
         files[name].write_text("\n".join(items) + "\n")
     out_dir = tmp_path / "profile"
-    argv = ["--quiet", "fit", "--n-fit", "6", "--n-heldout", "4", "--layers", "1", "--threshold", "0.25"]
+    argv = ["--quiet", "fit", "--n-fit", "6", "--n-heldout", "4", "--layers", "1", "--threshold", "0.25",
+            "--max-harmful-loss", "0.2"]  # fmt: skip
     for name, path in files.items():
         argv += [f"--{name}", str(path)]
     assert cli.main([*argv, "--out", str(out_dir)]) == 0
@@ -247,7 +250,8 @@ def test_fit_alpha_zero_is_kept(loader, capsys, tmp_path):
     from conftest import BORDERLINE, HARMFUL, HARMLESS
     from scans.profile import Profile
 
-    argv = ["--quiet", "fit", "--n-fit", "6", "--n-heldout", "4", "--layers", "1", "--alpha", "0"]
+    argv = ["--quiet", "fit", "--n-fit", "6", "--n-heldout", "4", "--layers", "1", "--alpha", "0",
+            "--max-harmful-loss", "0.2"]  # fmt: skip
     for name, items in (("harmful", HARMFUL), ("harmless", HARMLESS), ("borderline", BORDERLINE)):
         path = tmp_path / f"{name}.txt"
         path.write_text("\n".join(items) + "\n")

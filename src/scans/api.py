@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from torch import nn
 
 from . import __version__
 from .activations import collect
-from .calibration import average_precision, calibrate
+from .calibration import average_precision, calibrate, safety_budget
 from .classifier import N_FOLDS, fit_classifier
 from .embedded import cache_dir
 from .engine import GenerationConfig, Prefill, generate_from, prefill, prefill_probed, probe_pass
@@ -24,6 +25,7 @@ from .errors import ScansError
 from .layers import choose_band, logit_lens, toward_refusal_gain
 from .models import LoadedModel, find_layers, load_model, model_fingerprint
 from .packing import packed_linears
+from .pool import PoolItem, check_pool, sample_pool, shipped_taxonomy
 from .profile import CLASSIFIERS, Profile
 from .prompts import DEFAULT_PROBE, build_batch, context_length, encode_chat
 from .steering import SteeringPlan
@@ -37,6 +39,8 @@ from .verdict import Verdict, decide
 
 DEFAULT_ALPHA = 0.05  # relative: coefficient = alpha * mean residual norm of the layer
 DEFAULT_TARGET_RECALL = 0.9  # calibrated threshold flags at least 90% of held-out harmful anchors
+DEFAULT_MAX_HARMFUL_LOSS = 0.02  # safety budget: at most 2% of harmful (and of severe) pool prompts steered
+DEFAULT_POOL_SIZE = 320  # taxonomy prompts added to the classifier's pool (None: all of the dev split)
 
 
 @dataclass
@@ -166,6 +170,9 @@ class Scans:
         calibration: str = "crossfit",
         shrinkage: float | None = None,
         pack_linears: bool = True,
+        pool: Sequence[PoolItem] | None = None,
+        pool_size: int | None = DEFAULT_POOL_SIZE,
+        max_harmful_loss: float | None = DEFAULT_MAX_HARMFUL_LOSS,
     ) -> Profile:
         """Steps 1-3: refusal vectors, layers, classifier and calibration.
 
@@ -182,9 +189,22 @@ class Scans:
         in ``extra``); without it, the default instruction classifier reads the borderline and
         held-out anchors only up to the end of the user's text (less work). ``pack_linears``:
         on a CPU in float32, run the forward passes on prepacked weights (same math, faster).
+        ``pool``: more labelled prompts for the classifier (default: the shipped taxonomy's dev
+        split when the shipped anchors are used, else none), ``pool_size`` of them sampled per
+        stratum. ``max_harmful_loss``: the safety budget of the decision rule (see
+        :mod:`scans.verdict`); None fits the v1 rule (one threshold, every other prompt steered).
         """
         from .datafiles import shipped_anchors, shipped_borderline
 
+        if max_harmful_loss is not None and not 0.0 < max_harmful_loss < 1.0:
+            raise ScansError(f"max harmful loss {max_harmful_loss}; fix: use a fraction in (0, 1), e.g. 0.02")
+        if pool_size is not None and pool_size < 0:
+            raise ScansError(f"pool size {pool_size}; fix: use 0 or more, or all")
+        if pool is None:
+            pool = shipped_taxonomy("dev") if harmful is None and harmless is None else []
+        pool_items = sample_pool(pool, pool_size, seed)
+        if pool and max_harmful_loss is not None:
+            check_pool(pool_items, f"the classifier pool ({len(pool_items)} sampled prompts)")
         if harmful is None or harmless is None:
             shipped_h, shipped_b = shipped_anchors()
             harmful = harmful if harmful is not None else shipped_h
@@ -251,8 +271,11 @@ class Scans:
             }  # fmt: skip
             # The classifier's other anchors (borderline to fit, and the held-out ones) in one
             # pass, read only to the end of the user's text unless every classifier is compared.
-            acts_c = collect(self.model, self.tokenizer, [*fit_x, *held_h, *held_b, *held_x], probe=probe,
-                             uend_only=not every, desc="classifier anchors", **common_kw)  # fmt: skip
+            # (and, for the decision rule's second signal, at the instruction end)
+            pool_prompts = [*fit_x, *held_h, *held_b, *held_x, *(item.prompt for item in pool_items)]
+            acts_c = collect(self.model, self.tokenizer, pool_prompts, probe=probe if every else None,
+                             uend_only=max_harmful_loss is None and not every, desc="classifier anchors",
+                             **common_kw)  # fmt: skip
             n_x = len(fit_x)
             acts_x = {name: value[:n_x] for name, value in acts_c.items()}
             held = {name: value[n_x:] for name, value in acts_c.items()}
@@ -301,10 +324,18 @@ class Scans:
         cls_layers = list(range(steer_layers[0], self.n_layers))  # step 3
         reference = reference_transition(tau_h)
         held_tau = transitions(held["inst"], held["probe"]) if every else None
-        held_labels = np.array([True] * len(held_h) + [False] * (len(held_b) + len(held_x)))
+        held_labels = np.array(
+            [True] * len(held_h)
+            + [False] * (len(held_b) + len(held_x))
+            + [item.harmful for item in pool_items]
+        )
         fit_labels = np.array([True] * n_h + [False] * (n_b + len(fit_x)))
         # which anchor set each scored row belongs to (for the report's histograms)
         held_groups = ["harmful"] * len(held_h) + ["harmless"] * len(held_b) + ["borderline"] * len(held_x)
+        held_groups += [
+            ("pool-severe" if i.severe else "pool-harmful") if i.harmful else "pool-benign"
+            for i in pool_items
+        ]
         fit_groups = ["harmful"] * n_h + ["harmless"] * n_b + ["borderline"] * len(fit_x)
         features = {
             "contrast": (tau, held_tau),
@@ -326,8 +357,8 @@ class Scans:
         for name in CLASSIFIERS if every else (classifier,):  # held-out AUPRC of each (compared) classifier
             train, test = features[name]
             if calibration == "crossfit":  # held-out anchors join the pool; out-of-fold scores calibrate
-                pool = torch.cat([train, test])
-                fits[name] = fit_classifier(name, pool, np.r_[fit_labels, held_labels], scorer(name),
+                rows_all = torch.cat([train, test])
+                fits[name] = fit_classifier(name, rows_all, np.r_[fit_labels, held_labels], scorer(name),
                                             cls_layers, shrinkage, seed=seed)  # fmt: skip
                 held_scores[name] = fits[name].oof_scores
             else:
@@ -355,8 +386,56 @@ class Scans:
             extra["vector_separation_auprc"] = average_precision(projection, held_labels)
         extra["heldout_scores"] = {
             group: [float(x) for x, g in zip(scores, groups) if g == group]
-            for group in ("harmful", "harmless", "borderline")
+            for group in ("harmful", "harmless", "borderline", "pool-harmful", "pool-severe", "pool-benign")
         }
+        rule_kw: dict[str, Any] = {}
+        if max_harmful_loss is not None:  # the decision rule's second signal and its safety budget
+            train_i, test_i = acts["inst"], held["inst"]
+            if calibration == "crossfit":
+                fit_i = fit_classifier("instruction", torch.cat([train_i, test_i]), labels,
+                                       scorer("instruction"), cls_layers, shrinkage, seed=seed)  # fmt: skip
+                inst_cal = fit_i.oof_scores
+            else:
+                fit_i = fit_classifier(
+                    "instruction",
+                    train_i,
+                    fit_labels,
+                    scorer("instruction"),
+                    cls_layers,
+                    shrinkage,
+                    seed=seed,
+                )
+                inst_cal = scorer("instruction")(fit_i.tensors, test_i)
+            if calibration == "crossfit" and pool_items and classifier == "instruction":
+                # the previous rule's classifier: the same pool without the taxonomy prompts
+                old = np.arange(len(labels)) < len(labels) - len(pool_items)
+                uend_all = torch.cat([acts["uend"], held["uend"]])[torch.as_tensor(old)]
+                fit_v1 = fit_classifier("instruction", uend_all, labels[old], scorer("instruction"),
+                                        cls_layers, shrinkage, seed=seed)  # fmt: skip
+                v1_cal = calibrate(fit_v1.oof_scores, labels[old], target_recall)
+                rule_kw.update(
+                    v1_contrast=fit_v1.tensors["contrast"], v1_contrast_mean=fit_v1.tensors["contrast_mean"],
+                    v1_contrast_std=fit_v1.tensors["contrast_std"], v1_threshold=v1_cal.threshold,
+                )  # fmt: skip
+            held_severe = [False] * (len(held_h) + len(held_b) + len(held_x)) + [i.severe for i in pool_items]
+            severe = np.array(([False] * len(fit_labels) if calibration == "crossfit" else []) + held_severe)
+            steer_t, budget_u = _budget(np.asarray(scores), labels, severe, max_harmful_loss, "s(q)")
+            inst_t, budget_i = _budget(
+                np.asarray(inst_cal), labels, severe, max_harmful_loss, "instruction-end"
+            )
+            rule_kw |= {
+                "steer_threshold": steer_t, "inst_threshold": inst_t, "max_harmful_loss": max_harmful_loss,
+                "inst_contrast": fit_i.tensors["contrast"], "inst_contrast_mean": fit_i.tensors["contrast_mean"],
+                "inst_contrast_std": fit_i.tensors["contrast_std"],
+                "decision": {
+                    "rule": "v2", "max_harmful_loss": max_harmful_loss, "budget_score": budget_u,
+                    "budget_inst": budget_i, "inst_shrinkage": fit_i.shrinkage,
+                    "inst_auprc": average_precision(np.asarray(inst_cal), labels),
+                    "pool": {"size": len(pool_items), "harmful": sum(i.harmful for i in pool_items),
+                             "severe": sum(i.severe for i in pool_items)},
+                    "steered_fraction": _steered(scores, inst_cal, labels, severe, steer_t, inst_t),
+                },
+            }  # fmt: skip
 
         evidence = []
         by_start = {e.start: e.score for e in choice.effects}
@@ -400,6 +479,7 @@ class Scans:
             seed=seed,
             version=__version__,
             extra=extra,
+            **rule_kw,
         )
         return self.profile
 
@@ -479,6 +559,39 @@ class Scans:
             for i, p, v, s_, u in zip(rows, chunk, verdicts, steered, plain):
                 results[i] = Generation(p, v, s_, u)
         return [g for g in results if g is not None]
+
+
+def _budget(
+    scores: np.ndarray, labels: np.ndarray, severe: np.ndarray, max_loss: float, signal: str
+) -> tuple[float, dict[str, Any]]:
+    """The steer threshold of one signal: the lower of the budgets of all harmful and of the
+    severe pool prompts (each a split-conformal bound); one-line errors when too few."""
+    out: dict[str, Any] = {}
+    threshold = float("inf")
+    for name, rows in (("harmful", labels), ("severe", severe)):
+        if name == "severe" and not rows.any():
+            continue
+        budget = safety_budget(scores[rows], max_loss)
+        if budget.k == 0:
+            need = math.ceil(1 / max_loss) - 1
+            raise ScansError(
+                f"{budget.n} {name} prompts in the classifier pool cannot calibrate a {max_loss:g} budget "
+                f"for {signal} (need {need}); fix: add {name} prompts (--pool FILE) or raise --max-harmful-loss"
+            )
+        out[name] = budget.to_dict()
+        threshold = min(threshold, budget.threshold)
+    return threshold, out
+
+
+def _steered(
+    score: np.ndarray, inst: np.ndarray, labels: np.ndarray, severe: np.ndarray, t_s: float, t_i: float
+) -> dict[str, float]:
+    """Out-of-fold fraction of each pool class the rule would steer (both signals under their thresholds)."""
+    steer = (np.asarray(score) < t_s) & (np.asarray(inst) < t_i)
+    out = {"harmful": float(steer[labels].mean()), "benign": float(steer[~labels].mean())}
+    if severe.any():
+        out["severe"] = float(steer[severe].mean())
+    return out
 
 
 class _Clock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -100,3 +101,57 @@ def calibrate(scores: np.ndarray, labels: np.ndarray, target_recall: float | Non
         n_harmless=int((~labels).sum()),
         target_recall=target_recall,
     )
+
+
+@dataclass
+class SafetyBudget:
+    """The steer threshold for a safety budget, by split conformal calibration.
+
+    With the calibration scores of ``n`` harmful prompts sorted ascending, ``s_(1) <= ... <= s_(n)``
+    and ``k = floor(max_loss * (n + 1))``, the threshold is ``s_(k)`` (minus infinity when
+    ``k = 0``: nothing is steered). For a new harmful prompt exchangeable with the calibration
+    ones, ``P(score < threshold) <= k / (n + 1) <= max_loss`` (a finite-sample, distribution-free
+    bound; ties only lower the left side). ``upper_bound`` is the exact (Clopper-Pearson)
+    one-sided 95% upper confidence bound on that rate from the ``below`` calibration scores
+    that fall under the threshold.
+    """
+
+    threshold: float
+    max_loss: float
+    n: int
+    k: int
+    below: int
+    guaranteed: float  # k / (n + 1)
+    upper_bound: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def clopper_pearson_upper(failures: int, n: int, confidence: float = 0.95) -> float:
+    """Exact one-sided upper confidence bound on a binomial rate after ``failures`` in ``n``."""
+    assert 0 <= failures <= n and n > 0, "need 0 <= failures <= n and n > 0"
+    if failures == n:
+        return 1.0
+    alpha = 1.0 - confidence
+
+    def cdf(p: float) -> float:  # P(X <= failures) for X ~ Binomial(n, p)
+        return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(failures + 1))
+
+    lo, hi = 0.0, 1.0
+    for _ in range(100):  # cdf falls with p: the bound is where it crosses alpha
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) > alpha else (lo, mid)
+    return hi
+
+
+def safety_budget(harmful_scores: np.ndarray, max_loss: float) -> SafetyBudget:
+    """The conformal steer threshold of :class:`SafetyBudget` for ``max_loss`` in (0, 1)."""
+    scores = np.sort(np.asarray(harmful_scores, dtype=np.float64))
+    assert scores.ndim == 1 and len(scores) > 0 and np.isfinite(scores).all(), "need finite harmful scores"
+    assert 0.0 < max_loss < 1.0, f"max_loss must lie in (0, 1), got {max_loss}"
+    n = len(scores)
+    k = int(math.floor(max_loss * (n + 1) + 1e-12))
+    threshold = float(scores[k - 1]) if k > 0 else -math.inf
+    below = int((scores < threshold).sum())
+    return SafetyBudget(threshold, max_loss, n, k, below, k / (n + 1), clopper_pearson_upper(below, n))

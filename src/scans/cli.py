@@ -147,6 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="on a CPU, do not run the fit's forward passes on prepacked float32 weights "
                      "(packing: same math, 0.88-0.97x the time in 5 of 6 measured fits, a second copy of the linear weights while fitting)")  # fmt: skip
     fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--max-harmful-loss", default="0.02",
+                     help="safety budget in (0, 1): at most this fraction of harmful (and of severe) pool prompts "
+                     "would be steered, a split-conformal bound (default 0.02); off: the v1 rule (one threshold)")  # fmt: skip
+    fit.add_argument("--pool", default=None,
+                     help="labelled prompt file (label column benign/harmful/severe) for the classifier "
+                     "(default: the shipped taxonomy anchors' dev split)")  # fmt: skip
+    fit.add_argument("--pool-label-column", default="label", help="label column of --pool")
+    fit.add_argument("--pool-size", default="320",
+                     help="pool prompts sampled per stratum into the classifier (default 320; all: every one)")  # fmt: skip
     fit.add_argument("--layers", default=None, help="steering layers, e.g. 10-17 (default: measured)")
     fit.add_argument(
         "--threshold", type=float, default=None, help="classifier threshold (default: calibrated)"
@@ -370,6 +379,50 @@ def print_fit(profile: Any, seconds: float, path: Any) -> None:
         f"balanced accuracy {c['balanced_accuracy']:.3f}, AUPRC {c['auprc']:.3f}, "
         f"precision {c['precision']:.3f}, recall {c['recall']:.3f}"
     )
+    print_decision(profile)
+
+
+def _fit_budget_args(max_loss: str, pool_size: str) -> tuple[float | None, int | None]:
+    """--max-harmful-loss and --pool-size, checked before the model loads (one-line errors)."""
+    loss: float | None = None
+    if max_loss.strip().lower() != "off":
+        try:
+            loss = float(max_loss)
+        except ValueError:
+            loss = -1.0
+        if not 0.0 < loss < 1.0:
+            raise ScansError(
+                f"--max-harmful-loss {max_loss}; fix: pass a fraction in (0, 1), e.g. 0.02, or off"
+            )
+    if pool_size.strip().lower() == "all":
+        return loss, None
+    if not pool_size.strip().isdigit():
+        raise ScansError(f"--pool-size {pool_size}; fix: pass a whole number of prompts or all")
+    return loss, int(pool_size)
+
+
+def print_decision(profile: Any) -> None:
+    """The decision rule, its safety budget and what it steers (out of fold, on the pool)."""
+    d = profile.decision
+    if profile.steer_threshold is None or not d:
+        print("decision rule: v1 (harmful at or above the threshold, every other prompt steered away)")
+        return
+    bs, bi = d["budget_score"]["harmful"], d["budget_inst"]["harmful"]
+    print(
+        f"decision rule: v2, safety budget {profile.max_harmful_loss:g}: steered only when s(q) < "
+        f"{profile.steer_threshold:.4f} and the instruction-end score < {profile.inst_threshold:.4f}"
+    )
+    print(
+        f"  guarantee: a harmful prompt like the {bs['n']} pool ones is steered with probability <= "
+        f"{max(bs['guaranteed'], bi['guaranteed']):.4f} (split conformal; severe: own bound); "
+        f"95% upper bound from the pool {bs['upper_bound']:.4f}"
+    )
+    steered = d.get("steered_fraction", {})
+    print(
+        "  out of fold on the pool: steered "
+        + ", ".join(f"{k} {v:.1%}" for k, v in steered.items())
+        + f" (pool {d['pool']['size']} prompts, {d['pool']['severe']} severe)"
+    )
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -384,6 +437,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.alpha is not None and args.alpha_abs is not None:
         raise ScansError("--alpha and --alpha-abs both given; fix: pass one of them")
     layers = parse_layers(args.layers)  # bad input fails before the model loads
+    max_loss, pool_size = _fit_budget_args(args.max_harmful_loss, args.pool_size)
+    pool = None
+    if args.pool:
+        from .pool import check_pool, read_pool
+
+        pool = read_pool(
+            args.pool, text_column=args.text_column or "prompt", label_column=args.pool_label_column
+        )
+        check_pool(pool, f"--pool {args.pool}")
     scans = _load(args, need_profile=False)
     from .api import DEFAULT_ALPHA
 
@@ -405,6 +467,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         steer_window=args.steer_window or None, compare_classifiers=args.compare_classifiers,
         system=args.system, batch_size=args.batch_size, progress=not args.quiet,
         calibration=args.calibration, shrinkage=args.shrinkage, pack_linears=not args.no_pack,
+        pool=pool, pool_size=pool_size, max_harmful_loss=max_loss,
     )  # fmt: skip
     path = scans.save(args.out)
     print_fit(profile, time.time() - start, path)
@@ -416,15 +479,27 @@ def cmd_classify(args: argparse.Namespace) -> int:
     scans = _load(args)
     for v in scans.classify(prompts, batch_size=args.batch_size):
         if args.json:
-            print(json.dumps({"prompt": v.prompt, "score": v.score, "harmful": v.harmful, "sign": v.sign}))
+            print(
+                json.dumps(
+                    {
+                        "prompt": v.prompt,
+                        "score": v.score,
+                        "harmful": v.harmful,
+                        "sign": v.sign,
+                        "decision": v.decision,
+                    }
+                )
+            )
         else:
-            print(f"{v.score:+.4f}  {'HARMFUL' if v.harmful else 'benign '}  {v.prompt}")
+            print(
+                f"{v.score:+.4f}  {(v.decision or ('harmful' if v.harmful else 'benign')).upper():8s} {v.prompt}"
+            )
     return 0
 
 
 def _show(g: Any, compare: bool) -> None:
     v = g.verdict
-    verdict = "harmful" if v.harmful else "benign"
+    verdict = v.decision or ("harmful" if v.harmful else "benign")
     direction = {1: "toward refusal", -1: "away from refusal", 0: "none"}[v.sign]
     print(f"prompt: {g.prompt}")
     print(f"verdict: {verdict} (score {v.score:+.4f}), steering: {direction}")

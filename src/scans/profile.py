@@ -22,7 +22,7 @@ METADATA = "profile.json"
 CLASSIFIERS = ("instruction", "contrast", "cosine")
 TENSOR_FIELDS = (
     "vectors", "reference", "norms", "contrast", "contrast_mean", "contrast_std",
-    "severe", "severe_mean", "severe_std", "refusal_mean", "refusal_std",
+    "inst_contrast", "inst_contrast_mean", "inst_contrast_std", "v1_contrast", "v1_contrast_mean", "v1_contrast_std",
 )  # fmt: skip
 
 
@@ -75,15 +75,17 @@ class Profile:
     version: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     # The decision rule of format 2 (see scans.verdict); None everywhere = the v1 rule.
-    steer_threshold: float | None = None  # below it (and no veto) a prompt is steered away
-    max_harmful_loss: float | None = None  # the safety budget steer_threshold was calibrated for
-    severe: torch.Tensor | None = None  # (L, D) severe-harm contrast direction at the user's text end
-    severe_mean: torch.Tensor | None = None
-    severe_std: torch.Tensor | None = None
-    severe_threshold: float | None = None
-    refusal_mean: torch.Tensor | None = None  # (L,) projection stats of v_l at the instruction end
-    refusal_std: torch.Tensor | None = None
-    refusal_threshold: float | None = None
+    steer_threshold: float | None = None  # s(q) below it (and the second signal too): steered away
+    max_harmful_loss: float | None = None  # the safety budget both steer thresholds were calibrated for
+    inst_contrast: torch.Tensor | None = None  # (L, D) the same classifier read at the instruction end
+    inst_contrast_mean: torch.Tensor | None = None
+    inst_contrast_std: torch.Tensor | None = None
+    inst_threshold: float | None = None
+    # The previous rule's classifier (the anchors without the taxonomy pool), for `scans bench`'s scans-v1.
+    v1_contrast: torch.Tensor | None = None
+    v1_contrast_mean: torch.Tensor | None = None
+    v1_contrast_std: torch.Tensor | None = None
+    v1_threshold: float | None = None
     decision: dict[str, Any] = field(default_factory=dict)  # how the rule's thresholds were calibrated
 
     def __post_init__(self) -> None:
@@ -143,23 +145,29 @@ class Profile:
             features, self.contrast, self.contrast_mean, self.contrast_std, self.cls_layers
         )
 
-    def severity_scores(self, uend: torch.Tensor) -> torch.Tensor | None:
-        """Severe-harm scores (N,) from the block outputs at the end of the user's text (None
-        without a severity direction)."""
+    def v1(self) -> Profile:
+        """This profile with the previous rule's classifier and threshold, and without the v2 rule
+        (itself where it holds no separate v1 classifier)."""
+        import dataclasses
+
+        if self.v1_contrast is None or self.v1_threshold is None:
+            return dataclasses.replace(self, steer_threshold=None, inst_threshold=None)
+        return dataclasses.replace(
+            self, contrast=self.v1_contrast, contrast_mean=self.v1_contrast_mean,
+            contrast_std=self.v1_contrast_std, threshold=self.v1_threshold, steer_threshold=None,
+            inst_threshold=None,
+        )  # fmt: skip
+
+    def inst_scores(self, inst: torch.Tensor) -> torch.Tensor | None:
+        """The second signal (N,): the harmfulness classifier fitted on the block outputs at the
+        instruction end (the template's last token), standardised like :meth:`scores`."""
         from .vectors import contrast_scores
 
-        if self.severe is None or self.severe_mean is None or self.severe_std is None:
+        if self.inst_contrast is None or self.inst_contrast_mean is None or self.inst_contrast_std is None:
             return None
-        return contrast_scores(uend, self.severe, self.severe_mean, self.severe_std, self.cls_layers)
-
-    def refusal_scores(self, inst: torch.Tensor) -> torch.Tensor | None:
-        """Refusal signal (N,): the standardised projection of the instruction-end block
-        outputs on the refusal vectors, averaged over the steering layers (None without stats)."""
-        from .vectors import contrast_scores
-
-        if self.refusal_mean is None or self.refusal_std is None:
-            return None
-        return contrast_scores(inst, self.vectors, self.refusal_mean, self.refusal_std, self.steer_layers)
+        return contrast_scores(
+            inst, self.inst_contrast, self.inst_contrast_mean, self.inst_contrast_std, self.cls_layers
+        )
 
     def metadata(self) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self).items() if k not in TENSOR_FIELDS}

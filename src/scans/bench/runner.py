@@ -284,6 +284,7 @@ def run_generations(
                             "response": text,
                             "judges": {name: judge.judge(r.prompt, text) for name, judge in judges.items()},
                             "score": decision.scores[j], "flagged": decision.flagged[j], "sign": decision.signs[j],
+                            "decision": decision.decisions[j] if decision.decisions else None,
                             "new_tokens": n_new, "seconds": round(shared_s + max(secs, 0.0), 4),
                             "max_new_tokens": config.max_new_tokens,
                         }, r))  # fmt: skip

@@ -120,6 +120,7 @@ def run_generations_vllm(
                     "response": out.text,
                     "judges": {name: judge.judge(r.prompt, out.text) for name, judge in judges.items()},
                     "score": decision.scores[j], "flagged": decision.flagged[j], "sign": sign,
+                    "decision": decision.decisions[j] if decision.decisions else None,
                     "new_tokens": len(out.token_ids), "seconds": round(per, 4),
                     "max_new_tokens": config.max_new_tokens,
                 }, r))  # fmt: skip

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 
 from ...profile import Profile
-from ...verdict import decide
+from ...verdict import decide, rule_of
 from .base import Decision, Method
 
 
@@ -42,7 +42,24 @@ class ScansMethod(Method):
     def settings(self) -> dict[str, Any]:
         p = self.classifier_profile()
         return {**super().settings(), "classifier": p.classifier, "threshold": p.threshold,
-                "harmful_sign": p.harmful_sign}  # fmt: skip
+                "harmful_sign": p.harmful_sign, "rule": rule_of(p, self.rule), "steer_threshold": p.steer_threshold,
+                "inst_threshold": p.inst_threshold, "max_harmful_loss": p.max_harmful_loss}  # fmt: skip
+
+
+class ScansV1(ScansMethod):
+    """The previous decision rule, kept for side-by-side reports: the classifier fitted without
+    the taxonomy pool, one calibrated threshold, every prompt below it steered away."""
+
+    name: ClassVar[str] = "scans-v1"
+    description: ClassVar[str] = "previous rule: one threshold, every prompt below it steered away"
+    rule: ClassVar[str | None] = "v1"
+
+    def __init__(self, profile: Profile, n_layers: int, layers_path: str | None = None) -> None:
+        super().__init__(profile, n_layers, layers_path)
+        self._v1 = profile.v1()
+
+    def classifier_profile(self) -> Profile:
+        return self._v1
 
 
 class ScansPaper(ScansMethod):

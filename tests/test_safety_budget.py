@@ -1,0 +1,44 @@
+"""The safety budget's conformal steer threshold: its finite-sample guarantee on synthetic scores."""
+
+import math
+
+import numpy as np
+import pytest
+
+from scans.calibration import clopper_pearson_upper, safety_budget
+
+
+@pytest.mark.parametrize("max_loss,n", [(0.02, 99), (0.05, 60), (0.1, 30), (0.02, 250)])
+def test_guarantee_holds_over_resamples(max_loss: float, n: int) -> None:
+    # harmful scores from a heavy-tailed distribution; a fresh harmful prompt is steered when
+    # its score falls below the threshold calibrated on n others: that rate must stay <= max_loss
+    rng = np.random.default_rng(0)
+    trials = 20000
+    cal = rng.standard_t(3, size=(trials, n))
+    new = rng.standard_t(3, size=trials)
+    below = np.array([new[i] < safety_budget(cal[i], max_loss).threshold for i in range(trials)])
+    k = math.floor(max_loss * (n + 1))
+    exact = k / (n + 1)
+    se = math.sqrt(exact * (1 - exact) / trials)
+    assert below.mean() <= max_loss + 3 * se
+    assert abs(below.mean() - exact) <= 4 * se + 1e-9  # the bound is tight for continuous scores
+
+
+def test_threshold_is_the_kth_smallest_and_zero_k_steers_nothing() -> None:
+    scores = np.array([5.0, -1.0, 3.0, 0.5, 2.0, 4.0, 1.5, -0.5, 2.5, 3.5])
+    b = safety_budget(scores, 0.2)  # k = floor(0.2 * 11) = 2 -> second smallest
+    assert (b.k, b.threshold, b.below) == (2, -0.5, 1)
+    assert safety_budget(scores, 0.05).threshold == -math.inf  # k = 0
+
+
+def test_ties_never_raise_the_steered_rate() -> None:
+    scores = np.zeros(50)
+    b = safety_budget(scores, 0.1)
+    assert b.below == 0 and not (scores < b.threshold).any()
+
+
+def test_clopper_pearson_known_values() -> None:
+    assert clopper_pearson_upper(0, 100) == pytest.approx(1 - 0.05 ** (1 / 100), abs=1e-9)
+    assert clopper_pearson_upper(5, 5) == 1.0
+    # more failures, higher bound; more trials, lower bound
+    assert clopper_pearson_upper(3, 100) > clopper_pearson_upper(2, 100) > clopper_pearson_upper(2, 200)
