@@ -419,17 +419,17 @@ class Scans:
                 )  # fmt: skip
             held_severe = [False] * (len(held_h) + len(held_b) + len(held_x)) + [i.severe for i in pool_items]
             severe = np.array(([False] * len(fit_labels) if calibration == "crossfit" else []) + held_severe)
-            steer_t, budget_u = _budget(np.asarray(scores), labels, severe, max_harmful_loss, "s(q)")
-            inst_t, budget_i = _budget(
-                np.asarray(inst_cal), labels, severe, max_harmful_loss, "instruction-end"
-            )
+            # one joint budget: steered only when both signals are under t, i.e. max(s, inst) < t
+            joint = np.maximum(np.asarray(scores), np.asarray(inst_cal))
+            steer_t, budget = _budget(joint, labels, severe, max_harmful_loss, "the two signals")
+            inst_t = steer_t
             rule_kw |= {
                 "steer_threshold": steer_t, "inst_threshold": inst_t, "max_harmful_loss": max_harmful_loss,
                 "inst_contrast": fit_i.tensors["contrast"], "inst_contrast_mean": fit_i.tensors["contrast_mean"],
                 "inst_contrast_std": fit_i.tensors["contrast_std"],
                 "decision": {
-                    "rule": "v2", "max_harmful_loss": max_harmful_loss, "budget_score": budget_u,
-                    "budget_inst": budget_i, "inst_shrinkage": fit_i.shrinkage,
+                    "rule": "v2", "max_harmful_loss": max_harmful_loss, "budget": budget,
+                    "inst_shrinkage": fit_i.shrinkage,
                     "inst_auprc": average_precision(np.asarray(inst_cal), labels),
                     "pool": {"size": len(pool_items), "harmful": sum(i.harmful for i in pool_items),
                              "severe": sum(i.severe for i in pool_items)},
@@ -564,7 +564,7 @@ class Scans:
 def _budget(
     scores: np.ndarray, labels: np.ndarray, severe: np.ndarray, max_loss: float, signal: str
 ) -> tuple[float, dict[str, Any]]:
-    """The steer threshold of one signal: the lower of the budgets of all harmful and of the
+    """The steer threshold of a signal: the lower of the budgets of all harmful and of the
     severe pool prompts (each a split-conformal bound); one-line errors when too few."""
     out: dict[str, Any] = {}
     threshold = float("inf")

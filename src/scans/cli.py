@@ -407,15 +407,17 @@ def print_decision(profile: Any) -> None:
     if profile.steer_threshold is None or not d:
         print("decision rule: v1 (harmful at or above the threshold, every other prompt steered away)")
         return
-    bs, bi = d["budget_score"]["harmful"], d["budget_inst"]["harmful"]
+    b = d["budget"]["harmful"]
+    sev = d["budget"].get("severe")
     print(
         f"decision rule: v2, safety budget {profile.max_harmful_loss:g}: steered only when s(q) < "
         f"{profile.steer_threshold:.4f} and the instruction-end score < {profile.inst_threshold:.4f}"
     )
     print(
-        f"  guarantee: a harmful prompt like the {bs['n']} pool ones is steered with probability <= "
-        f"{max(bs['guaranteed'], bi['guaranteed']):.4f} (split conformal; severe: own bound); "
-        f"95% upper bound from the pool {bs['upper_bound']:.4f}"
+        f"  guarantee (split conformal): a harmful prompt exchangeable with the {b['n']} pool ones is steered "
+        f"with probability <= {b['guaranteed']:.4f}"
+        + (f", a severe one (of {sev['n']}) <= {sev['guaranteed']:.4f}" if sev else "")
+        + f"; pool misses {b['below']}/{b['n']} (95% upper bound {b['upper_bound']:.4f})"
     )
     steered = d.get("steered_fraction", {})
     print(

@@ -19,10 +19,11 @@ and decides, first match wins::
     score >= steer_threshold or inst >= inst_threshold -> "abstain"  sign = 0 (not sure enough)
     otherwise                                          -> "benign"   sign = -1 (steer away from refusal)
 
-Both steer thresholds are calibrated for the user's safety budget ``max_harmful_loss``: on
-out-of-fold scores of the pool's harmful prompts, and separately of its severe ones, at most
-that fraction falls below them (split conformal, :func:`scans.calibration.safety_budget`), so
-a prompt is steered only when both signals independently call it benign. Profiles of format 1
+The steer threshold t (``steer_threshold`` = ``inst_threshold``) is calibrated for the user's
+safety budget ``max_harmful_loss`` on the joint signal max(score, inst): on out-of-fold
+signals of the pool's harmful prompts, and separately of its severe ones, at most that
+fraction falls below t (split conformal, :func:`scans.calibration.safety_budget`), so a
+prompt is steered only when both signals call it benign. Profiles of format 1
 carry only ``threshold``; for them (and for the ``scans-v1`` benchmark method) the previous
 rule applies: harmful at or above the threshold, every other prompt steered away.
 """
