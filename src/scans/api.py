@@ -473,7 +473,18 @@ class Scans:
                 "n_heldout": len(held_h),
                 "n_layer_eval": k,
                 "used_prompt_keys": sorted(
-                    {prompt_key(p) for p in [*fit_h, *held_h, *fit_b, *held_b, *fit_x, *held_x]}
+                    {
+                        prompt_key(p)
+                        for p in [
+                            *fit_h,
+                            *held_h,
+                            *fit_b,
+                            *held_b,
+                            *fit_x,
+                            *held_x,
+                            *(i.prompt for i in pool_items),
+                        ]
+                    }
                 ),
             },  # fmt: skip
             seed=seed,

@@ -93,6 +93,7 @@ def run_mmlu(
     letters = letter_ids(tok)
     correct: dict[str, dict[str, list[bool]]] = {m.name: {} for m in methods}
     steered: dict[str, int] = {m.name: 0 for m in methods}
+    flagged: dict[str, int] = {m.name: 0 for m in methods}  # judged harmful by the method's classifier
     work = [(name, subject) for name, subject in subjects.items() if subject.test]
     for members in group_methods(methods):
         lead = members[0]
@@ -107,6 +108,7 @@ def run_mmlu(
                     for m in members:
                         signs = decisions[m.name].signs
                         steered[m.name] += sum(1 for s in signs if s)
+                        flagged[m.name] += sum(1 for f in decisions[m.name].flagged if f)
                         logits = next_token_logits(model, pre, m.plan(pre, signs), scans.layers_path)
                         scores = torch.stack([logits[:, ids].max(-1).values for ids in letters], dim=-1)
                         picks = scores.argmax(-1).tolist()
@@ -121,6 +123,7 @@ def run_mmlu(
             "accuracy": sum(flat) / max(1, len(flat)),
             "n": len(flat),
             "steered": steered[method],
+            "flagged": flagged[method],
             "per_subject": {s: {"accuracy": sum(v) / len(v), "n": len(v)} for s, v in sorted(per.items())},
         }
     return out
