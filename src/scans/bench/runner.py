@@ -16,7 +16,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,8 +76,8 @@ def with_meta(record: dict[str, Any], item: Item) -> dict[str, Any]:
 class RunLog:
     """The append-only JSONL of a run: what is done, and durable appends."""
 
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / GENERATIONS
+    def __init__(self, run_dir: Path, name: str = GENERATIONS) -> None:
+        self.path = run_dir / name
         self.records: dict[tuple[str, str, int], dict[str, Any]] = {}
         if self.path.exists():
             with self.path.open(encoding="utf-8") as fh:
@@ -196,13 +196,20 @@ def run_generations(
     run_dir: Path,
     config: BenchConfig,
     progress: bool = True,
+    items: Sequence[Item] | None = None,
+    log_name: str = GENERATIONS,
+    finish: Callable[[Item, dict[str, Any]], dict[str, Any]] | None = None,
 ) -> RunLog:
-    """Answer every prompt of every split with every method; resumable."""
+    """Answer every prompt of every split with every method; resumable.
+
+    ``items`` replaces the splits' prompts and ``log_name`` the JSONL (HumanEval uses both);
+    ``finish(item, record)`` completes each record before it is written (no refusal judges then).
+    """
     from tqdm.auto import tqdm
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    log = RunLog(run_dir)
-    judges = _judges()
+    log = RunLog(run_dir, log_name)
+    judges = _judges() if finish is None else {}
     torch.manual_seed(config.seed)
 
     def generate(pre: Prefill, plan: Any = None) -> list[tuple[str, int]]:
@@ -212,7 +219,7 @@ def run_generations(
         )
         return [(r.text.strip(), len(r.token_ids)) for r in out]
 
-    items = split_items(splits)
+    items = split_items(splits) if items is None else list(items)
     model, tok = scans.model, scans.tokenizer
     for members in group_methods(methods):
         todo = [it for it in items if any(not log.done(m.name, it) for m in members)]
@@ -279,7 +286,7 @@ def run_generations(
                     for j in need:
                         r = rows[j]
                         text, n_new, secs = answers[j]
-                        records.append(with_meta({
+                        record = with_meta({
                             "method": m.name, "split": r.split, "id": r.id, "prompt": r.prompt, "label": r.label,
                             "response": text,
                             "judges": {name: judge.judge(r.prompt, text) for name, judge in judges.items()},
@@ -287,7 +294,12 @@ def run_generations(
                             "decision": decision.decisions[j] if decision.decisions else None,
                             "new_tokens": n_new, "seconds": round(shared_s + max(secs, 0.0), 4),
                             "max_new_tokens": config.max_new_tokens,
-                        }, r))  # fmt: skip
+                        }, r)  # fmt: skip
+                        if finish is not None:
+                            del record["judges"]
+                            record["decision"] = decision.decisions[j] if decision.decisions else None
+                            record = finish(r, record)
+                        records.append(record)
                     log.append(records)
     return log
 

@@ -38,6 +38,9 @@ class SuiteOptions:
     mmlu_subjects: Sequence[str] | None = None
     ppl_texts: int = 200  # TruthfulQA best answers; 0 skips perplexity
     capability_methods: str | Sequence[str] = ("original", "scans")
+    humaneval_limit: int = 0  # first N HumanEval problems; 0 skips HumanEval
+    humaneval_max_new_tokens: int = 384
+    humaneval_timeout: float = 10.0  # seconds per program in the sandbox
     config: BenchConfig = field(default_factory=BenchConfig)
 
 
@@ -63,7 +66,8 @@ def load_splits(
     names = [s.name for s in splits]
     if len(set(names)) != len(names):
         raise ScansError(f"two splits are named alike ({', '.join(names)}); fix: rename one of the files")
-    if not splits:
+    capability_only = opts.capability_methods and (opts.mmlu_limit or opts.ppl_texts or opts.humaneval_limit)
+    if not splits and not capability_only:
         raise ScansError("no splits to run; fix: pass --splits or --file")
     return splits
 
@@ -119,6 +123,11 @@ def run_suite(scans: Scans, run_dir: str | Path, opts: SuiteOptions, progress: b
         mmlu_data = data.mmlu(opts.mmlu_subjects, opts.mmlu_limit, opts.data_dir, opts.download)
     if opts.ppl_texts:
         ppl_pairs = data.truthfulqa_answers(opts.data_dir, opts.download)[: opts.ppl_texts]
+    problems = None
+    if opts.humaneval_limit:
+        from .humaneval import load_problems
+
+        problems = load_problems(opts.humaneval_limit)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_meta(run_dir, scans, splits, methods, opts.config)
     save_profile_copy(run_dir, scans)
@@ -144,6 +153,15 @@ def run_suite(scans: Scans, run_dir: str | Path, opts: SuiteOptions, progress: b
         cap.setdefault(key, {}).update(run(scans, todo, work, progress=progress))  # type: ignore[operator]
         cap.setdefault("seconds", {})[key] = round(time.perf_counter() - t1, 1)
         _write_json(cap_path, cap)  # each part is kept as soon as it is done
+    humaneval = None
+    if problems and capability:
+        from dataclasses import replace
+
+        from .humaneval import Limits, run_humaneval
+
+        he_config = replace(opts.config, max_new_tokens=opts.humaneval_max_new_tokens)
+        limits = Limits(timeout_s=opts.humaneval_timeout)
+        humaneval = run_humaneval(scans, capability, problems, run_dir, he_config, limits, progress=progress)
     t0 = time.perf_counter()
     log = run_generations(scans, splits, methods, run_dir, opts.config, progress=progress)
     gen_seconds += time.perf_counter() - t0
@@ -153,6 +171,7 @@ def run_suite(scans: Scans, run_dir: str | Path, opts: SuiteOptions, progress: b
         "rates": rates,
         "judge": DEFAULT_JUDGE,
         "capability": cap,
+        **({"humaneval": humaneval} if humaneval is not None else {}),
         "timings": timings,
         "generation_seconds": gen_seconds,
     }
