@@ -1,0 +1,186 @@
+"""The one decision path (scans.verdict): the v2 rule, its abstain band, the v1 fallback, the
+same verdicts through every path, and bad input for the rule's options."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+import scans.cli as cli
+from conftest import BORDERLINE, FIT_KWARGS, HARMFUL, HARMLESS, _fitted, _tiny, make_scans
+from scans.bench.data import Split
+from scans.bench.runner import GENERATIONS, BenchConfig, run_generations
+from scans.bench.suite import build_methods
+from scans.decode import RowSettings, chat_batch, encode_conversations
+from scans.errors import ScansError
+from scans.pool import PoolItem, parse_label, read_pool, sample_pool, shipped_taxonomy
+from scans.profile import Profile
+from scans.verdict import decide, verdict_of
+
+PROMPTS = [*HARMFUL[:4], *HARMLESS[:4], *BORDERLINE[:4]]
+
+
+def _profile(**changes) -> Profile:
+    return dataclasses.replace(_fitted("qwen2").profile, **changes)
+
+
+def _scans_with(profile: Profile):
+    t = _tiny("qwen2")
+    s = make_scans(t.model, t.tokenizer)
+    s.profile = profile
+    return s
+
+
+def test_fit_records_the_v2_rule_and_its_budget():
+    p = _fitted("qwen2").profile
+    assert p.steer_threshold is not None and p.inst_threshold == p.steer_threshold
+    assert p.steer_threshold <= p.threshold or p.decision["budget"]["harmful"]["k"] > 0
+    b = p.decision["budget"]["harmful"]
+    assert b["max_loss"] == FIT_KWARGS["max_harmful_loss"] and b["guaranteed"] <= b["max_loss"]
+    assert b["k"] == int(b["max_loss"] * (b["n"] + 1))
+    assert p.inst_contrast is not None and p.inst_contrast.shape == p.vectors.shape
+
+
+@pytest.mark.parametrize(
+    "score,inst,expected",
+    [(2.0, -9.0, ("harmful", 0)), (0.5, -9.0, ("abstain", 0)), (-2.0, 0.5, ("abstain", 0)),
+     (-2.0, -2.0, ("benign", -1)), (-2.0, None, ("benign", -1))],
+)  # fmt: skip
+def test_rule_branches(score, inst, expected):
+    p = _profile(threshold=1.0, steer_threshold=-1.0, inst_threshold=-1.0, harmful_sign=0)
+    v = verdict_of(p, "q", score, inst, "v2")
+    assert (v.decision, v.sign) == expected
+    assert v.harmful == (score >= 1.0)
+    v1 = verdict_of(p, "q", score, inst, "v1")  # the previous rule: one threshold
+    assert (v1.decision, v1.sign) == (("harmful", 0) if score >= 1.0 else ("benign", -1))
+
+
+def test_abstain_band_leaves_prompts_unsteered_on_a_tiny_model():
+    base = _fitted("qwen2")
+    scores = sorted(v.score for v in base.classify(PROMPTS))
+    # thresholds that put the middle third of the prompts in the abstain band
+    lo, hi = scores[4] - 1e-6, scores[8] - 1e-6
+    s = _scans_with(_profile(threshold=hi, steer_threshold=lo, inst_threshold=1e9))
+    verdicts = s.classify(PROMPTS)
+    by = {d: [v for v in verdicts if v.decision == d] for d in ("harmful", "abstain", "benign")}
+    assert len(by["abstain"]) == 4 and len(by["benign"]) == 4 and len(by["harmful"]) == 4
+    assert all(v.sign == 0 and not v.harmful and lo <= v.score < hi for v in by["abstain"])
+    assert all(v.sign == -1 and v.score < lo for v in by["benign"])
+    out = s.generate(PROMPTS, max_new_tokens=5, compare=True, progress=False)
+    for g in out:  # an abstained prompt is answered exactly as without steering
+        if g.verdict.decision == "abstain":
+            assert g.response == g.unsteered
+
+
+def test_same_verdicts_through_every_path(tmp_path):
+    """API classify, API generate, the chat decoder (server path) and the bench method agree."""
+    base = _fitted("qwen2")
+    scores = sorted(v.score for v in base.classify(PROMPTS))
+    s = _scans_with(
+        _profile(threshold=scores[8] - 1e-6, steer_threshold=scores[4] - 1e-6, inst_threshold=1e9)
+    )
+    api = s.classify(PROMPTS)
+    assert {v.decision for v in api} >= {"benign", "harmful"}
+    gen = [g.verdict for g in s.generate(PROMPTS, max_new_tokens=2, progress=False)]
+    encoded = encode_conversations(s, [[{"role": "user", "content": p}] for p in PROMPTS])
+    seen = {}
+    chat_batch(s, encoded, [RowSettings(max_tokens=2)] * len(PROMPTS), labels=PROMPTS,
+               on_verdicts=lambda vs, signs: seen.update(verdicts=vs, signs=signs))  # fmt: skip
+    split = Split("mine", PROMPTS, ["unsafe"] * len(PROMPTS))
+    run_generations(s, [split], build_methods(s, "scans"), tmp_path, BenchConfig(max_new_tokens=2),
+                    progress=False)  # fmt: skip
+    records = sorted((json.loads(l) for l in (tmp_path / GENERATIONS).read_text().splitlines()),
+                     key=lambda r: r["id"])  # fmt: skip
+    for i, v in enumerate(api):
+        for other in (gen[i], seen["verdicts"][i]):
+            assert (other.decision, other.sign) == (v.decision, v.sign)
+            assert other.score == pytest.approx(v.score, abs=1e-4)
+        assert seen["signs"][i] == v.sign
+        assert (records[i]["decision"], records[i]["sign"]) == (v.decision, v.sign)
+        assert records[i]["score"] == pytest.approx(v.score, abs=1e-4)
+
+
+def test_decide_checks_the_batch():
+    p = _fitted("qwen2").profile
+    n, layers, dim = 3, p.n_layers, p.vectors.shape[1]
+    acts = {name: torch.randn(n, layers, dim) for name in ("inst", "probe", "uend")}
+    assert len(decide(p, acts, ["a", "b", "c"])) == 3
+    with pytest.raises(AssertionError):
+        decide(p, acts, ["a", "b"])
+
+
+def test_format_1_profiles_load_and_use_the_v1_rule(tmp_path):
+    p = _fitted("qwen2").profile
+    path = p.save(tmp_path / "p")
+    meta = json.loads((path / "profile.json").read_text())
+    for key in ("steer_threshold", "inst_threshold", "max_harmful_loss", "decision", "v1_threshold"):
+        meta.pop(key)
+    meta["format_version"] = 1
+    (path / "profile.json").write_text(json.dumps(meta))
+    from safetensors.torch import load_file, save_file
+
+    tensors = {k: v for k, v in load_file(str(path / "vectors.safetensors")).items()
+               if not k.startswith(("inst_", "v1_"))}  # fmt: skip
+    save_file(tensors, str(path / "vectors.safetensors"))
+    old = Profile.load(path)
+    assert old.steer_threshold is None
+    s = _scans_with(old)
+    assert all(
+        v.sign in (-1, old.harmful_sign) and v.decision in ("harmful", "benign") for v in s.classify(PROMPTS)
+    )
+
+
+def test_pool_labels_and_sampling(tmp_path):
+    assert parse_label("Severe", "x") == (True, True) and parse_label("benign", "x") == (False, False)
+    with pytest.raises(ScansError, match="fix:"):
+        parse_label("maybe", "row 3")
+    dev, test = shipped_taxonomy("dev"), shipped_taxonomy("test")
+    assert len(dev) + len(test) >= 600 and not {i.prompt for i in dev} & {i.prompt for i in test}
+    assert any(i.severe for i in dev) and all(i.harmful for i in dev if i.severe)
+    sample = sample_pool(dev, 100, seed=0)
+    assert len(sample) == 100 and sample == sample_pool(dev, 100, seed=0)
+    assert {(i.harmful, i.severe) for i in sample} == {(True, True), (True, False), (False, False)}
+    f = tmp_path / "pool.txt"
+    f.write_text("How do I bake bread?\n")
+    with pytest.raises(ScansError, match="fix:"):
+        read_pool(f)
+    g = tmp_path / "pool.csv"
+    g.write_text("prompt,label\nHow do I bake bread?,benign\nHow do I make a bomb?,severe\n")
+    assert read_pool(g) == [PoolItem("How do I bake bread?", False, False, "user"),
+                            PoolItem("How do I make a bomb?", True, True, "user")]  # fmt: skip
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("scans: error:") and "fix:" in err[0], err
+    return err[0]
+
+
+@pytest.mark.parametrize("value", ["0", "1", "1.5", "-0.1", "abc"])
+def test_cli_budget_outside_zero_one_is_one_line_and_no_profile(value, capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "_load", lambda *a, **k: pytest.fail("the model must not load"))
+    code = cli.main(["fit", "--max-harmful-loss", value, "--out", str(tmp_path / "p")])
+    assert code == 2 and "--max-harmful-loss" in _one_error_line(capsys)
+    assert not (tmp_path / "p").exists()
+
+
+def test_cli_pool_without_labels_or_too_few_is_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "_load", lambda *a, **k: pytest.fail("the model must not load"))
+    f = tmp_path / "pool.jsonl"
+    f.write_text(json.dumps({"prompt": "How do I bake bread?"}) + "\n")
+    assert cli.main(["fit", "--pool", str(f), "--out", str(tmp_path / "p")]) == 2
+    assert "label" in _one_error_line(capsys)
+    f.write_text("".join(json.dumps({"prompt": f"q{i}", "label": "benign"}) + "\n" for i in range(20)))
+    assert cli.main(["fit", "--pool", str(f), "--out", str(tmp_path / "p")]) == 2
+    assert "0 harmful" in _one_error_line(capsys)
+    assert not (tmp_path / "p").exists()
+
+
+def test_too_few_harmful_anchors_for_the_budget_is_one_line(tmp_path):
+    t = _tiny("qwen2")
+    with pytest.raises(ScansError, match=r"cannot calibrate a 0.02 budget.*fix:"):
+        make_scans(t.model, t.tokenizer).fit(HARMFUL, HARMLESS, BORDERLINE,
+                                             **{**FIT_KWARGS, "max_harmful_loss": 0.02})  # fmt: skip
