@@ -52,7 +52,14 @@ def test_bench_all_methods_on_vllm_means_the_supported_ones(monkeypatch, capsys,
         str(prompts),
     ]
     assert cli.main(argv) == 2
-    assert seen["methods"].split(",") == ["original", "scans", "scans-v1", "scans-paper", "always-away", "prompt"]
+    assert seen["methods"].split(",") == [
+        "original",
+        "scans",
+        "scans-v1",
+        "scans-paper",
+        "always-away",
+        "prompt",
+    ]
     assert "MMLU and perplexity are not run" in capsys.readouterr().err
 
 

@@ -245,7 +245,7 @@ def create_app(scans: Any, config: ServeConfig | None = None) -> FastAPI:
             if payload is None:
                 return Response(status_code=499)
             verdict, sign = payload
-            info = scans_field(verdict.score, verdict.harmful, sign, profile.threshold)
+            info = scans_field(verdict.score, verdict.harmful, sign, profile.threshold, verdict.decision)
             headers = scans_headers(info)
             cid = completion_id()
             if not req.stream:

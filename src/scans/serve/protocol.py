@@ -229,15 +229,19 @@ def completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex[:24]}"
 
 
-def scans_field(score: float, harmful: bool, sign: int, threshold: float) -> dict[str, Any]:
+def scans_field(
+    score: float, harmful: bool, sign: int, threshold: float, decision: str = ""
+) -> dict[str, Any]:
+    """The response's ``scans`` field; ``decision`` is the rule's branch (harmful, abstain, benign)."""
     return {"score": round(score, 6), "harmful": harmful, "sign": sign, "steered": sign != 0,
-            "threshold": round(threshold, 6)}  # fmt: skip
+            "threshold": round(threshold, 6),
+            "decision": decision or ("harmful" if harmful else "benign")}  # fmt: skip
 
 
 def scans_headers(info: dict[str, Any]) -> dict[str, str]:
     return {
         "X-Scans-Score": f"{info['score']:.6f}",
-        "X-Scans-Verdict": "harmful" if info["harmful"] else "benign",
+        "X-Scans-Verdict": info.get("decision") or ("harmful" if info["harmful"] else "benign"),
         "X-Scans-Sign": str(info["sign"]),
     }
 
