@@ -265,3 +265,26 @@ def test_anchor_scores_are_named_by_how_they_were_calibrated(run_dir, tmp_path):
     path.write_text(json.dumps(profile))
     md = R.write_report(run_dir, out=tmp_path / "cross")[0].read_text()
     assert "anchors, out-of-fold (profile)" in md and "held-out anchors (profile)" not in md
+
+
+def test_unlocked_section_counts_and_lists_every_unlocked_prompt(tmp_path):
+    from scans.bench.judges import refused
+
+    data = R.load_run(make_run(tmp_path / "run"))
+    [section] = [s for s in R.Report(data, judge="substring").sections if s.anchor == "unlocked"]
+    by: dict = {}
+    for r in data.records:
+        by.setdefault((r["split"], r["id"]), {})[r["method"]] = r
+    expected = sorted(
+        (m, key[0], per[m]["prompt"])
+        for key, per in by.items()
+        for m in ("scans", "always-away")
+        if m in per and "original" in per and per["original"]["label"] == "unsafe"
+        and refused(per["original"]["judges"]["substring"]) and not refused(per[m]["judges"]["substring"])
+    )  # fmt: skip
+    assert expected  # the synthetic run unlocks some prompts (always-away answers most)
+    listed = section.blocks[2].rows
+    assert sorted((row[0], row[1], row[4]) for row in listed) == expected
+    for row in section.blocks[1].rows:
+        for split, cell in zip(["harmfulq", "xstest-unsafe"], row[1:]):
+            assert cell.startswith(f"{sum(1 for e in expected if e[0] == row[0] and e[1] == split)} of ")

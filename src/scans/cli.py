@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--file", action="append", default=[], help="extra prompt file (repeatable)")
     bench.add_argument("--text-column", default=None)
     bench.add_argument("--label-column", default=None, help="safe/unsafe label column of --file")
-    bench.add_argument("--methods", default="all", help="'all' or a comma list of original, scans, scans-paper, always-away, ablate, prompt")  # fmt: skip
+    bench.add_argument("--methods", default="all", help="'all' or a comma list of original, scans, scans-v1, scans-paper, always-away, ablate, prompt")  # fmt: skip
     bench.add_argument(
         "--limit", type=int, default=None, help="first N prompts of each split (a quick subset)"
     )
