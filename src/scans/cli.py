@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default: the shipped taxonomy anchors' dev split)")  # fmt: skip
     fit.add_argument("--pool-label-column", default="label", help="label column of --pool")
     fit.add_argument("--pool-size", default="320",
-                     help="pool prompts sampled per stratum into the classifier (default 320; all: every one)")  # fmt: skip
+                     help="pool prompts sampled into the classifier, spread over label x severity x type (default 320; all: every one)")  # fmt: skip
     fit.add_argument("--layers", default=None, help="steering layers, e.g. 10-17 (default: measured)")
     fit.add_argument(
         "--threshold", type=float, default=None, help="classifier threshold (default: calibrated)"

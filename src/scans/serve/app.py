@@ -186,9 +186,7 @@ def create_app(scans: Any, config: ServeConfig | None = None) -> FastAPI:
     def record(info: dict[str, Any], prompt_tokens: int, completion_tokens: int) -> None:
         metrics.prompt_tokens.inc(prompt_tokens)
         metrics.completion_tokens.inc(completion_tokens)
-        metrics.verdicts.labels(
-            "harmful" if info["harmful"] else "benign", str(info["steered"]).lower()
-        ).inc()
+        metrics.verdicts.labels(info["decision"], str(info["steered"]).lower()).inc()
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
