@@ -42,3 +42,25 @@ def test_clopper_pearson_known_values() -> None:
     assert clopper_pearson_upper(5, 5) == 1.0
     # more failures, higher bound; more trials, lower bound
     assert clopper_pearson_upper(3, 100) > clopper_pearson_upper(2, 100) > clopper_pearson_upper(2, 200)
+
+
+def test_rule_budget_is_the_joint_bound_of_both_classes() -> None:
+    from scans.calibration import rule_budget
+    from scans.errors import ScansError
+
+    rng = np.random.default_rng(1)
+    n_h, n_b = 300, 300
+    score = np.r_[rng.normal(1, 1, n_h), rng.normal(-1, 1, n_b)]
+    inst = np.r_[rng.normal(1, 1, n_h), rng.normal(-1, 1, n_b)]
+    harmful = np.r_[np.ones(n_h, bool), np.zeros(n_b, bool)]
+    severe = np.zeros(n_h + n_b, bool)
+    severe[:100] = True
+    t, rec = rule_budget(score, inst, harmful, severe, 0.05)
+    joint = np.maximum(score, inst)
+    assert t == min(safety_budget(joint[harmful], 0.05).threshold, safety_budget(joint[severe], 0.05).threshold)
+    steer = joint < t
+    assert steer[harmful].mean() <= 0.05 and steer[severe].mean() <= 0.05
+    assert rec["steered_fraction"]["benign"] == pytest.approx(steer[~harmful].mean())
+    assert set(rec["budget"]) == {"harmful", "severe"}
+    with pytest.raises(ScansError, match=r"100 severe prompts .* 0.005 budget .*fix:"):
+        rule_budget(score, inst, harmful, severe, 0.005)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import random
 import time
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from torch import nn
 
 from . import __version__
 from .activations import collect
-from .calibration import average_precision, calibrate, safety_budget
+from .calibration import average_precision, calibrate, rule_budget
 from .classifier import N_FOLDS, fit_classifier
 from .embedded import cache_dir
 from .engine import GenerationConfig, Prefill, generate_from, prefill, prefill_probed, probe_pass
@@ -419,21 +418,18 @@ class Scans:
                 )  # fmt: skip
             held_severe = [False] * (len(held_h) + len(held_b) + len(held_x)) + [i.severe for i in pool_items]
             severe = np.array(([False] * len(fit_labels) if calibration == "crossfit" else []) + held_severe)
-            # one joint budget: steered only when both signals are under t, i.e. max(s, inst) < t
-            joint = np.maximum(np.asarray(scores), np.asarray(inst_cal))
-            steer_t, budget = _budget(joint, labels, severe, max_harmful_loss, "the two signals")
-            inst_t = steer_t
+            steer_t, rule = rule_budget(
+                np.asarray(scores), np.asarray(inst_cal), labels, severe, max_harmful_loss
+            )
             rule_kw |= {
-                "steer_threshold": steer_t, "inst_threshold": inst_t, "max_harmful_loss": max_harmful_loss,
+                "steer_threshold": steer_t, "inst_threshold": steer_t, "max_harmful_loss": max_harmful_loss,
                 "inst_contrast": fit_i.tensors["contrast"], "inst_contrast_mean": fit_i.tensors["contrast_mean"],
                 "inst_contrast_std": fit_i.tensors["contrast_std"],
                 "decision": {
-                    "rule": "v2", "max_harmful_loss": max_harmful_loss, "budget": budget,
-                    "inst_shrinkage": fit_i.shrinkage,
+                    "rule": "v2", **rule, "inst_shrinkage": fit_i.shrinkage,
                     "inst_auprc": average_precision(np.asarray(inst_cal), labels),
                     "pool": {"size": len(pool_items), "harmful": sum(i.harmful for i in pool_items),
                              "severe": sum(i.severe for i in pool_items)},
-                    "steered_fraction": _steered(scores, inst_cal, labels, severe, steer_t, inst_t),
                 },
             }  # fmt: skip
 
@@ -570,39 +566,6 @@ class Scans:
             for i, p, v, s_, u in zip(rows, chunk, verdicts, steered, plain):
                 results[i] = Generation(p, v, s_, u)
         return [g for g in results if g is not None]
-
-
-def _budget(
-    scores: np.ndarray, labels: np.ndarray, severe: np.ndarray, max_loss: float, signal: str
-) -> tuple[float, dict[str, Any]]:
-    """The steer threshold of a signal: the lower of the budgets of all harmful and of the
-    severe pool prompts (each a split-conformal bound); one-line errors when too few."""
-    out: dict[str, Any] = {}
-    threshold = float("inf")
-    for name, rows in (("harmful", labels), ("severe", severe)):
-        if name == "severe" and not rows.any():
-            continue
-        budget = safety_budget(scores[rows], max_loss)
-        if budget.k == 0:
-            need = math.ceil(1 / max_loss) - 1
-            raise ScansError(
-                f"{budget.n} {name} prompts in the classifier pool cannot calibrate a {max_loss:g} budget "
-                f"for {signal} (need {need}); fix: add {name} prompts (--pool FILE) or raise --max-harmful-loss"
-            )
-        out[name] = budget.to_dict()
-        threshold = min(threshold, budget.threshold)
-    return threshold, out
-
-
-def _steered(
-    score: np.ndarray, inst: np.ndarray, labels: np.ndarray, severe: np.ndarray, t_s: float, t_i: float
-) -> dict[str, float]:
-    """Out-of-fold fraction of each pool class the rule would steer (both signals under their thresholds)."""
-    steer = (np.asarray(score) < t_s) & (np.asarray(inst) < t_i)
-    out = {"harmful": float(steer[labels].mean()), "benign": float(steer[~labels].mean())}
-    if severe.any():
-        out["severe"] = float(steer[severe].mean())
-    return out
 
 
 class _Clock:

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .errors import ScansError
+
 
 @dataclass
 class Calibration:
@@ -155,3 +157,39 @@ def safety_budget(harmful_scores: np.ndarray, max_loss: float) -> SafetyBudget:
     threshold = float(scores[k - 1]) if k > 0 else -math.inf
     below = int((scores < threshold).sum())
     return SafetyBudget(threshold, max_loss, n, k, below, k / (n + 1), clopper_pearson_upper(below, n))
+
+
+def rule_budget(
+    score: np.ndarray, inst: np.ndarray, harmful: np.ndarray, severe: np.ndarray, max_loss: float
+) -> tuple[float, dict]:
+    """The decision rule's steer threshold t for a safety budget (see :mod:`scans.verdict`).
+
+    A prompt is steered only when both signals are under t, i.e. max(score, inst) < t; t is
+    the lower of the :func:`safety_budget` thresholds of max(score, inst) over the harmful
+    calibration prompts and over the severe ones (when there are any), so each class keeps
+    its own bound. Returns t and a record: ``max_harmful_loss``, ``budget`` (per class) and
+    ``steered_fraction`` (per class, on these calibration scores). A one-line error when a
+    class has too few prompts for the budget (the bound would need to steer nothing).
+    """
+    harmful, severe = np.asarray(harmful, dtype=bool), np.asarray(severe, dtype=bool)
+    joint = np.maximum(np.asarray(score, dtype=np.float64), np.asarray(inst, dtype=np.float64))
+    assert joint.shape == harmful.shape == severe.shape, "one score, second signal and label per prompt"
+    budget: dict[str, dict] = {}
+    threshold = math.inf
+    for name, rows in (("harmful", harmful), ("severe", severe)):
+        if name == "severe" and not rows.any():
+            continue
+        b = safety_budget(joint[rows], max_loss)
+        if b.k == 0:
+            need = math.ceil(1 / max_loss) - 1
+            raise ScansError(
+                f"{b.n} {name} prompts in the classifier pool cannot calibrate a {max_loss:g} budget "
+                f"(need {need}); fix: add {name} prompts (--pool FILE) or raise --max-harmful-loss"
+            )
+        budget[name] = b.to_dict()
+        threshold = min(threshold, b.threshold)
+    steer = joint < threshold
+    steered = {"harmful": float(steer[harmful].mean()), "benign": float(steer[~harmful].mean())}
+    if severe.any():
+        steered["severe"] = float(steer[severe].mean())
+    return float(threshold), {"max_harmful_loss": max_loss, "budget": budget, "steered_fraction": steered}
