@@ -223,3 +223,25 @@ def test_auto_batch_size_on_cpu(fitted):
     assert batch_size_arg("auto") is None and batch_size_arg("8") == 8
     with pytest.raises(Exception, match="positive"):
         batch_size_arg("0")
+
+
+def test_auto_batch_size_on_gpu_follows_free_memory(fitted, monkeypatch):
+    """The GPU branch: a third of the free memory over one row's KV cache and activations, capped."""
+    import scans.engine as engine
+
+    cfg = fitted.model.config
+    monkeypatch.setattr(engine, "model_device", lambda model: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    row = (
+        2 * cfg.num_hidden_layers * kv_heads * head_dim * 512 * 4
+        + 512 * (4 * cfg.hidden_size + cfg.vocab_size) * 4
+    )
+    for rows in (1, 7, 50):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, r=rows: (3 * r * row + 1, 10**12))
+        assert engine.auto_batch_size(fitted.model) == rows
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (10**15, 10**15))
+    assert engine.auto_batch_size(fitted.model) == 128  # the cap
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (0, 10**12))
+    assert engine.auto_batch_size(fitted.model) == 1  # never zero

@@ -57,7 +57,9 @@ def test_rule_budget_is_the_joint_bound_of_both_classes() -> None:
     severe[:100] = True
     t, rec = rule_budget(score, inst, harmful, severe, 0.05)
     joint = np.maximum(score, inst)
-    assert t == min(safety_budget(joint[harmful], 0.05).threshold, safety_budget(joint[severe], 0.05).threshold)
+    assert t == min(
+        safety_budget(joint[harmful], 0.05).threshold, safety_budget(joint[severe], 0.05).threshold
+    )
     steer = joint < t
     assert steer[harmful].mean() <= 0.05 and steer[severe].mean() <= 0.05
     assert rec["steered_fraction"]["benign"] == pytest.approx(steer[~harmful].mean())
