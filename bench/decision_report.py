@@ -70,9 +70,9 @@ def table(run: Path, judge: str, limit: int | None = None) -> tuple[str, dict]:
             for r in rs:
                 d[r.get("decision") or ("harmful" if r.get("flagged") else "benign")] += 1
             steer.append(f"{m}: " + ", ".join(f"{k} {v}" for k, v in sorted(d.items())) + f" (of {len(rs)})")
-    summary = run / "summary.json"
+    summary = run / "capability.json"
     if summary.exists():
-        mmlu = (json.loads(summary.read_text()).get("capability") or {}).get("mmlu") or {}
+        mmlu = json.loads(summary.read_text()).get("mmlu") or {}
         for m, v in mmlu.items():
             if "flagged" in v:
                 stats[("mmlu", m)] = (v["flagged"], v["n"])
