@@ -60,7 +60,7 @@ def test_bench_all_methods_on_vllm_means_the_supported_ones(monkeypatch, capsys,
         "always-away",
         "prompt",
     ]
-    assert "MMLU and perplexity are not run" in capsys.readouterr().err
+    assert "MMLU, perplexity and HumanEval are not run" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(HAS_VLLM, reason="vllm is installed here")
