@@ -184,3 +184,17 @@ def test_too_few_harmful_anchors_for_the_budget_is_one_line(tmp_path):
     with pytest.raises(ScansError, match=r"cannot calibrate a 0.02 budget.*fix:"):
         make_scans(t.model, t.tokenizer).fit(HARMFUL, HARMLESS, BORDERLINE,
                                              **{**FIT_KWARGS, "max_harmful_loss": 0.02})  # fmt: skip
+
+
+def test_paper_method_keeps_the_papers_rule():
+    """scans-paper: cosine score, threshold 0.75, +1 above and -1 below, whatever the profile's v2 rule."""
+    from scans.bench.methods import METHODS
+
+    s = _fitted("qwen2")
+    paper = METHODS["scans-paper"](s.profile, s.n_layers)
+    p = paper.classifier_profile()
+    assert p.steer_threshold is None and p.threshold == 0.75 and p.classifier == "cosine"
+    acts = {name: torch.randn(5, p.n_layers, p.vectors.shape[1]) for name in ("inst", "probe", "uend")}
+    d = paper.decide(acts, 5)
+    assert all(sign == (1 if flag else -1) for sign, flag in zip(d.signs, d.flagged))
+    assert set(d.decisions) <= {"harmful", "benign"}

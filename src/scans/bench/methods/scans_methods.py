@@ -71,6 +71,7 @@ class ScansPaper(ScansMethod):
     description: ClassVar[str] = (
         "paper settings: middle third of layers, cosine T=0.75, alpha 3.5, +1 on harmful"
     )
+    rule: ClassVar[str | None] = "v1"  # the paper's rule: one threshold, +1 above, -1 below
     THRESHOLD: ClassVar[float] = 0.75
     ALPHA: ClassVar[float] = 3.5
 
@@ -81,6 +82,7 @@ class ScansPaper(ScansMethod):
         self._paper = dataclasses.replace(
             profile, steer_layers=layers, cls_layers=list(range(layers[0], n_layers)), classifier="cosine",
             threshold=self.THRESHOLD, alpha=self.ALPHA, alpha_mode="absolute", harmful_sign=1, steer_window=None,
+            steer_threshold=None, inst_threshold=None,
         )  # fmt: skip
 
     def classifier_profile(self) -> Profile:
