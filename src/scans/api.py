@@ -189,8 +189,8 @@ class Scans:
         held-out anchors only up to the end of the user's text (less work). ``pack_linears``:
         on a CPU in float32, run the forward passes on prepacked weights (same math, faster).
         ``pool``: more labelled prompts for the classifier (default: the shipped taxonomy's dev
-        split when the shipped anchors are used, else none), ``pool_size`` of them sampled per
-        stratum. ``max_harmful_loss``: the safety budget of the decision rule (see
+        split when the shipped anchors are used, else none), ``pool_size`` of them sampled, spread
+        over label x severity x type. ``max_harmful_loss``: the safety budget of the decision rule (see
         :mod:`scans.verdict`); None fits the v1 rule (one threshold, every other prompt steered).
         """
         from .datafiles import shipped_anchors, shipped_borderline

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from .errors import ScansError
 
 FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)  # format 1 (no severity/refusal signals, no steer threshold) reads as rule v1
+READABLE_FORMATS = (1, 2)  # format 1 (no second signal, no steer threshold) reads as rule v1
 TENSORS = "vectors.safetensors"
 METADATA = "profile.json"
 CLASSIFIERS = ("instruction", "contrast", "cosine")
@@ -75,8 +75,10 @@ class Profile:
     version: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     # The decision rule of format 2 (see scans.verdict); None everywhere = the v1 rule.
-    steer_threshold: float | None = None  # s(q) below it (and the second signal too): steered away
-    max_harmful_loss: float | None = None  # the safety budget both steer thresholds were calibrated for
+    steer_threshold: float | None = (
+        None  # s(q) below it (and the second signal under inst_threshold): steered away
+    )
+    max_harmful_loss: float | None = None  # the safety budget the steer threshold was calibrated for
     inst_contrast: torch.Tensor | None = None  # (L, D) the same classifier read at the instruction end
     inst_contrast_mean: torch.Tensor | None = None
     inst_contrast_std: torch.Tensor | None = None
