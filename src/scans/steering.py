@@ -52,6 +52,20 @@ class SteeringPlan:
         return self.alphas[layer] * self.vectors[layer].float()
 
 
+def steer_gate(positions: torch.Tensor, start: torch.Tensor | int, window: int | None) -> torch.Tensor:
+    """Which positions are steered: ``start <= position`` (and ``< start + window`` with a window)."""
+    on = positions >= start
+    if window is not None:
+        on = on & (positions < start + window)
+    return on
+
+
+def add_steering(hidden: torch.Tensor, gate: torch.Tensor, unsigned: torch.Tensor) -> torch.Tensor:
+    """``hidden + gate * unsigned`` in float32, returned in ``hidden``'s dtype; ``gate`` holds the
+    signed gate of every token (``hidden`` without its last dimension), ``unsigned`` is ``alpha_l * v_l``."""
+    return (hidden.float() + gate[..., None] * unsigned.to(hidden.device)).to(hidden.dtype)
+
+
 def row_positions(
     attention_mask: Any, length: int, past: int, position_ids: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -116,12 +130,8 @@ def steer(model: nn.Module, plan: SteeringPlan) -> Iterator[SteeringPlan]:
             sign = _expand(plan.sign.to(hidden.device), batch)
             if sign.dim() == 2:
                 sign = sign[:, columns[layer]]
-            on = positions >= start[:, None]
-            if plan.window is not None:
-                on = on & (positions < start[:, None] + plan.window)
-            gate = on.float() * sign[:, None]  # (B, T)
-            add = gate[:, :, None] * unsigned.to(hidden.device)[None, None, :]
-            steered = (hidden.float() + add).to(hidden.dtype)
+            gate = steer_gate(positions, start[:, None], plan.window).float() * sign[:, None]  # (B, T)
+            steered = add_steering(hidden, gate, unsigned)
             if isinstance(output, tuple):
                 return (steered, *output[1:])
             return steered

