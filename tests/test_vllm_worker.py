@@ -12,6 +12,7 @@ steering and captures equal a forward pass computed by hand.
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import sys
 import types
@@ -201,7 +202,7 @@ def test_engine_is_built_with_the_worker_extension(engine):
     (kwargs,) = _LLM.built
     assert kwargs["worker_extension_cls"] == WORKER_EXTENSION
     assert WORKER_EXTENSION == f"{ScansWorkerExtension.__module__}.{ScansWorkerExtension.__qualname__}"
-    assert "VLLM_ALLOW_INSECURE_SERIALIZATION" not in __import__("os").environ
+    assert "VLLM_ALLOW_INSECURE_SERIALIZATION" not in os.environ
     assert engine.n_layers == N_LAYERS and engine.llm.rpcs == ["scans_install"]
     with pytest.raises(backend.ScansError, match="sets worker_extension_cls=.*; fix:"):
         backend.VLLMScans.from_pretrained("org/fake-model", worker_extension_cls="my.Extension")

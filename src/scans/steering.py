@@ -60,12 +60,6 @@ def steer_gate(positions: torch.Tensor, start: torch.Tensor | int, window: int |
     return on
 
 
-def add_steering(hidden: torch.Tensor, gate: torch.Tensor, unsigned: torch.Tensor) -> torch.Tensor:
-    """``hidden + gate * unsigned`` in float32, returned in ``hidden``'s dtype; ``gate`` holds the
-    signed gate of every token (``hidden`` without its last dimension), ``unsigned`` is ``alpha_l * v_l``."""
-    return (hidden.float() + gate[..., None] * unsigned.to(hidden.device)).to(hidden.dtype)
-
-
 def row_positions(
     attention_mask: Any, length: int, past: int, position_ids: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -131,7 +125,8 @@ def steer(model: nn.Module, plan: SteeringPlan) -> Iterator[SteeringPlan]:
             if sign.dim() == 2:
                 sign = sign[:, columns[layer]]
             gate = steer_gate(positions, start[:, None], plan.window).float() * sign[:, None]  # (B, T)
-            steered = add_steering(hidden, gate, unsigned)
+            add = gate[:, :, None] * unsigned.to(hidden.device)[None, None, :]
+            steered = (hidden.float() + add).to(hidden.dtype)
             if isinstance(output, tuple):
                 return (steered, *output[1:])
             return steered

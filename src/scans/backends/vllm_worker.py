@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ..steering import add_steering, steer_gate
+from ..steering import steer_gate
 
 WORKER_EXTENSION = "scans.backends.vllm_worker.ScansWorkerExtension"
 PROFILE_PLAN = "profile"
@@ -121,9 +121,11 @@ class _WorkerState:
             delta = self.plans.get(plan, {}).get(layer)
             if delta is None:
                 continue
-            if delta.device != mlp_out.device:
-                delta = self.plans[plan][layer] = delta.to(mlp_out.device)
-            mlp_out = add_steering(mlp_out, gate[: mlp_out.shape[0]].to(mlp_out.device), delta)
+            if delta.device != mlp_out.device or delta.dtype != mlp_out.dtype:
+                delta = self.plans[plan][layer] = delta.to(mlp_out.device, mlp_out.dtype)
+            g = gate[: mlp_out.shape[0]].to(mlp_out.device, mlp_out.dtype)
+            # added in the model's dtype (scans.steering adds in float32: the same in fp32)
+            mlp_out = mlp_out + g[:, None] * delta[None, :]
         if step.capture_index is not None:
             idx = step.capture_index
             stream = mlp_out[idx].float() + (residual[idx].float() if residual is not None else 0.0)
