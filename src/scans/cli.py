@@ -201,11 +201,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-steer", action="store_true", help="classify but do not steer")
     _gen_args(gen)
 
-    chat = sub.add_parser("chat", help="interactive: each message is classified and answered with steering")
+    chat = sub.add_parser(
+        "chat", help="interactive conversation: each message is classified and answered with steering"
+    )
     _model_args(chat)
     _profile_arg(chat)
-    chat.add_argument("--compare", action="store_true")
-    _gen_args(chat)
+    chat.add_argument("--compare", action="store_true", help="also stream the unsteered answer")
+    chat.add_argument("--max-new-tokens", type=int, default=512, help="new tokens per answer at most")
+    chat.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    chat.add_argument("--top-p", type=float, default=1.0)
+    chat.add_argument("--seed", type=int, default=None)
 
     demo = sub.add_parser("demo", help="fit the default profile if needed, then show before/after answers")
     _model_args(demo)
@@ -508,12 +513,15 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _direction(sign: int) -> str:
+    return {1: "toward refusal", -1: "away from refusal", 0: "none"}[sign]
+
+
 def _show(g: Any, compare: bool) -> None:
     v = g.verdict
     verdict = v.decision or ("harmful" if v.harmful else "benign")
-    direction = {1: "toward refusal", -1: "away from refusal", 0: "none"}[v.sign]
     print(f"prompt: {g.prompt}")
-    print(f"verdict: {verdict} (score {v.score:+.4f}), steering: {direction}")
+    print(f"verdict: {verdict} (score {v.score:+.4f}), steering: {_direction(v.sign)}")
     if compare:
         print(f"--- unsteered ---\n{g.unsteered}\n--- steered ---\n{g.response}")
     else:
@@ -538,18 +546,94 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+CHAT_HELP = "/reset clears the history, /off and /on turn steering off and on, /quit (or Ctrl-D) quits."
+
+
 def cmd_chat(args: argparse.Namespace, stdin: Any = None) -> int:
+    """A conversation: history kept, every turn classified on its latest user message (the
+    server's path, ``decode.chat_batch``), the answer streamed as it is generated."""
+    from .decode import RowSettings, chat_batch, encode_conversations
+    from .prompts import context_length
+
+    if args.max_new_tokens < 1:
+        raise ScansError(f"--max-new-tokens {args.max_new_tokens}; fix: pass 1 or more")
     scans = _load(args)
     stdin = stdin or sys.stdin
-    print("scans chat: each message is answered on its own (no history). Empty line or Ctrl-D quits.")
+    history: list[dict[str, str]] = []
+    steering = True
+    context = context_length(scans.model) or 1 << 30
+    print(f"scans chat: the conversation is kept; each message is classified and steered. {CHAT_HELP}")
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    def answer(messages: list[dict[str, str]], steer: bool) -> str | None:
+        """Stream one answer to ``messages``; None when the conversation fills the context."""
+
+        def show_verdict(verdicts: list[Any], signs: list[int]) -> None:
+            v = verdicts[0]
+            verdict = v.decision or ("harmful" if v.harmful else "benign")
+            print(
+                f"[verdict: {verdict} (score {v.score:+.4f}), steering: {_direction(signs[0])}]", flush=True
+            )
+
+        encoded = encode_conversations(scans, [messages])
+        room = context - len(encoded[0][0])
+        if room < 1:
+            print(f"[the conversation is {len(encoded[0][0])} tokens, the model's context {context}: "
+                  "/reset starts a new one]")  # fmt: skip
+            return None
+        settings = RowSettings(min(args.max_new_tokens, room), args.temperature, args.top_p, args.seed)
+        settings.on_text = write
+        [result] = chat_batch(
+            scans,
+            encoded,
+            [settings],
+            steer_rows=[steer],
+            labels=[messages[-1]["content"]],
+            on_verdicts=show_verdict,
+        )
+        write("\n")
+        return result.result.text
+
     while True:
-        print("> ", end="", flush=True)
-        line = stdin.readline()
-        if not line or not line.strip():
+        write("> ")
+        try:
+            line = stdin.readline()
+        except KeyboardInterrupt:
+            line = ""
+        if not line:  # Ctrl-D (end of input)
+            write("\n")
             return 0
-        g = scans.generate(line.strip(), max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                           top_p=args.top_p, seed=args.seed, compare=args.compare)[0]  # fmt: skip
-        _show(g, args.compare)
+        text = line.strip()
+        if not text:
+            continue
+        command = text.lower()
+        if command.startswith("/") and " " not in command:  # "/usr/bin ..." is a message
+            if command in ("/quit", "/exit"):
+                return 0
+            if command == "/reset":
+                history.clear()
+                print("[history cleared]")
+            elif command in ("/off", "/on"):
+                steering = command == "/on"
+                print(f"[steering {'on' if steering else 'off'}]")
+            else:
+                print(f"[unknown command {text}] {CHAT_HELP}")
+            continue
+        messages = [*history, {"role": "user", "content": text}]
+        try:
+            if args.compare:
+                print("--- unsteered ---")
+                answer(messages, steer=False)
+                print("--- steered ---")
+            reply = answer(messages, steer=steering)
+        except KeyboardInterrupt:  # Ctrl-C stops this answer; the turn is dropped
+            print("\n[answer interrupted; not kept in the history]")
+            continue
+        if reply is not None:
+            history += [messages[-1], {"role": "assistant", "content": reply}]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
