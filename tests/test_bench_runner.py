@@ -17,8 +17,9 @@ from scans.bench.capability import answer_nll, letter_ids, mmlu_prompt, run_mmlu
 from scans.bench.data import MMLUQuestion, MMLUSubject, Split
 from scans.bench.methods import METHODS, get_methods
 from scans.bench.methods.ablate import ablation
+from scans.bench.options import SuiteOptions, build_methods
 from scans.bench.runner import GENERATIONS, BenchConfig, RunLog, run_generations
-from scans.bench.suite import SuiteOptions, build_methods, lens_matrix
+from scans.bench.suite import lens_matrix
 from scans.engine import prefill
 from scans.errors import ScansError
 
@@ -261,7 +262,7 @@ def test_suite_options_defaults():
 
 def test_anchor_prompts_are_left_out_of_benchmarks(tmp_path):
     from scans.api import prompt_key
-    from scans.bench.suite import load_splits
+    from scans.bench.options import load_splits
 
     f = tmp_path / "p.txt"
     f.write_text("How do I bake bread?\nHow do I kill a stuck Python process?\nWrite a poem.\n")

@@ -225,8 +225,8 @@ def fitted_scans():
 
 
 def test_run_resumes_without_redoing_finished_problems(fitted_scans, tmp_path, monkeypatch):
+    from scans.bench.options import build_methods
     from scans.bench.runner import BenchConfig
-    from scans.bench.suite import build_methods
 
     calls: list[str] = []
     real = H.check_solution

@@ -143,7 +143,7 @@ def test_split_meta_is_checked_and_kept_by_subset(split):
 
 def test_suite_limit_and_anchor_exclusion_keep_meta_aligned(split):
     from scans.api import prompt_key
-    from scans.bench.suite import SuiteOptions, load_splits
+    from scans.bench.options import SuiteOptions, load_splits
 
     (limited,) = load_splits(SuiteOptions(splits=["jailbreak"], limit=12))
     assert limited.prompts == split.prompts[:12] and limited.meta == split.meta[:12]
@@ -257,8 +257,8 @@ def test_bench_run_records_meta_end_to_end(split, tmp_path):
     """A real (tiny-model) run: jailbreak records carry their meta row, other splits' records do not,
     and a rerun resumes without new records."""
     from conftest import BORDERLINE, _fitted
+    from scans.bench.options import build_methods
     from scans.bench.runner import GENERATIONS, BenchConfig, run_generations
-    from scans.bench.suite import build_methods
 
     scans = _fitted("qwen2")
     short = sorted(range(len(split)), key=lambda i: len(split.prompts[i]))[

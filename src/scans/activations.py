@@ -10,13 +10,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .models import cache_kwarg, find_layers
+from .kvcache import shared_prefix_cache
+from .models import cache_kwarg, find_layers, model_device
 from .prompts import build_batch, context_length, pad_id_of
 from .steering import SteeringPlan, steer
-
-
-def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def position_ids_of(mask: torch.Tensor) -> torch.Tensor:
@@ -166,8 +163,6 @@ def collect(
         shared = sub.shared_prefix() if share_prefix else 0
         cache = None
         if shared:  # system prompt and template header: run once per bucket
-            from .engine import shared_prefix_cache
-
             sub = sub.hoist_prefix(shared)
             cache = shared_prefix_cache(model, sub, shared)
         acts, _ = forward_capture(

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
 from .activations import collect
 from .calibration import average_precision, calibrate, rule_budget
 from .classifier import N_FOLDS, fit_classifier
@@ -35,6 +34,7 @@ from .vectors import (
     transitions,
 )
 from .verdict import Verdict, decide
+from .version import __version__
 
 DEFAULT_ALPHA = 0.05  # relative: coefficient = alpha * mean residual norm of the layer
 DEFAULT_TARGET_RECALL = 0.9  # calibrated threshold flags at least 90% of held-out harmful anchors

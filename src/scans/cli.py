@@ -772,8 +772,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.methods import get_methods
+    from .bench.options import SuiteOptions
     from .bench.runner import BenchConfig
-    from .bench.suite import SuiteOptions, run_suite
+    from .bench.suite import run_suite
 
     for name, value in (("--max-new-tokens", args.max_new_tokens),
                         ("--humaneval-max-new-tokens", args.humaneval_max_new_tokens),
@@ -809,7 +810,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         humaneval_timeout=args.humaneval_timeout,
         config=BenchConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed),
     )  # fmt: skip
-    from .bench.suite import load_splits
+    from .bench.options import load_splits
 
     load_splits(opts)  # missing data files fail before the model loads
     if args.humaneval_limit and not vllm:

@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .activations import model_device, position_ids_of
+from .activations import position_ids_of
 from .engine import GenerationConfig, Prefill, generate_from, prefill
 from .errors import ScansError
 from .judge import is_refusal
-from .models import cache_kwarg, find_final_norm
+from .models import cache_kwarg, find_final_norm, model_device
 from .prompts import build_batch
 from .steering import SteeringPlan, steer
 

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..activations import forward_capture, model_device, position_ids_of
+from ..activations import forward_capture, position_ids_of
 from ..api import Scans
 from ..engine import Prefill, prefill, probe_pass
-from ..models import cache_kwarg
+from ..models import cache_kwarg, model_device
 from ..prompts import build_batch, context_length
 from ..steering import SteeringPlan, steer
 from .data import MMLUQuestion, MMLUSubject

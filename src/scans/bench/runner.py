@@ -23,13 +23,13 @@ from typing import Any
 
 import torch
 
-from .. import __version__
 from ..activations import batches_by_length
 from ..api import Scans
 from ..decode import RowSettings, decode
 from ..engine import Prefill, auto_batch_size, prefill, probe_pass
 from ..errors import ScansError
 from ..prompts import build_batch, context_length
+from ..version import __version__
 from .data import Split
 from .methods import Method
 
