@@ -223,8 +223,27 @@ def test_cli_bench_on_a_user_file(monkeypatch, tmp_path, capsys):
         )
     )
     out = tmp_path / "run"
-    argv = ["bench", "--out", str(out), "--splits", "", "--file", str(f), "--label-column", "label", "--methods", "original,scans",
-            "--max-new-tokens", "3", "--mmlu-limit", "0", "--ppl-texts", "0", "--no-report", "--quiet"]  # fmt: skip
+    argv = [
+        "bench",
+        "--out",
+        str(out),
+        "--splits",
+        "",
+        "--file",
+        str(f),
+        "--label-column",
+        "label",
+        "--methods",
+        "original,scans",
+        "--max-new-tokens",
+        "3",
+        "--mmlu-limit",
+        "0",
+        "--ppl-texts",
+        "0",
+        "--no-report",
+        "--quiet",
+    ]
     assert cli.main(argv) == 0
     text = capsys.readouterr().out
     assert "refusal rate" in text and "mine" in text
@@ -242,9 +261,13 @@ def test_cli_bench_on_a_user_file(monkeypatch, tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "args, needle",
-    [(["--methods", "nope"], "nope"), (["--max-new-tokens", "0"], "--max-new-tokens"),
-     (["--splits", "nope"], "nope"), (["--splits", "", "--file", "/no/such.txt"], "such.txt")],
-)  # fmt: skip
+    [
+        (["--methods", "nope"], "nope"),
+        (["--max-new-tokens", "0"], "--max-new-tokens"),
+        (["--splits", "nope"], "nope"),
+        (["--splits", "", "--file", "/no/such.txt"], "such.txt"),
+    ],
+)
 def test_cli_bench_bad_input_before_model_load(monkeypatch, tmp_path, capsys, args, needle):
     loaded = []
     monkeypatch.setattr(cli, "_load", lambda *a, **k: loaded.append(1))

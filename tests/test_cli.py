@@ -310,8 +310,20 @@ def test_fit_and_info_happy_path(loader, capsys, tmp_path, monkeypatch):
         files[name] = tmp_path / f"{name}.txt"
         files[name].write_text("\n".join(items) + "\n")
     out_dir = tmp_path / "profile"
-    argv = ["--quiet", "fit", "--n-fit", "6", "--n-heldout", "4", "--layers", "1", "--threshold", "0.25",
-            "--max-harmful-loss", "0.2"]  # fmt: skip
+    argv = [
+        "--quiet",
+        "fit",
+        "--n-fit",
+        "6",
+        "--n-heldout",
+        "4",
+        "--layers",
+        "1",
+        "--threshold",
+        "0.25",
+        "--max-harmful-loss",
+        "0.2",
+    ]
     for name, path in files.items():
         argv += [f"--{name}", str(path)]
     assert cli.main([*argv, "--out", str(out_dir)]) == 0
@@ -340,8 +352,20 @@ def test_fit_alpha_zero_is_kept(loader, capsys, tmp_path):
     from conftest import BORDERLINE, HARMFUL, HARMLESS
     from scans.profile import Profile
 
-    argv = ["--quiet", "fit", "--n-fit", "6", "--n-heldout", "4", "--layers", "1", "--alpha", "0",
-            "--max-harmful-loss", "0.2"]  # fmt: skip
+    argv = [
+        "--quiet",
+        "fit",
+        "--n-fit",
+        "6",
+        "--n-heldout",
+        "4",
+        "--layers",
+        "1",
+        "--alpha",
+        "0",
+        "--max-harmful-loss",
+        "0.2",
+    ]
     for name, items in (("harmful", HARMFUL), ("harmless", HARMLESS), ("borderline", BORDERLINE)):
         path = tmp_path / f"{name}.txt"
         path.write_text("\n".join(items) + "\n")

@@ -52,14 +52,6 @@ class Generation:
     unsteered: str | None = None
 
 
-@dataclass
-class FitReport:
-    """What ``fit`` measured, for printing."""
-
-    profile: Profile
-    seconds: float
-
-
 def _hash_prompts(prompts: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16]
 

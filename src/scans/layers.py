@@ -29,10 +29,27 @@ from .prompts import build_batch
 from .steering import SteeringPlan, steer
 
 REFUSAL_WORDS = (
-    "sorry", "Sorry", "cannot", "Cannot", "can't", "unable", "Unable", "apologize",
-    "refuse", "decline", "illegal", "unethical", "harmful", "dangerous", "inappropriate",
-    "Unfortunately", "unfortunately", "prohibited", "not", "No",
-)  # fmt: skip
+    "sorry",
+    "Sorry",
+    "cannot",
+    "Cannot",
+    "can't",
+    "unable",
+    "Unable",
+    "apologize",
+    "refuse",
+    "decline",
+    "illegal",
+    "unethical",
+    "harmful",
+    "dangerous",
+    "inappropriate",
+    "Unfortunately",
+    "unfortunately",
+    "prohibited",
+    "not",
+    "No",
+)
 FALLBACK_OPENING = "I'm sorry"
 HALF_MIN = 4  # the halved coarse round needs this many anchors per side in each half
 

@@ -62,9 +62,15 @@ def next_token_logits(
     batch = pre.batch
     zeros = torch.zeros(batch.input_ids.shape[0], dtype=torch.long)
     _, logits = forward_capture(
-        model, batch.input_ids[:, -1:], batch.attention_mask, {"inst": zeros},
-        cache=pre.fresh_cache(), plan=plan, logits_at="inst", layers_path=layers_path,
-    )  # fmt: skip
+        model,
+        batch.input_ids[:, -1:],
+        batch.attention_mask,
+        {"inst": zeros},
+        cache=pre.fresh_cache(),
+        plan=plan,
+        logits_at="inst",
+        layers_path=layers_path,
+    )
     assert logits is not None
     return logits.cpu()
 
@@ -147,9 +153,12 @@ def answer_nll(
     base = getattr(model, "base_model", model)
     with steer(model, plan) if plan is not None else nullcontext():
         out = base(
-            input_ids=ids, attention_mask=mask, position_ids=position_ids_of(mask)[:, -ids.shape[1] :],
-            use_cache=True, **{cache_kwarg(base): pre.fresh_cache()},
-        )  # fmt: skip
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids_of(mask)[:, -ids.shape[1] :],
+            use_cache=True,
+            **{cache_kwarg(base): pre.fresh_cache()},
+        )
     logits = model.get_output_embeddings()(out.last_hidden_state[:, :-1]).float()
     logp = F.log_softmax(logits, dim=-1).cpu()
     token_logp = logp.gather(-1, tail[:, :, None])[..., 0] * tail_mask
