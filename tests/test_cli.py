@@ -402,3 +402,31 @@ def test_missing_profile_fails_before_the_model_loads(monkeypatch, capsys, tmp_p
     assert cli.main(["classify", "hi", "--profile", str(tmp_path / "nowhere")]) == 2
     line = _error_line(capsys)
     assert "no steering profile" in line and "fix:" in line
+
+
+def test_demo_leaves_no_progress_bar_behind(monkeypatch, capsys, tmp_path):
+    """Output that is not a terminal (here: captured) gets no bars: their redraws and erasing
+    blanks would stay behind as empty lines. The fit's and the answers' bars all run here."""
+    import functools
+
+    from conftest import BORDERLINE, FIT_KWARGS, HARMFUL, HARMLESS
+
+    monkeypatch.setenv("SCANS_CACHE", str(tmp_path))
+
+    def load_unfitted(args, need_profile=True):
+        t = _tiny("qwen2")
+        scans = make_scans(t.model, t.tokenizer)
+        scans.fit = functools.partial(scans.fit, HARMFUL, HARMLESS, BORDERLINE, **FIT_KWARGS)
+        return scans
+
+    monkeypatch.setattr(cli, "_load", load_unfitted)
+    assert cli.main(["demo", "--max-new-tokens", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "\r" not in captured.err and "\r" not in captured.out
+    assert captured.err.strip() == ""
+    lines = captured.out.splitlines()
+    assert lines[0].startswith("no cached profile for this model: fitting one")
+    assert lines[1].startswith("profile: ") and str(tmp_path) in lines[1]
+    assert sum(line.startswith("prompt: ") for line in lines) == len(cli.DEMO_PROMPTS)
+    assert all(line.strip() or not line for line in lines)  # no line of blanks
+    assert "\n\n\n" not in captured.out  # one empty line between blocks, never more

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import ScansError
+from .progress import interactive
 
 DEFAULT_JUDGE = "rules"  # keep equal to scans.bench.judges.DEFAULT_JUDGE (not imported: the CLI starts light)
 
@@ -1022,6 +1023,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import os
 
         os.environ["TQDM_DISABLE"] = "1"
+    if args.quiet or not interactive():  # transformers' loading bar too (see scans.progress)
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()

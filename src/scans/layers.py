@@ -25,6 +25,7 @@ from .engine import GenerationConfig, Prefill, generate_from, prefill
 from .errors import ScansError
 from .judge import is_refusal
 from .models import cache_kwarg, find_final_norm, model_device
+from .progress import progress_bar
 from .prompts import build_batch
 from .steering import SteeringPlan, steer
 
@@ -244,7 +245,6 @@ def choose_band(
     measured on every anchor, and the best contender wins: the choice is made on all
     anchors, about a third fewer tokens are run.
     """
-    from tqdm.auto import tqdm
 
     def as_prefill(prompts: Sequence[str] | Prefill) -> Prefill:
         if isinstance(prompts, Prefill):
@@ -303,7 +303,7 @@ def choose_band(
         for i in range(0, len(coarse), bands_per_pass)
     ]
     passes[0].insert(0, (None, first_h, first_b))  # the baseline rides along in the first pass
-    for tiles in tqdm(passes, desc="layer bands", disable=not progress, leave=False):
+    for tiles in progress_bar(passes, "layer bands", progress):
         measure(tiles)
     if coarse_to_fine:
         top = max(coarse, key=lambda b: effect(b).score)

@@ -20,6 +20,7 @@ from ..activations import forward_capture, position_ids_of
 from ..api import Scans
 from ..engine import Prefill, prefill, probe_pass
 from ..models import cache_kwarg, model_device
+from ..progress import progress_bar
 from ..prompts import build_batch, context_length
 from ..steering import SteeringPlan, steer
 from .data import MMLUQuestion, MMLUSubject
@@ -93,8 +94,6 @@ def run_mmlu(
     progress: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Accuracy per method (overall and per subject) from the answer-letter logits."""
-    from tqdm.auto import tqdm
-
     model, tok = scans.model, scans.tokenizer
     letters = letter_ids(tok)
     correct: dict[str, dict[str, list[bool]]] = {m.name: {} for m in methods}
@@ -103,7 +102,7 @@ def run_mmlu(
     work = [(name, subject) for name, subject in subjects.items() if subject.test]
     for members in group_methods(methods):
         lead = members[0]
-        for name, subject in tqdm(work, desc="mmlu", disable=not progress, leave=False):
+        for name, subject in progress_bar(work, "mmlu", progress):
             prompts = [mmlu_prompt(subject, q) for q in subject.test]
             full = build_batch(tok, prompts, system=lead.system, max_length=context_length(model))
             for start in range(0, len(prompts), batch_size):
@@ -173,8 +172,6 @@ def run_perplexity(
     progress: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Perplexity of reference answers (e.g. TruthfulQA best answers) given their questions, per method."""
-    from tqdm.auto import tqdm
-
     model, tok = scans.model, scans.tokenizer
     questions = [q for q, _ in pairs]
     answers = [tok(a, add_special_tokens=False)["input_ids"] for _, a in pairs]
@@ -183,7 +180,7 @@ def run_perplexity(
         lead = members[0]
         full = build_batch(tok, questions, system=lead.system, max_length=context_length(model))
         starts = range(0, len(pairs), batch_size)
-        for start in tqdm(starts, desc="perplexity", disable=not progress, leave=False):
+        for start in progress_bar(starts, "perplexity", progress):
             rows = list(range(start, min(start + batch_size, len(pairs))))
             with lead.active(model):
                 pre = prefill(model, full.select(rows))
