@@ -242,12 +242,16 @@ def build_parser() -> argparse.ArgumentParser:
     _gen_args(gen)
 
     chat = sub.add_parser(
-        "chat", help="interactive conversation: each message is classified and answered with steering"
+        "chat",
+        help="interactive conversation: each message is classified and answered with steering",
+        description=f"A conversation; each answer is streamed. In the chat: {CHAT_HELP}",
     )
     _model_args(chat)
     _profile_arg(chat)
     chat.add_argument("--compare", action="store_true", help="also stream the unsteered answer")
-    chat.add_argument("--max-new-tokens", type=int, default=512, help="new tokens per answer at most")
+    chat.add_argument(
+        "--max-new-tokens", type=int, default=512, help="new tokens per answer at most (default 512)"
+    )
     chat.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     chat.add_argument("--top-p", type=float, default=1.0)
     chat.add_argument("--seed", type=int, default=None)
