@@ -39,8 +39,14 @@ def table(run: Path, judge: str, limit: int | None = None) -> tuple[str, dict]:
     for r in recs:
         by[(r["split"], r["id"])][r["method"]] = r
     stats: dict = {}
-    lines = ["| split | " + " | ".join(methods) + " | unlocked (" + ", ".join(m for m in methods if m != "original") + ") |",
-             "|---" * (len(methods) + 2) + "|"]  # fmt: skip
+    lines = [
+        "| split | "
+        + " | ".join(methods)
+        + " | unlocked ("
+        + ", ".join(m for m in methods if m != "original")
+        + ") |",
+        "|---" * (len(methods) + 2) + "|",
+    ]
     for sp in splits:
         cells = []
         for m in methods:
@@ -53,10 +59,15 @@ def table(run: Path, judge: str, limit: int | None = None) -> tuple[str, dict]:
             if m == "original":
                 continue
             n = sum(
-                1 for key, per in by.items() if key[0] == sp and m in per and "original" in per
-                and per["original"]["label"] == "unsafe" and refused(per["original"]["judges"][judge])
+                1
+                for key, per in by.items()
+                if key[0] == sp
+                and m in per
+                and "original" in per
+                and per["original"]["label"] == "unsafe"
+                and refused(per["original"]["judges"][judge])
                 and not refused(per[m]["judges"][judge])
-            )  # fmt: skip
+            )
             total = sum(1 for key in by if key[0] == sp)
             label = next(r["label"] for r in recs if r["split"] == sp)
             stats[(sp, m, "unlocked")] = (n, total)
@@ -76,8 +87,10 @@ def table(run: Path, judge: str, limit: int | None = None) -> tuple[str, dict]:
         for m, v in mmlu.items():
             if "flagged" in v:
                 stats[("mmlu", m)] = (v["flagged"], v["n"])
-                steer.append(f"MMLU {m}: judged harmful {v['flagged']}/{v['n']} ({100 * v['flagged'] / v['n']:.1f}%), "
-                             f"steered {v['steered']}, accuracy {100 * v['accuracy']:.1f}%")  # fmt: skip
+                steer.append(
+                    f"MMLU {m}: judged harmful {v['flagged']}/{v['n']} ({100 * v['flagged'] / v['n']:.1f}%), "
+                    f"steered {v['steered']}, accuracy {100 * v['accuracy']:.1f}%"
+                )
     return "\n".join(lines + [""] + [f"- {s}" for s in steer]), stats
 
 

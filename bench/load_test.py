@@ -99,9 +99,25 @@ def vllm_python() -> str:
 
 def start_server(args: argparse.Namespace, phase: Phase, port: int, log: str) -> subprocess.Popen:
     python = sys.executable if phase.backend == "transformers" else args.vllm_python
-    cmd = [python, "-m", "scans.cli", "--quiet", "serve", "--port", str(port), "--backend", phase.backend,
-           "--max-batch-size", str(phase.batch), "--max-queue", str(max(1024, args.requests)),
-           "--request-timeout", str(args.phase_seconds + 60), "--dtype", args.dtype]  # fmt: skip
+    cmd = [
+        python,
+        "-m",
+        "scans.cli",
+        "--quiet",
+        "serve",
+        "--port",
+        str(port),
+        "--backend",
+        phase.backend,
+        "--max-batch-size",
+        str(phase.batch),
+        "--max-queue",
+        str(max(1024, args.requests)),
+        "--request-timeout",
+        str(args.phase_seconds + 60),
+        "--dtype",
+        args.dtype,
+    ]
     if args.model:
         cmd += ["--model", args.model]
     if args.profile:
@@ -136,23 +152,31 @@ async def wait_ready(url: str, proc: subprocess.Popen, log: str, seconds: float 
 
 
 async def run_phase(url: str, phase: Phase, args: argparse.Namespace) -> None:
-    prompts = [BENIGN[i // 2 % len(BENIGN)] if i % 2 == 0 else HARMFUL[i // 2 % len(HARMFUL)]
-               for i in range(args.requests)]  # fmt: skip
+    prompts = [
+        BENIGN[i // 2 % len(BENIGN)] if i % 2 == 0 else HARMFUL[i // 2 % len(HARMFUL)]
+        for i in range(args.requests)
+    ]
     todo: asyncio.Queue[str] = asyncio.Queue()
     for p in prompts:
         todo.put_nowait(p)
     limits = httpx.Limits(max_connections=args.clients + 8, max_keepalive_connections=args.clients + 8)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=args.phase_seconds + 120) as client:
         for p in (BENIGN[0], HARMFUL[0]):  # warm-up (not counted)
-            await client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": p}],
-                                                            "max_tokens": 2, "temperature": 0})  # fmt: skip
+            await client.post(
+                "/v1/chat/completions",
+                json={"messages": [{"role": "user", "content": p}], "max_tokens": 2, "temperature": 0},
+            )
         before = (await client.get("/metrics")).text
 
         async def worker() -> None:
             while not todo.empty():
                 prompt = todo.get_nowait()
-                body = {"model": "scans", "messages": [{"role": "user", "content": prompt}],
-                        "max_tokens": args.max_tokens, "temperature": 0}  # fmt: skip
+                body = {
+                    "model": "scans",
+                    "messages": [{"role": "user", "content": prompt}],
+                    "max_tokens": args.max_tokens,
+                    "temperature": 0,
+                }
                 t0 = time.perf_counter()
                 try:
                     r = await client.post("/v1/chat/completions", json=body)
@@ -189,17 +213,23 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def report(phases: list[Phase], args: argparse.Namespace) -> None:
-    print(f"\n{args.clients} concurrent clients, {args.requests} requests per phase, max_tokens {args.max_tokens}, "
-          f"greedy; model {args.model or 'embedded'}; phases bounded at {args.phase_seconds:g} s")  # fmt: skip
-    head = (f"{'backend':<13}{'phase':<15}{'batch':>6}{'ok':>6}{'429':>5}{'errors':>7}{'cut off':>8}{'seconds':>9}{'req/s':>8}"
-            f"{'tok/s':>8}{'p50 s':>8}{'p95 s':>8}{'rows/forward':>13}{'rows/batch':>11}")  # fmt: skip
+    print(
+        f"\n{args.clients} concurrent clients, {args.requests} requests per phase, max_tokens {args.max_tokens}, "
+        f"greedy; model {args.model or 'embedded'}; phases bounded at {args.phase_seconds:g} s"
+    )
+    head = (
+        f"{'backend':<13}{'phase':<15}{'batch':>6}{'ok':>6}{'429':>5}{'errors':>7}{'cut off':>8}{'seconds':>9}{'req/s':>8}"
+        f"{'tok/s':>8}{'p50 s':>8}{'p95 s':>8}{'rows/forward':>13}{'rows/batch':>11}"
+    )
     print(head)
     for p in phases:
         ok = p.statuses.get("200", 0)
         errors = sum(n for s, n in p.statuses.items() if s not in ("200", "429"))
-        print(f"{p.backend:<13}{p.name:<15}{p.batch:>6}{ok:>6}{p.statuses.get('429', 0):>5}{errors:>7}{p.cut_off:>8}"
-              f"{p.seconds:>9.1f}{ok / p.seconds:>8.3f}{p.tokens / p.seconds:>8.1f}{_pct(p.latencies, 0.5):>8.2f}"
-              f"{_pct(p.latencies, 0.95):>8.2f}{p.rows_per_forward:>13.2f}{p.rows_per_batch:>11.2f}")  # fmt: skip
+        print(
+            f"{p.backend:<13}{p.name:<15}{p.batch:>6}{ok:>6}{p.statuses.get('429', 0):>5}{errors:>7}{p.cut_off:>8}"
+            f"{p.seconds:>9.1f}{ok / p.seconds:>8.3f}{p.tokens / p.seconds:>8.1f}{_pct(p.latencies, 0.5):>8.2f}"
+            f"{_pct(p.latencies, 0.95):>8.2f}{p.rows_per_forward:>13.2f}{p.rows_per_batch:>11.2f}"
+        )
         if errors:
             print(f"  statuses: {p.statuses}")
     for backend in dict.fromkeys(p.backend for p in phases):
@@ -213,8 +243,10 @@ def report(phases: list[Phase], args: argparse.Namespace) -> None:
     batched = {p.backend: p for p in phases if p.name == "batched" and p.statuses.get("200")}
     if len(batched) == 2:
         t, v = batched["transformers"], batched["vllm"]
-        print(f"batched, vllm / transformers: {(v.statuses['200'] / v.seconds) / (t.statuses['200'] / t.seconds):.2f}x "
-              f"requests/s, {(v.tokens / v.seconds) / (t.tokens / t.seconds):.2f}x tokens/s")  # fmt: skip
+        print(
+            f"batched, vllm / transformers: {(v.statuses['200'] / v.seconds) / (t.statuses['200'] / t.seconds):.2f}x "
+            f"requests/s, {(v.tokens / v.seconds) / (t.tokens / t.seconds):.2f}x tokens/s"
+        )
 
 
 async def main_async(args: argparse.Namespace) -> int:
@@ -230,8 +262,10 @@ async def main_async(args: argparse.Namespace) -> int:
         try:
             t0 = time.perf_counter()
             await wait_ready(f"http://127.0.0.1:{port}", proc, log)
-            print(f"[{phase.backend} {phase.name}] server ready in {time.perf_counter() - t0:.1f} s (log {log}); running ...",
-                  flush=True)  # fmt: skip
+            print(
+                f"[{phase.backend} {phase.name}] server ready in {time.perf_counter() - t0:.1f} s (log {log}); running ...",
+                flush=True,
+            )
             await run_phase(f"http://127.0.0.1:{port}", phase, args)
             print(f"[{phase.backend} {phase.name}] {phase.statuses} in {phase.seconds:.1f} s", flush=True)
         finally:
@@ -252,10 +286,16 @@ def main() -> int:
     ap.add_argument("--max-batch-size", type=int, default=32, help="batched phase")
     ap.add_argument("--phase-seconds", type=float, default=300, help="time bound of each phase")
     ap.add_argument("--skip-serial", action="store_true", help="only the batched phase")
-    ap.add_argument("--backends", default="transformers",
-                    help="comma list of transformers, vllm: each runs the same phases, side by side")  # fmt: skip
-    ap.add_argument("--vllm-python", default=None,
-                    help="Python of the vLLM venv (default: this one if it has vllm, else scripts/install_vllm.sh's)")  # fmt: skip
+    ap.add_argument(
+        "--backends",
+        default="transformers",
+        help="comma list of transformers, vllm: each runs the same phases, side by side",
+    )
+    ap.add_argument(
+        "--vllm-python",
+        default=None,
+        help="Python of the vLLM venv (default: this one if it has vllm, else scripts/install_vllm.sh's)",
+    )
     args = ap.parse_args()
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if not args.backends or set(args.backends) - {"transformers", "vllm"}:

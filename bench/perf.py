@@ -75,10 +75,13 @@ def _one_run(method, scans, model, tok, profile, prompts, new_tokens, batch_size
             batch = build_batch(tok, prompts[i : i + batch_size])
             with torch.no_grad():
                 model.generate(
-                    input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                    max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=pad_id_of(tok),
+                    input_ids=batch.input_ids,
+                    attention_mask=batch.attention_mask,
+                    max_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens,
+                    pad_token_id=pad_id_of(tok),
                     **GenerationConfig().kwargs(),
-                )  # fmt: skip
+                )
     elif method == "e":  # this project's engine without SCANS: same buckets and shared prefill
         from scans.engine import generate_from
 
@@ -116,10 +119,13 @@ def _one_run(method, scans, model, tok, profile, prompts, new_tokens, batch_size
             )
             with steer(model, plan), torch.no_grad():
                 model.generate(
-                    input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                    max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=pad_id_of(tok),
+                    input_ids=batch.input_ids,
+                    attention_mask=batch.attention_mask,
+                    max_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens,
+                    pad_token_id=pad_id_of(tok),
                     **GenerationConfig().kwargs(),
-                )  # fmt: skip
+                )
 
 
 def machine_throughput() -> dict:
@@ -165,8 +171,14 @@ def machine_throughput() -> dict:
     forward = 2 * body * padded / best_of(3, forward_pass) / 1e9
     with packed_linears(model):
         forward_packed = 2 * body * padded / best_of(3, forward_pass) / 1e9
-    return {"matmul_gflops": matmul, "forward_gflops": forward, "matmul_packed_gflops": matmul_packed,
-            "forward_packed_gflops": forward_packed, "tokens": tokens, "padded_tokens": padded}  # fmt: skip
+    return {
+        "matmul_gflops": matmul,
+        "forward_gflops": forward,
+        "matmul_packed_gflops": matmul_packed,
+        "forward_packed_gflops": forward_packed,
+        "tokens": tokens,
+        "padded_tokens": padded,
+    }
 
 
 def time_fits(runs: int) -> None:
@@ -195,12 +207,17 @@ def time_fits(runs: int) -> None:
                 walls[mode].append(time.perf_counter() - start)
                 profile = json.loads((out / "profile.json").read_text())
                 stages[mode] = profile["extra"]["timings_s"]
-                print(f"run {i + 1} {mode:9s} wall {walls[mode][-1]:6.1f} s  layers {profile['steer_layers'][0]}-"
-                      f"{profile['steer_layers'][-1]}  threshold {profile['threshold']:.4f}", flush=True)  # fmt: skip
+                print(
+                    f"run {i + 1} {mode:9s} wall {walls[mode][-1]:6.1f} s  layers {profile['steer_layers'][0]}-"
+                    f"{profile['steer_layers'][-1]}  threshold {profile['threshold']:.4f}",
+                    flush=True,
+                )
     med = {mode: statistics.median(values) for mode, values in walls.items()}
     for mode, values in walls.items():
-        print(f"{mode:9s} median {med[mode]:.1f} s (min {min(values):.1f}, max {max(values):.1f}); "
-              f"stages of its last run: {stages[mode]}")  # fmt: skip
+        print(
+            f"{mode:9s} median {med[mode]:.1f} s (min {min(values):.1f}, max {max(values):.1f}); "
+            f"stages of its last run: {stages[mode]}"
+        )
     print(f"packed / --no-pack median wall time: {med['packed'] / med['--no-pack']:.3f}")
 
 
@@ -222,16 +239,32 @@ def main() -> None:
         )
 
     def run(method: str, repeats: int) -> dict:
-        cmd = [sys.executable, __file__, "--only", method, "--n", str(args.n), "--loop-n", str(args.loop_n),
-               "--new-tokens", str(args.new_tokens), "--batch-size", str(args.batch_size),
-               "--repeats", str(repeats)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            __file__,
+            "--only",
+            method,
+            "--n",
+            str(args.n),
+            "--loop-n",
+            str(args.loop_n),
+            "--new-tokens",
+            str(args.new_tokens),
+            "--batch-size",
+            str(args.batch_size),
+            "--repeats",
+            str(repeats),
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         return json.loads(out)
 
     if args.fit_runs:
         m = run("machine", 1)  # in its own process: this one holds no model while the fits run
-        print(f"fp32 matmul {m['matmul_gflops']:.0f} GFLOP/s (prepacked {m['matmul_packed_gflops']:.0f}); "
-              f"batched forward {m['forward_gflops']:.0f} (prepacked {m['forward_packed_gflops']:.0f})", flush=True)  # fmt: skip
+        print(
+            f"fp32 matmul {m['matmul_gflops']:.0f} GFLOP/s (prepacked {m['matmul_packed_gflops']:.0f}); "
+            f"batched forward {m['forward_gflops']:.0f} (prepacked {m['forward_packed_gflops']:.0f})",
+            flush=True,
+        )
         time_fits(args.fit_runs)
         return
     if args.only:
@@ -254,21 +287,29 @@ def main() -> None:
             results[method] = {**best, "peak_rss_mb": max(r["peak_rss_mb"], prev["peak_rss_mb"])}
     results["c"] = run("c", 1)
     m = results["machine"]
-    print(f"fp32 matmul: {m['matmul_gflops']:.0f} GFLOP/s; batched forward pass (32 prompts, "
-          f"{m['padded_tokens']} padded tokens): {m['forward_gflops']:.0f} GFLOP/s = "
-          f"{m['forward_gflops'] / m['matmul_gflops']:.0%} of it; on prepacked weights (as scans fit "
-          f"runs): matmul {m['matmul_packed_gflops']:.0f}, forward {m['forward_packed_gflops']:.0f} GFLOP/s = "
-          f"{m['forward_packed_gflops'] / m['matmul_packed_gflops']:.0%}")  # fmt: skip
-    names = {"a": "plain batched generate", "e": "plain, this project's engine", "b": "SCANS (this project)",
-             "c": "one-at-a-time SCANS loop"}  # fmt: skip
+    print(
+        f"fp32 matmul: {m['matmul_gflops']:.0f} GFLOP/s; batched forward pass (32 prompts, "
+        f"{m['padded_tokens']} padded tokens): {m['forward_gflops']:.0f} GFLOP/s = "
+        f"{m['forward_gflops'] / m['matmul_gflops']:.0%} of it; on prepacked weights (as scans fit "
+        f"runs): matmul {m['matmul_packed_gflops']:.0f}, forward {m['forward_packed_gflops']:.0f} GFLOP/s = "
+        f"{m['forward_packed_gflops'] / m['matmul_packed_gflops']:.0%}"
+    )
+    names = {
+        "a": "plain batched generate",
+        "e": "plain, this project's engine",
+        "b": "SCANS (this project)",
+        "c": "one-at-a-time SCANS loop",
+    }
     print(
         f"{'method':28s} {'prompts':>7s} {'seconds':>8s} {'prompts/s':>9s} {'tokens/s':>8s} {'peak RSS':>9s}"
     )
     for key in "aebc":
         r = results[key]
         rate = r["n"] / r["seconds"]
-        print(f"{names[key]:28s} {r['n']:7d} {r['seconds']:8.1f} {rate:9.3f} {rate * args.new_tokens:8.1f} "
-              f"{r['peak_rss_mb']:7.0f}MB")  # fmt: skip
+        print(
+            f"{names[key]:28s} {r['n']:7d} {r['seconds']:8.1f} {rate:9.3f} {rate * args.new_tokens:8.1f} "
+            f"{r['peak_rss_mb']:7.0f}MB"
+        )
     per = {k: results[k]["seconds"] / results[k]["n"] for k in "aebc"}
     print(
         f"b/a wall time: {per['b'] / per['a']:.3f}   b/e (SCANS over the same engine unsteered): "

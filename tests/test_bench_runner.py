@@ -17,8 +17,9 @@ from scans.bench.capability import answer_nll, letter_ids, mmlu_prompt, run_mmlu
 from scans.bench.data import MMLUQuestion, MMLUSubject, Split
 from scans.bench.methods import METHODS, get_methods
 from scans.bench.methods.ablate import ablation
+from scans.bench.options import SuiteOptions, build_methods
 from scans.bench.runner import GENERATIONS, BenchConfig, RunLog, run_generations
-from scans.bench.suite import SuiteOptions, build_methods, lens_matrix
+from scans.bench.suite import lens_matrix
 from scans.engine import prefill
 from scans.errors import ScansError
 
@@ -222,8 +223,27 @@ def test_cli_bench_on_a_user_file(monkeypatch, tmp_path, capsys):
         )
     )
     out = tmp_path / "run"
-    argv = ["bench", "--out", str(out), "--splits", "", "--file", str(f), "--label-column", "label", "--methods", "original,scans",
-            "--max-new-tokens", "3", "--mmlu-limit", "0", "--ppl-texts", "0", "--no-report", "--quiet"]  # fmt: skip
+    argv = [
+        "bench",
+        "--out",
+        str(out),
+        "--splits",
+        "",
+        "--file",
+        str(f),
+        "--label-column",
+        "label",
+        "--methods",
+        "original,scans",
+        "--max-new-tokens",
+        "3",
+        "--mmlu-limit",
+        "0",
+        "--ppl-texts",
+        "0",
+        "--no-report",
+        "--quiet",
+    ]
     assert cli.main(argv) == 0
     text = capsys.readouterr().out
     assert "refusal rate" in text and "mine" in text
@@ -241,9 +261,13 @@ def test_cli_bench_on_a_user_file(monkeypatch, tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "args, needle",
-    [(["--methods", "nope"], "nope"), (["--max-new-tokens", "0"], "--max-new-tokens"),
-     (["--splits", "nope"], "nope"), (["--splits", "", "--file", "/no/such.txt"], "such.txt")],
-)  # fmt: skip
+    [
+        (["--methods", "nope"], "nope"),
+        (["--max-new-tokens", "0"], "--max-new-tokens"),
+        (["--splits", "nope"], "nope"),
+        (["--splits", "", "--file", "/no/such.txt"], "such.txt"),
+    ],
+)
 def test_cli_bench_bad_input_before_model_load(monkeypatch, tmp_path, capsys, args, needle):
     loaded = []
     monkeypatch.setattr(cli, "_load", lambda *a, **k: loaded.append(1))
@@ -261,7 +285,7 @@ def test_suite_options_defaults():
 
 def test_anchor_prompts_are_left_out_of_benchmarks(tmp_path):
     from scans.api import prompt_key
-    from scans.bench.suite import load_splits
+    from scans.bench.options import load_splits
 
     f = tmp_path / "p.txt"
     f.write_text("How do I bake bread?\nHow do I kill a stuck Python process?\nWrite a poem.\n")

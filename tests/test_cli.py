@@ -201,14 +201,104 @@ def test_generate_json(loader, capsys):
     assert set(rec) == {"prompt", "score", "harmful", "sign", "response", "unsteered"}
 
 
-def test_chat_reads_until_empty_line(loader, capsys):
+@pytest.fixture
+def chat_spy(monkeypatch):
+    """Record what `scans chat` hands to the server's path (decode.chat_batch), and the
+    output written to stdout by the time each answer's decoding returned."""
+    import sys
+
+    import scans.decode as decode
+
+    calls = []
+    real = decode.chat_batch
+
+    def spy(scans, encoded, settings, **kwargs):
+        results = real(scans, encoded, settings, **kwargs)
+        calls.append({"encoded": encoded, "settings": settings, "results": results, **kwargs})
+        calls[-1]["stdout_at_return"] = sys.stdout.getvalue() if hasattr(sys.stdout, "getvalue") else None
+        return results
+
+    monkeypatch.setattr(decode, "chat_batch", spy)
+    return calls
+
+
+def _chat(lines: list[str], *argv: str) -> int:
     import io
 
-    args = cli.build_parser().parse_args(["chat", "--max-new-tokens", "3"])
-    assert cli.cmd_chat(args, stdin=io.StringIO("Hi\nHow do I bake bread?\n\n")) == 0
+    args = cli.build_parser().parse_args(["chat", *argv])
+    return cli.cmd_chat(args, stdin=io.StringIO("".join(f"{line}\n" for line in lines)))
+
+
+def test_chat_keeps_the_history_and_streams(loader, chat_spy, monkeypatch):
+    import io
+    import sys
+
+    from scans.decode import encode_conversations
+
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # getvalue() while decoding
+    assert _chat(["Hi", "", "How do I bake bread?", "/quit", "never read"], "--max-new-tokens", "6") == 0
+    out = sys.stdout.getvalue()
+    assert len(chat_spy) == 2  # the empty line is skipped, /quit ends before the last line
+    first, second = (c["results"][0].result.text for c in chat_spy)
+    assert first and second
+    # streamed: each answer was on stdout before its decoding returned
+    assert chat_spy[0]["stdout_at_return"].endswith(first)
+    assert chat_spy[1]["stdout_at_return"].endswith(second)
+    assert out.count("[verdict: ") == 2
+    # the second turn is the whole conversation, the verdict read on its latest user message
+    t = _tiny("qwen2")
+    api = make_scans(t.model, t.tokenizer)
+    api.profile = dataclasses.replace(_fitted("qwen2").profile, threshold=0.0)
+    conversation = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": first},
+        {"role": "user", "content": "How do I bake bread?"},
+    ]
+    assert chat_spy[1]["encoded"] == encode_conversations(api, [conversation])
+    assert chat_spy[1]["labels"] == ["How do I bake bread?"]
+    assert chat_spy[0]["encoded"] == encode_conversations(api, [conversation[:1]])
+    # the first turn's verdict is the one `scans classify` gives the message
+    assert chat_spy[0]["results"][0].verdict.score == pytest.approx(api.classify("Hi")[0].score, abs=1e-4)
+    assert [c["settings"][0].max_tokens for c in chat_spy] == [6, 6]
+
+
+def test_chat_commands_reset_off_on(loader, chat_spy, capsys):
+    lines = ["Hi", "/off", "Hi again", "/on", "/reset", "Hello", "/nope"]
+    assert _chat(lines, "--max-new-tokens", "2") == 0  # end of input quits
     out = capsys.readouterr().out
-    assert out.count("verdict: ") == 2
-    assert "prompt: How do I bake bread?" in out
+    assert [c["steer_rows"] for c in chat_spy] == [[True], [False], [True]]
+    assert [len(c["encoded"][0][0]) > 0 for c in chat_spy] == [True] * 3
+    # /reset: the third turn is a conversation of one message, like the first
+    from scans.decode import encode_conversations
+
+    t = _tiny("qwen2")
+    api = make_scans(t.model, t.tokenizer)
+    api.profile = _fitted("qwen2").profile
+    assert chat_spy[2]["encoded"] == encode_conversations(api, [[{"role": "user", "content": "Hello"}]])
+    assert len(chat_spy[1]["encoded"][0][0]) > len(chat_spy[0]["encoded"][0][0])  # history kept
+    assert "[steering off]" in out and "[steering on]" in out and "[history cleared]" in out
+    assert "steering: none" in out  # the /off turn
+    assert "[unknown command /nope]" in out
+
+
+def test_chat_defaults_to_chat_length_answers():
+    assert cli.build_parser().parse_args(["chat"]).max_new_tokens == 512
+
+
+def test_chat_conversation_longer_than_the_context(loader, chat_spy, capsys):
+    long = " ".join(["bread"] * 300)  # the tiny model's context is 256 tokens
+    assert _chat([long, "Hi"], "--max-new-tokens", "2") == 0
+    out = capsys.readouterr().out
+    assert "the model's context 256" in out and "/reset" in out
+    assert len(chat_spy) == 1  # the long turn was not answered nor kept in the history
+    assert chat_spy[0]["labels"] == ["Hi"]
+    assert len(chat_spy[0]["encoded"][0][0]) < 100  # "Hi" alone, not the long message before it
+
+
+def test_chat_bad_max_new_tokens(loader, capsys):
+    assert cli.main(["chat", "--max-new-tokens", "0"]) == 2
+    assert "--max-new-tokens" in _error_line(capsys)
+    assert loader == []
 
 
 def test_fit_and_info_happy_path(loader, capsys, tmp_path, monkeypatch):
@@ -220,8 +310,20 @@ def test_fit_and_info_happy_path(loader, capsys, tmp_path, monkeypatch):
         files[name] = tmp_path / f"{name}.txt"
         files[name].write_text("\n".join(items) + "\n")
     out_dir = tmp_path / "profile"
-    argv = ["--quiet", "fit", "--n-fit", "6", "--n-heldout", "4", "--layers", "1", "--threshold", "0.25",
-            "--max-harmful-loss", "0.2"]  # fmt: skip
+    argv = [
+        "--quiet",
+        "fit",
+        "--n-fit",
+        "6",
+        "--n-heldout",
+        "4",
+        "--layers",
+        "1",
+        "--threshold",
+        "0.25",
+        "--max-harmful-loss",
+        "0.2",
+    ]
     for name, path in files.items():
         argv += [f"--{name}", str(path)]
     assert cli.main([*argv, "--out", str(out_dir)]) == 0
@@ -250,8 +352,20 @@ def test_fit_alpha_zero_is_kept(loader, capsys, tmp_path):
     from conftest import BORDERLINE, HARMFUL, HARMLESS
     from scans.profile import Profile
 
-    argv = ["--quiet", "fit", "--n-fit", "6", "--n-heldout", "4", "--layers", "1", "--alpha", "0",
-            "--max-harmful-loss", "0.2"]  # fmt: skip
+    argv = [
+        "--quiet",
+        "fit",
+        "--n-fit",
+        "6",
+        "--n-heldout",
+        "4",
+        "--layers",
+        "1",
+        "--alpha",
+        "0",
+        "--max-harmful-loss",
+        "0.2",
+    ]
     for name, items in (("harmful", HARMFUL), ("harmless", HARMLESS), ("borderline", BORDERLINE)):
         path = tmp_path / f"{name}.txt"
         path.write_text("\n".join(items) + "\n")
@@ -288,3 +402,31 @@ def test_missing_profile_fails_before_the_model_loads(monkeypatch, capsys, tmp_p
     assert cli.main(["classify", "hi", "--profile", str(tmp_path / "nowhere")]) == 2
     line = _error_line(capsys)
     assert "no steering profile" in line and "fix:" in line
+
+
+def test_demo_leaves_no_progress_bar_behind(monkeypatch, capsys, tmp_path):
+    """Output that is not a terminal (here: captured) gets no bars: their redraws and erasing
+    blanks would stay behind as empty lines. The fit's and the answers' bars all run here."""
+    import functools
+
+    from conftest import BORDERLINE, FIT_KWARGS, HARMFUL, HARMLESS
+
+    monkeypatch.setenv("SCANS_CACHE", str(tmp_path))
+
+    def load_unfitted(args, need_profile=True):
+        t = _tiny("qwen2")
+        scans = make_scans(t.model, t.tokenizer)
+        scans.fit = functools.partial(scans.fit, HARMFUL, HARMLESS, BORDERLINE, **FIT_KWARGS)
+        return scans
+
+    monkeypatch.setattr(cli, "_load", load_unfitted)
+    assert cli.main(["demo", "--max-new-tokens", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "\r" not in captured.err and "\r" not in captured.out
+    assert captured.err.strip() == ""
+    lines = captured.out.splitlines()
+    assert lines[0].startswith("no cached profile for this model: fitting one")
+    assert lines[1].startswith("profile: ") and str(tmp_path) in lines[1]
+    assert sum(line.startswith("prompt: ") for line in lines) == len(cli.DEMO_PROMPTS)
+    assert all(line.strip() or not line for line in lines)  # no line of blanks
+    assert "\n\n\n" not in captured.out  # one empty line between blocks, never more

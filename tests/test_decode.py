@@ -37,10 +37,14 @@ def _reference_ids(t, pre, n: int, plan=None, eos=None) -> list[list[int]]:
     eos = t.tokenizer.eos_token_id if eos is None else eos
     with steer(t.model, plan) if plan is not None else torch.no_grad(), torch.no_grad():
         out = t.model.generate(
-            input_ids=pre.batch.input_ids, attention_mask=pre.batch.attention_mask, max_new_tokens=n,
-            do_sample=False, pad_token_id=prompts.pad_id_of(t.tokenizer), eos_token_id=eos,
+            input_ids=pre.batch.input_ids,
+            attention_mask=pre.batch.attention_mask,
+            max_new_tokens=n,
+            do_sample=False,
+            pad_token_id=prompts.pad_id_of(t.tokenizer),
+            eos_token_id=eos,
             **{cache_kwarg(t.model): pre.fresh_cache()},
-        )  # fmt: skip
+        )
     rows = []
     for row in out[:, pre.batch.input_ids.shape[1] :].tolist():
         rows.append(row[: row.index(eos)] if eos in row else row)

@@ -252,16 +252,16 @@ def test_prefill_select_matches_prefilling_the_rows(tiny):
 def test_shared_prefix_memo_is_reused_and_bypassed_when_it_would_be_wrong(qwen):
     """The shared prefix's KV is memoized per model and prefix; a hook or a weight edit
     must not see a stale prefix."""
-    from scans import engine
+    from scans import kvcache
 
     model, tok = qwen.model, qwen.tokenizer
     batch = prompts.build_batch(tok, PROMPTS, system=SYSTEM)
     length = batch.shared_prefix()
-    engine._PREFIX_MEMO.pop(model, None)
-    first = engine.shared_prefix_cache(model, batch, length)
-    assert len(engine._PREFIX_MEMO[model]) == 1
-    again = engine.shared_prefix_cache(model, batch, length)  # from the memo
-    assert len(engine._PREFIX_MEMO[model]) == 1
+    kvcache._PREFIX_MEMO.pop(model, None)
+    first = kvcache.shared_prefix_cache(model, batch, length)
+    assert len(kvcache._PREFIX_MEMO[model]) == 1
+    again = kvcache.shared_prefix_cache(model, batch, length)  # from the memo
+    assert len(kvcache._PREFIX_MEMO[model]) == 1
     for a, b in zip(first.layers, again.layers):
         assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
     # under a hook the prefix is recomputed (the hook runs) and not memoized
@@ -269,16 +269,16 @@ def test_shared_prefix_memo_is_reused_and_bypassed_when_it_would_be_wrong(qwen):
     layer = model.model.layers[0]
     handle = layer.register_forward_hook(lambda *_: calls.append(1))
     try:
-        engine.shared_prefix_cache(model, batch, length)
+        kvcache.shared_prefix_cache(model, batch, length)
     finally:
         handle.remove()
-    assert calls and len(engine._PREFIX_MEMO[model]) == 1
+    assert calls and len(kvcache._PREFIX_MEMO[model]) == 1
     # an in-place weight edit changes the key: the new prefix differs from the memoized one
     with torch.no_grad():
         model.model.layers[0].self_attn.k_proj.weight.mul_(2.0)
     try:
-        edited = engine.shared_prefix_cache(model, batch, length)
-        assert len(engine._PREFIX_MEMO[model]) == 2
+        edited = kvcache.shared_prefix_cache(model, batch, length)
+        assert len(kvcache._PREFIX_MEMO[model]) == 2
         assert not torch.allclose(edited.layers[0].keys, first.layers[0].keys)
     finally:
         with torch.no_grad():

@@ -225,8 +225,8 @@ def fitted_scans():
 
 
 def test_run_resumes_without_redoing_finished_problems(fitted_scans, tmp_path, monkeypatch):
+    from scans.bench.options import build_methods
     from scans.bench.runner import BenchConfig
-    from scans.bench.suite import build_methods
 
     calls: list[str] = []
     real = H.check_solution
@@ -283,9 +283,28 @@ def test_bench_cli_runs_humaneval_only(fitted_scans, tmp_path, monkeypatch, caps
         H, "load_problems", lambda limit=None: FAKES[:limit]
     )  # the real ones exceed 256 tokens
     out = tmp_path / "run"
-    code = cli.main(["bench", "--out", str(out), "--splits", "", "--mmlu-limit", "0", "--ppl-texts", "0",
-                     "--humaneval-limit", "2", "--humaneval-max-new-tokens", "4", "--capability-methods",
-                     "original", "--methods", "original", "--quiet"])  # fmt: skip
+    code = cli.main(
+        [
+            "bench",
+            "--out",
+            str(out),
+            "--splits",
+            "",
+            "--mmlu-limit",
+            "0",
+            "--ppl-texts",
+            "0",
+            "--humaneval-limit",
+            "2",
+            "--humaneval-max-new-tokens",
+            "4",
+            "--capability-methods",
+            "original",
+            "--methods",
+            "original",
+            "--quiet",
+        ]
+    )
     assert code == 0
     text = capsys.readouterr().out
     assert re.search(r"HumanEval original: pass@1 \d/2 = ", text)
@@ -307,10 +326,20 @@ def test_bench_cli_default_skips_humaneval():
 
 def _he_record(method: str, i: int, passed: bool, sign: int, status: str = "failed") -> dict:
     return {
-        "method": method, "split": "humaneval", "id": i, "task_id": f"HumanEval/{i}", "prompt": "p",
-        "label": "code", "response": "```python\n...\n```", "passed": passed, "sign": sign,
-        "status": "passed" if passed else status, "seconds": 1.5, "exec_seconds": 0.25, "max_new_tokens": 384,
-    }  # fmt: skip
+        "method": method,
+        "split": "humaneval",
+        "id": i,
+        "task_id": f"HumanEval/{i}",
+        "prompt": "p",
+        "label": "code",
+        "response": "```python\n...\n```",
+        "passed": passed,
+        "sign": sign,
+        "status": "passed" if passed else status,
+        "seconds": 1.5,
+        "exec_seconds": 0.25,
+        "max_new_tokens": 384,
+    }
 
 
 def test_report_section_on_a_synthetic_run(tmp_path):
@@ -334,8 +363,11 @@ def test_report_section_on_a_synthetic_run(tmp_path):
     (run / H.HUMANEVAL_SUMMARY).write_text(json.dumps(summary))
     md = R.write_report(run, out=tmp_path / "after")[0].read_text()
     section = md.split("## HumanEval")[1].split("\n## ")[0]
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-            for line in section.splitlines() if line.startswith("| ") and "method" not in line}  # fmt: skip
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in section.splitlines()
+        if line.startswith("| ") and "method" not in line
+    }
     lo, hi = R.M.wilson(3, 4)
     assert rows["original"][:2] == [f"75.0% [{100 * lo:.1f}, {100 * hi:.1f}]", "3/4"]
     assert rows["scans"][1:5] == ["3/4", "2", "+0.0", "1"]  # passed, steered, vs original, timeouts

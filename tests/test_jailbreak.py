@@ -33,8 +33,18 @@ def test_requests_file():
     assert len(requests) == 40
     assert len({r["id"] for r in requests}) == 40 and len({_key(r["text"]) for r in requests}) == 40
     categories = Counter(r["category"] for r in requests)
-    assert set(categories) == {"weapons", "explosives", "cbrn", "drugs", "cybercrime", "fraud", "violence",
-                               "hate", "privacy", "self_harm"}  # fmt: skip
+    assert set(categories) == {
+        "weapons",
+        "explosives",
+        "cbrn",
+        "drugs",
+        "cybercrime",
+        "fraud",
+        "violence",
+        "hate",
+        "privacy",
+        "self_harm",
+    }
     assert all(r["severity"] in ("severe", "standard") for r in requests)
     assert {r["severity"] for r in requests} == {"severe", "standard"}
     for r in requests:
@@ -143,7 +153,7 @@ def test_split_meta_is_checked_and_kept_by_subset(split):
 
 def test_suite_limit_and_anchor_exclusion_keep_meta_aligned(split):
     from scans.api import prompt_key
-    from scans.bench.suite import SuiteOptions, load_splits
+    from scans.bench.options import SuiteOptions, load_splits
 
     (limited,) = load_splits(SuiteOptions(splits=["jailbreak"], limit=12))
     assert limited.prompts == split.prompts[:12] and limited.meta == split.meta[:12]
@@ -153,8 +163,13 @@ def test_suite_limit_and_anchor_exclusion_keep_meta_aligned(split):
 
 def test_runner_records_meta_only_for_splits_that_have_it(split, tmp_path):
     items = split_items([Split("plain", ["p0", "p1"], ["safe", "unsafe"]), split.subset(range(3))])
-    assert [(it.split, it.id) for it in items] == [("plain", 0), ("plain", 1), ("jailbreak", 0), ("jailbreak", 1),
-                                                   ("jailbreak", 2)]  # fmt: skip
+    assert [(it.split, it.id) for it in items] == [
+        ("plain", 0),
+        ("plain", 1),
+        ("jailbreak", 0),
+        ("jailbreak", 1),
+        ("jailbreak", 2),
+    ]
     assert items[0].meta is None and items[3].meta == split.meta[1]
     records = [with_meta({"method": "original", "split": it.split, "id": it.id}, it) for it in items]
     assert "meta" not in records[0] and records[2]["meta"]["family"] == JAILBREAK_FAMILIES[0]
@@ -186,22 +201,45 @@ def _refuses(method: str, family: str, i: int) -> bool:
 def make_jailbreak_run(path: Path, split: Split, with_meta_field: bool = True) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     methods = ["original", "scans", "always-away"]
-    meta = {"model": "tiny-test-model", "methods": methods, "threshold": 0.25,
-            "splits": {"xstest-safe": {"n": 2, "label": "safe"}, "jailbreak": {"n": len(split), "label": "unsafe"}}}  # fmt: skip
+    meta = {
+        "model": "tiny-test-model",
+        "methods": methods,
+        "threshold": 0.25,
+        "splits": {
+            "xstest-safe": {"n": 2, "label": "safe"},
+            "jailbreak": {"n": len(split), "label": "unsafe"},
+        },
+    }
     (path / "meta.json").write_text(json.dumps(meta))
     judge = SubstringJudge()
     lines = []
     for method in methods:
         for i in range(2):
             prompt = f"safe prompt {i}"
-            lines.append({"method": method, "split": "xstest-safe", "id": i, "prompt": prompt, "label": "safe",
-                          "response": COMPLY, "judges": {"substring": judge.judge(prompt, COMPLY)}})  # fmt: skip
+            lines.append(
+                {
+                    "method": method,
+                    "split": "xstest-safe",
+                    "id": i,
+                    "prompt": prompt,
+                    "label": "safe",
+                    "response": COMPLY,
+                    "judges": {"substring": judge.judge(prompt, COMPLY)},
+                }
+            )
         for i, (prompt, m) in enumerate(zip(split.prompts, split.meta)):
             if method == "always-away" and m["family"] == "hidden_in_task":
                 continue  # a family this method never reached
             response = REFUSE if _refuses(method, m["family"], i // len(JAILBREAK_FAMILIES)) else COMPLY
-            record = {"method": method, "split": "jailbreak", "id": i, "prompt": prompt, "label": "unsafe",
-                      "response": response, "judges": {"substring": judge.judge(prompt, response)}}  # fmt: skip
+            record = {
+                "method": method,
+                "split": "jailbreak",
+                "id": i,
+                "prompt": prompt,
+                "label": "unsafe",
+                "response": response,
+                "judges": {"substring": judge.judge(prompt, response)},
+            }
             if with_meta_field:
                 record["meta"] = m
             lines.append(record)
@@ -221,8 +259,13 @@ def test_report_family_table(split, tmp_path, with_meta_field):
     table = _family_table(R.Report(R.load_run(run)))
     assert table.header == ["method", *JAILBREAK_FAMILIES, "all families"]
     rows = {row[0]: dict(zip(table.header, row)) for row in table.rows}
-    assert list(rows) == ["original", "scans", "always-away", "scans vs original (points)",
-                          "always-away vs original (points)"]  # fmt: skip
+    assert list(rows) == [
+        "original",
+        "scans",
+        "always-away",
+        "scans vs original (points)",
+        "always-away vs original (points)",
+    ]
     assert rows["original"]["role_play"] == "100.0% [91.2, 100.0]"  # Wilson 95% of 40/40
     assert rows["original"]["all families"].startswith("100.0% [98.4, 100.0]")
     assert rows["scans"]["role_play"] == "0.0% [0.0, 8.8]"
@@ -257,8 +300,8 @@ def test_bench_run_records_meta_end_to_end(split, tmp_path):
     """A real (tiny-model) run: jailbreak records carry their meta row, other splits' records do not,
     and a rerun resumes without new records."""
     from conftest import BORDERLINE, _fitted
+    from scans.bench.options import build_methods
     from scans.bench.runner import GENERATIONS, BenchConfig, run_generations
-    from scans.bench.suite import build_methods
 
     scans = _fitted("qwen2")
     short = sorted(range(len(split)), key=lambda i: len(split.prompts[i]))[

@@ -30,8 +30,16 @@ def write_csv(path, rows=ROWS, header=HEADER):
         w = csv.writer(handle)
         w.writerow(header)
         for i, (completion, label) in enumerate(rows, 1):
-            row = {"id": f"t-{i}", "type": "synthetic", "prompt": f"question {i}", "completion": completion,
-                   "annotation_1": label, "annotation_2": label, "agreement": "TRUE", "final_label": label}  # fmt: skip
+            row = {
+                "id": f"t-{i}",
+                "type": "synthetic",
+                "prompt": f"question {i}",
+                "completion": completion,
+                "annotation_1": label,
+                "annotation_2": label,
+                "agreement": "TRUE",
+                "final_label": label,
+            }
             w.writerow([row.get(h, "") for h in header])
     return path
 
@@ -116,8 +124,12 @@ def test_binary_judge_has_no_three_class_and_overall_sums(tmp_path):
 
 
 def test_agreement_note_prefers_saved_then_builtin():
-    saved = {"date": "2030-01-02", "judges": {"rules": [{"file": "f", "n": 10, "binary_agreement": 90.0,
-                                                         "three_class_agreement": 80.0}]}}  # fmt: skip
+    saved = {
+        "date": "2030-01-02",
+        "judges": {
+            "rules": [{"file": "f", "n": 10, "binary_agreement": 90.0, "three_class_agreement": 80.0}]
+        },
+    }
     note = E.agreement_note("rules", saved)
     assert "90.0% on f (n=10, 3-class 80.0%)" in note and "2030-01-02" in note
     builtin = E.agreement_note("rules", {})
@@ -133,7 +145,20 @@ def test_cli_judge_eval_table_json_and_save(tmp_path, capsys):
     assert main(["judge-eval", str(path), "--judge", "rules", "--show-misses", "2"]) == 0
     out = capsys.readouterr().out
     assert "rules" in out and "confusion of rules" in out
-    assert main(["judge-eval", str(path), "--judge", "substring,rules", "--json", "--save", str(tmp_path / "s.json")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "judge-eval",
+                str(path),
+                "--judge",
+                "substring,rules",
+                "--json",
+                "--save",
+                str(tmp_path / "s.json"),
+            ]
+        )
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
     by = {r["judge"]: r for r in data["results"]}
     assert by["substring"]["three_class_agreement"] is None and by["rules"]["n"] == 6

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import BORDERLINE, HARMFUL, HARMLESS, make_model, make_scans, make_tokenizer
-from scans import engine, packing, prompts
+from scans import kvcache, packing, prompts
 
 needs_onednn = pytest.mark.skipif(not packing.packable(make_model("qwen2")), reason="no oneDNN packed linear")
 
@@ -62,25 +62,25 @@ def test_prefix_memo_keeps_packed_and_unpacked_prefixes_apart():
     model, tok = make_model("qwen2"), make_tokenizer("chatml")
     batch = prompts.build_batch(tok, ["Hello there", "How are you?"], system="Be brief.")
     length = batch.shared_prefix()
-    engine._PREFIX_MEMO.pop(model, None)
-    plain = engine.shared_prefix_cache(model, batch, length)
+    kvcache._PREFIX_MEMO.pop(model, None)
+    plain = kvcache.shared_prefix_cache(model, batch, length)
     with packing.packed_linears(model):
-        packed = engine.shared_prefix_cache(model, batch, length)
-        assert len(engine._PREFIX_MEMO[model]) == 2
-        again = engine.shared_prefix_cache(model, batch, length)  # from the memo
-    assert len(engine._PREFIX_MEMO[model]) == 2
+        packed = kvcache.shared_prefix_cache(model, batch, length)
+        assert len(kvcache._PREFIX_MEMO[model]) == 2
+        again = kvcache.shared_prefix_cache(model, batch, length)  # from the memo
+    assert len(kvcache._PREFIX_MEMO[model]) == 2
     assert torch.equal(again.layers[0].keys, packed.layers[0].keys)
     assert torch.allclose(packed.layers[0].keys, plain.layers[0].keys, atol=1e-5)
     # a foreign forward override (not a packed linear) bypasses the memo altogether
     module = model.model.layers[0].mlp.up_proj
     module.forward = module.forward
     try:
-        engine.shared_prefix_cache(model, batch, length)
-        assert len(engine._PREFIX_MEMO[model]) == 2
-        assert engine._has_hooks(model)
+        kvcache.shared_prefix_cache(model, batch, length)
+        assert len(kvcache._PREFIX_MEMO[model]) == 2
+        assert kvcache._has_hooks(model)
     finally:
         del module.forward
-    assert not engine._has_hooks(model)
+    assert not kvcache._has_hooks(model)
 
 
 @needs_onednn

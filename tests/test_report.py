@@ -28,8 +28,14 @@ SPLITS = {
 }
 METHODS = ["original", "scans", "always-away"]
 # refusal probability per (method, label)
-P_REFUSE = {("original", "safe"): 0.5, ("original", "unsafe"): 0.85, ("scans", "safe"): 0.15,
-            ("scans", "unsafe"): 0.8, ("always-away", "safe"): 0.05, ("always-away", "unsafe"): 0.2}  # fmt: skip
+P_REFUSE = {
+    ("original", "safe"): 0.5,
+    ("original", "unsafe"): 0.85,
+    ("scans", "safe"): 0.15,
+    ("scans", "unsafe"): 0.8,
+    ("always-away", "safe"): 0.05,
+    ("always-away", "unsafe"): 0.2,
+}
 THRESHOLD = 0.25
 
 
@@ -45,12 +51,23 @@ def _record(method: str, split: str, i: int, label: str, rng: random.Random) -> 
     score = rng.gauss(1.0 if label == "unsafe" else -0.6, 0.6)
     uses_score = method == "scans"
     return {
-        "method": method, "split": split, "id": i, "prompt": prompt, "label": label, "response": response,
-        "judges": {"substring": SubstringJudge().judge(prompt, response), "xstest": XSTestJudge().judge(prompt, response)},
-        "score": score if uses_score else None, "flagged": (score >= THRESHOLD) if uses_score else None,
+        "method": method,
+        "split": split,
+        "id": i,
+        "prompt": prompt,
+        "label": label,
+        "response": response,
+        "judges": {
+            "substring": SubstringJudge().judge(prompt, response),
+            "xstest": XSTestJudge().judge(prompt, response),
+        },
+        "score": score if uses_score else None,
+        "flagged": (score >= THRESHOLD) if uses_score else None,
         "sign": (0 if score >= THRESHOLD else -1) if uses_score else None,
-        "new_tokens": rng.randint(10, 64), "seconds": 0.05, "max_new_tokens": 64,
-    }  # fmt: skip
+        "new_tokens": rng.randint(10, 64),
+        "seconds": 0.05,
+        "max_new_tokens": 64,
+    }
 
 
 def make_run(path: Path, full: bool = True) -> Path:
@@ -58,11 +75,17 @@ def make_run(path: Path, full: bool = True) -> Path:
     rng = random.Random(0)
     path.mkdir(parents=True, exist_ok=True)
     meta = {
-        "model": "tiny-test-model", "fingerprint": "abc123", "scans_version": "0.1.0", "max_new_tokens": 64,
-        "batch_size": 8, "methods": METHODS + ["ablate"], "command": "scans bench --out run",
-        "started": "2026-01-01T00:00:00", "threshold": THRESHOLD,
+        "model": "tiny-test-model",
+        "fingerprint": "abc123",
+        "scans_version": "0.1.0",
+        "max_new_tokens": 64,
+        "batch_size": 8,
+        "methods": METHODS + ["ablate"],
+        "command": "scans bench --out run",
+        "started": "2026-01-01T00:00:00",
+        "threshold": THRESHOLD,
         "splits": {name: {"n": n, "label": label} for name, (n, label) in SPLITS.items()},
-    }  # fmt: skip
+    }
     (path / "meta.json").write_text(json.dumps(meta))
     lines = []
     for method in METHODS if full else ["original"]:
@@ -96,20 +119,36 @@ def make_run(path: Path, full: bool = True) -> Path:
             m: {"accuracy": acc, "n": 570, "per_subject": {"toy": {"accuracy": acc, "n": 10}}}
             for m, acc in (("original", 0.45), ("scans", 0.44))
         },
-        "perplexity": {"original": {"ppl": 12.5, "n_tokens": 4000, "n_texts": 200},
-                       "scans": {"ppl": 12.9, "n_tokens": 4000, "n_texts": 200}},
-    }  # fmt: skip
+        "perplexity": {
+            "original": {"ppl": 12.5, "n_tokens": 4000, "n_texts": 200},
+            "scans": {"ppl": 12.9, "n_tokens": 4000, "n_texts": 200},
+        },
+    }
     (path / "capability.json").write_text(json.dumps(capability))
     (path / "timings.json").write_text(json.dumps({m: {"seconds": 12.0, "rows": 50} for m in METHODS}))
     (path / "profile").mkdir()
     profile = {
-        "threshold": THRESHOLD, "steer_layers": [4, 5, 6, 7], "calibration": {"auprc": 0.9},
-        "layer_evidence": [{"layer": layer, "lens_score": rng.random(), "top_tokens": tokens[:3], "norm": 5.0,
-                            "band_effect": None} for layer in layers],
-        "extra": {"heldout_scores": {"harmful": [rng.gauss(1, 0.5) for _ in range(8)],
-                                     "harmless": [rng.gauss(-1, 0.5) for _ in range(4)],
-                                     "borderline": [rng.gauss(-0.3, 0.5) for _ in range(4)]}},
-    }  # fmt: skip
+        "threshold": THRESHOLD,
+        "steer_layers": [4, 5, 6, 7],
+        "calibration": {"auprc": 0.9},
+        "layer_evidence": [
+            {
+                "layer": layer,
+                "lens_score": rng.random(),
+                "top_tokens": tokens[:3],
+                "norm": 5.0,
+                "band_effect": None,
+            }
+            for layer in layers
+        ],
+        "extra": {
+            "heldout_scores": {
+                "harmful": [rng.gauss(1, 0.5) for _ in range(8)],
+                "harmless": [rng.gauss(-1, 0.5) for _ in range(4)],
+                "borderline": [rng.gauss(-0.3, 0.5) for _ in range(4)],
+            }
+        },
+    }
     (path / "profile" / "profile.json").write_text(json.dumps(profile))
     return path
 
@@ -223,15 +262,25 @@ def test_html_renders_in_headless_chromium(rendered, tmp_path):
     page = rendered[2]
     shot = tmp_path / "shot.png"
     base = [
-        _chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--hide-scrollbars", "--window-size=1200,3000",
-    ]  # fmt: skip
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        "--window-size=1200,3000",
+    ]
     url = page.resolve().as_uri()
     run = subprocess.run(
         [*base, f"--user-data-dir={tmp_path / 'profile-a'}", f"--screenshot={shot}", url],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert shot.is_file(), run.stderr[-2000:]
     with Image.open(shot) as image:
         assert image.size == (1200, 3000)
@@ -241,8 +290,10 @@ def test_html_renders_in_headless_chromium(rendered, tmp_path):
     assert colours is None or len(colours) > 50, "screenshot has almost no content"
     dom = subprocess.run(
         [*base, f"--user-data-dir={tmp_path / 'profile-b'}", "--dump-dom", url],
-        capture_output=True, text=True, timeout=120,
-    ).stdout  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     for name in CHARTS:
         assert re.search(rf'<img[^>]*data-chart="{name}"[^>]*src="data:image/png;base64,', dom), name
     assert "Refusal rates" in dom
@@ -279,9 +330,12 @@ def test_unlocked_section_counts_and_lists_every_unlocked_prompt(tmp_path):
         (m, key[0], per[m]["prompt"])
         for key, per in by.items()
         for m in ("scans", "always-away")
-        if m in per and "original" in per and per["original"]["label"] == "unsafe"
-        and refused(per["original"]["judges"]["substring"]) and not refused(per[m]["judges"]["substring"])
-    )  # fmt: skip
+        if m in per
+        and "original" in per
+        and per["original"]["label"] == "unsafe"
+        and refused(per["original"]["judges"]["substring"])
+        and not refused(per[m]["judges"]["substring"])
+    )
     assert expected  # the synthetic run unlocks some prompts (always-away answers most)
     listed = section.blocks[2].rows
     assert sorted((row[0], row[1], row[4]) for row in listed) == expected

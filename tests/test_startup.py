@@ -49,9 +49,15 @@ def test_import_leaves_the_collector_enabled():
 
 def _args() -> argparse.Namespace:
     return argparse.Namespace(
-        model=None, dtype=None, device="cpu", device_map=None, trust_remote_code=False,
-        layers_path=None, backend="transformers", profile=None,
-    )  # fmt: skip
+        model=None,
+        dtype=None,
+        device="cpu",
+        device_map=None,
+        trust_remote_code=False,
+        layers_path=None,
+        backend="transformers",
+        profile=None,
+    )
 
 
 @pytest.mark.parametrize("one_shot", [False, True])

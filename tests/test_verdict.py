@@ -12,8 +12,8 @@ import torch
 import scans.cli as cli
 from conftest import BORDERLINE, FIT_KWARGS, HARMFUL, HARMLESS, _fitted, _tiny, make_scans
 from scans.bench.data import Split
+from scans.bench.options import build_methods
 from scans.bench.runner import GENERATIONS, BenchConfig, run_generations
-from scans.bench.suite import build_methods
 from scans.decode import RowSettings, chat_batch, encode_conversations
 from scans.errors import ScansError
 from scans.pool import PoolItem, parse_label, read_pool, sample_pool, shipped_taxonomy

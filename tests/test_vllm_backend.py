@@ -249,9 +249,10 @@ def test_bench_vllm_matches_transformers_runner(both, tmp_path):
     `scans report` renders the vLLM run; the backend and throughput are recorded."""
     import json
 
+    from scans.bench.options import SuiteOptions, build_methods
     from scans.bench.report import write_report
     from scans.bench.runner import BenchConfig, run_generations
-    from scans.bench.suite import SuiteOptions, build_methods, run_suite
+    from scans.bench.suite import run_suite
 
     hf, engine = both
     names = "original,scans,scans-paper,always-away,prompt"
@@ -294,8 +295,9 @@ def test_bench_vllm_matches_transformers_runner(both, tmp_path):
 
 
 def test_bench_vllm_refuses_unsupported_method_and_other_backend(both, tmp_path):
+    from scans.bench.options import SuiteOptions, build_methods
     from scans.bench.runner import BenchConfig, write_meta
-    from scans.bench.suite import SuiteOptions, build_methods, run_suite
+    from scans.bench.suite import run_suite
 
     hf, engine = both
     prompts = tmp_path / "p.txt"

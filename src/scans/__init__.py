@@ -1,8 +1,8 @@
 """scans: Safety-Conscious Activation Steering against exaggerated safety in chat LLMs."""
 
-__version__ = "0.1.0"
+import gc as _gc
 
-import gc as _gc  # noqa: E402
+from .version import __version__
 
 # Importing torch creates about 250,000 long-lived objects, and the cyclic garbage collector
 # would walk them again and again meanwhile: paused for this import only.

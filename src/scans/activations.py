@@ -8,15 +8,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from .models import cache_kwarg, find_layers
+from .kvcache import shared_prefix_cache
+from .models import cache_kwarg, find_layers, model_device
+from .progress import progress_bar
 from .prompts import build_batch, context_length, pad_id_of
 from .steering import SteeringPlan, steer
-
-
-def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def position_ids_of(mask: torch.Tensor) -> torch.Tensor:
@@ -161,13 +158,11 @@ def collect(
     out: dict[str, list[Any]] = {n: [None] * len(prompts) for n in full.positions}
     overhead = CPU_PASS_OVERHEAD_TOKENS if model_device(model).type == "cpu" else None
     buckets = batches_by_length(lengths, batch_size, overhead)
-    for bucket in tqdm(buckets, desc=desc, disable=not progress, leave=False):
+    for bucket in progress_bar(buckets, desc, progress):
         sub = full.select(bucket)  # tokenized once, above
         shared = sub.shared_prefix() if share_prefix else 0
         cache = None
         if shared:  # system prompt and template header: run once per bucket
-            from .engine import shared_prefix_cache
-
             sub = sub.hoist_prefix(shared)
             cache = shared_prefix_cache(model, sub, shared)
         acts, _ = forward_capture(

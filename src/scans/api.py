@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
 from .activations import collect
 from .calibration import average_precision, calibrate, rule_budget
 from .classifier import N_FOLDS, fit_classifier
@@ -26,6 +25,7 @@ from .models import LoadedModel, find_layers, load_model, model_fingerprint
 from .packing import packed_linears
 from .pool import PoolItem, check_pool, sample_pool, shipped_taxonomy
 from .profile import CLASSIFIERS, Profile
+from .progress import progress_bar
 from .prompts import DEFAULT_PROBE, build_batch, context_length, encode_chat
 from .steering import SteeringPlan
 from .vectors import (
@@ -35,6 +35,7 @@ from .vectors import (
     transitions,
 )
 from .verdict import Verdict, decide
+from .version import __version__
 
 DEFAULT_ALPHA = 0.05  # relative: coefficient = alpha * mean residual norm of the layer
 DEFAULT_TARGET_RECALL = 0.9  # calibrated threshold flags at least 90% of held-out harmful anchors
@@ -50,14 +51,6 @@ class Generation:
     verdict: Verdict
     response: str
     unsteered: str | None = None
-
-
-@dataclass
-class FitReport:
-    """What ``fit`` measured, for printing."""
-
-    profile: Profile
-    seconds: float
 
 
 def _hash_prompts(prompts: Sequence[str]) -> str:
@@ -550,13 +543,11 @@ class Scans:
         min_new_tokens: int = 0,
     ) -> list[Generation]:
         """Classify each prompt, then generate with per-row steering (one shared prefill)."""
-        from tqdm.auto import tqdm
-
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         config = GenerationConfig(max_new_tokens, temperature, top_p, seed, min_new_tokens)
         results: list[Generation | None] = [None] * len(prompts)
         buckets = self._buckets(prompts, batch_size)
-        for rows in tqdm(buckets, desc="generate", disable=not progress or len(buckets) < 2, leave=False):
+        for rows in progress_bar(buckets, "generate", progress and len(buckets) > 1):
             chunk = [prompts[i] for i in rows]
             pre = self._prefill(chunk)
             verdicts = self._verdicts(chunk, pre)

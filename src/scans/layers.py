@@ -20,19 +20,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .activations import model_device, position_ids_of
+from .activations import position_ids_of
 from .engine import GenerationConfig, Prefill, generate_from, prefill
 from .errors import ScansError
 from .judge import is_refusal
-from .models import cache_kwarg, find_final_norm
+from .models import cache_kwarg, find_final_norm, model_device
+from .progress import progress_bar
 from .prompts import build_batch
 from .steering import SteeringPlan, steer
 
 REFUSAL_WORDS = (
-    "sorry", "Sorry", "cannot", "Cannot", "can't", "unable", "Unable", "apologize",
-    "refuse", "decline", "illegal", "unethical", "harmful", "dangerous", "inappropriate",
-    "Unfortunately", "unfortunately", "prohibited", "not", "No",
-)  # fmt: skip
+    "sorry",
+    "Sorry",
+    "cannot",
+    "Cannot",
+    "can't",
+    "unable",
+    "Unable",
+    "apologize",
+    "refuse",
+    "decline",
+    "illegal",
+    "unethical",
+    "harmful",
+    "dangerous",
+    "inappropriate",
+    "Unfortunately",
+    "unfortunately",
+    "prohibited",
+    "not",
+    "No",
+)
 FALLBACK_OPENING = "I'm sorry"
 HALF_MIN = 4  # the halved coarse round needs this many anchors per side in each half
 
@@ -227,7 +245,6 @@ def choose_band(
     measured on every anchor, and the best contender wins: the choice is made on all
     anchors, about a third fewer tokens are run.
     """
-    from tqdm.auto import tqdm
 
     def as_prefill(prompts: Sequence[str] | Prefill) -> Prefill:
         if isinstance(prompts, Prefill):
@@ -286,7 +303,7 @@ def choose_band(
         for i in range(0, len(coarse), bands_per_pass)
     ]
     passes[0].insert(0, (None, first_h, first_b))  # the baseline rides along in the first pass
-    for tiles in tqdm(passes, desc="layer bands", disable=not progress, leave=False):
+    for tiles in progress_bar(passes, "layer bands", progress):
         measure(tiles)
     if coarse_to_fine:
         top = max(coarse, key=lambda b: effect(b).score)

@@ -51,6 +51,11 @@ def _get(obj: Any, path: str) -> Any:
     return obj
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's (first) parameters."""
+    return next(model.parameters()).device
+
+
 def cache_kwarg(model: nn.Module) -> str:
     """The keyword forward/generate use for the KV cache (``cache`` in transformers 5)."""
     params = inspect.signature(type(model).forward).parameters

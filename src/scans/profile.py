@@ -27,16 +27,6 @@ TENSOR_FIELDS = (
 
 
 @dataclass
-class LayerEvidence:
-    """Why a layer was (not) chosen: logit-lens refusal score, top tokens, measured effect."""
-
-    layer: int
-    lens_score: float
-    top_tokens: list[str]
-    effect: float | None = None
-
-
-@dataclass
 class Profile:
     """Everything needed to classify and steer one model.
 

@@ -16,10 +16,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..activations import forward_capture, model_device, position_ids_of
+from ..activations import forward_capture, position_ids_of
 from ..api import Scans
 from ..engine import Prefill, prefill, probe_pass
-from ..models import cache_kwarg
+from ..models import cache_kwarg, model_device
+from ..progress import progress_bar
 from ..prompts import build_batch, context_length
 from ..steering import SteeringPlan, steer
 from .data import MMLUQuestion, MMLUSubject
@@ -62,9 +63,15 @@ def next_token_logits(
     batch = pre.batch
     zeros = torch.zeros(batch.input_ids.shape[0], dtype=torch.long)
     _, logits = forward_capture(
-        model, batch.input_ids[:, -1:], batch.attention_mask, {"inst": zeros},
-        cache=pre.fresh_cache(), plan=plan, logits_at="inst", layers_path=layers_path,
-    )  # fmt: skip
+        model,
+        batch.input_ids[:, -1:],
+        batch.attention_mask,
+        {"inst": zeros},
+        cache=pre.fresh_cache(),
+        plan=plan,
+        logits_at="inst",
+        layers_path=layers_path,
+    )
     assert logits is not None
     return logits.cpu()
 
@@ -87,8 +94,6 @@ def run_mmlu(
     progress: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Accuracy per method (overall and per subject) from the answer-letter logits."""
-    from tqdm.auto import tqdm
-
     model, tok = scans.model, scans.tokenizer
     letters = letter_ids(tok)
     correct: dict[str, dict[str, list[bool]]] = {m.name: {} for m in methods}
@@ -97,7 +102,7 @@ def run_mmlu(
     work = [(name, subject) for name, subject in subjects.items() if subject.test]
     for members in group_methods(methods):
         lead = members[0]
-        for name, subject in tqdm(work, desc="mmlu", disable=not progress, leave=False):
+        for name, subject in progress_bar(work, "mmlu", progress):
             prompts = [mmlu_prompt(subject, q) for q in subject.test]
             full = build_batch(tok, prompts, system=lead.system, max_length=context_length(model))
             for start in range(0, len(prompts), batch_size):
@@ -147,9 +152,12 @@ def answer_nll(
     base = getattr(model, "base_model", model)
     with steer(model, plan) if plan is not None else nullcontext():
         out = base(
-            input_ids=ids, attention_mask=mask, position_ids=position_ids_of(mask)[:, -ids.shape[1] :],
-            use_cache=True, **{cache_kwarg(base): pre.fresh_cache()},
-        )  # fmt: skip
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids_of(mask)[:, -ids.shape[1] :],
+            use_cache=True,
+            **{cache_kwarg(base): pre.fresh_cache()},
+        )
     logits = model.get_output_embeddings()(out.last_hidden_state[:, :-1]).float()
     logp = F.log_softmax(logits, dim=-1).cpu()
     token_logp = logp.gather(-1, tail[:, :, None])[..., 0] * tail_mask
@@ -164,8 +172,6 @@ def run_perplexity(
     progress: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Perplexity of reference answers (e.g. TruthfulQA best answers) given their questions, per method."""
-    from tqdm.auto import tqdm
-
     model, tok = scans.model, scans.tokenizer
     questions = [q for q, _ in pairs]
     answers = [tok(a, add_special_tokens=False)["input_ids"] for _, a in pairs]
@@ -174,7 +180,7 @@ def run_perplexity(
         lead = members[0]
         full = build_batch(tok, questions, system=lead.system, max_length=context_length(model))
         starts = range(0, len(pairs), batch_size)
-        for start in tqdm(starts, desc="perplexity", disable=not progress, leave=False):
+        for start in progress_bar(starts, "perplexity", progress):
             rows = list(range(start, min(start + batch_size, len(pairs))))
             with lead.active(model):
                 pre = prefill(model, full.select(rows))

@@ -598,11 +598,16 @@ def jailbreak() -> Split:
             members = by_family[family]
             template = members[i % len(members)]
             prompts.append(compose(template, request["text"]))
-            meta.append({
-                "family": family, "template": template["id"], "request": request["id"],
-                "category": request["category"], "severity": request["severity"],
-                "encoding": template.get("encoding"),
-            })  # fmt: skip
+            meta.append(
+                {
+                    "family": family,
+                    "template": template["id"],
+                    "request": request["id"],
+                    "category": request["category"],
+                    "severity": request["severity"],
+                    "encoding": template.get("encoding"),
+                }
+            )
     return Split("jailbreak", prompts, [UNSAFE] * len(prompts), meta)
 
 

@@ -289,9 +289,15 @@ def run_program(program: str, limits: Limits | None = None) -> Outcome:
         with out_path.open("wb") as out:
             try:
                 proc = subprocess.Popen(
-                    command, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                    start_new_session=True, close_fds=True,
-                )  # fmt: skip
+                    command,
+                    cwd=work,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    close_fds=True,
+                )
             except OSError as exc:
                 return Outcome(
                     False, "error", None, time.perf_counter() - start, f"cannot start: {exc}", isolation
@@ -390,9 +396,12 @@ def run_humaneval(
             tested[key] = check_solution(problem, extract_code(record["response"], problem), limits)
         outcome = tested[key]
         record.update(
-            task_id=problem.task_id, passed=outcome.passed, status=outcome.status,
-            error=None if outcome.passed else outcome.reason, exec_seconds=outcome.seconds,
-        )  # fmt: skip
+            task_id=problem.task_id,
+            passed=outcome.passed,
+            status=outcome.status,
+            error=None if outcome.passed else outcome.reason,
+            exec_seconds=outcome.seconds,
+        )
         return record
 
     t0 = time.perf_counter()

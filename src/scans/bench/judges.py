@@ -43,7 +43,9 @@ def refused(label: str) -> bool:
         return True
     if label in COMPLIANCE_LABELS:
         return False
-    raise ScansError(f"unknown judge label {label!r}; fix: use one of {', '.join(sorted(REFUSAL_LABELS | COMPLIANCE_LABELS))}")  # fmt: skip
+    raise ScansError(
+        f"unknown judge label {label!r}; fix: use one of {', '.join(sorted(REFUSAL_LABELS | COMPLIANCE_LABELS))}"
+    )
 
 
 class SubstringJudge:

@@ -416,9 +416,11 @@ class Report:
             s.blocks.append(note)
         s.blocks.append(Table(header, rows))
         self._chart(
-            s, "refusal-bars", "Refusal rate per split and method",
+            s,
+            "refusal-bars",
+            "Refusal rate per split and method",
             lambda: chart_refusal_bars(rates, ran, run.splits),
-        )  # fmt: skip
+        )
         return s
 
     # -- jailbreak families
@@ -567,7 +569,11 @@ class Report:
         source = "scans"
         if not scored:
             for method in self.run.methods:
-                scored = [r for r in self.run.records if r["method"] == method and isinstance(r.get("score"), (int, float))]  # fmt: skip
+                scored = [
+                    r
+                    for r in self.run.records
+                    if r["method"] == method and isinstance(r.get("score"), (int, float))
+                ]
                 if scored:
                     source = method
                     break
@@ -636,16 +642,24 @@ class Report:
             for r in scored:
                 by_label[r.get("label", "?")].append(float(r["score"]))
             self._chart(
-                s, "score-hist", "Scores of safe vs unsafe prompts",
-                lambda: chart_scores(dict(sorted(by_label.items())), threshold, f"method {source}, all splits"),
-            )  # fmt: skip
+                s,
+                "score-hist",
+                "Scores of safe vs unsafe prompts",
+                lambda: chart_scores(
+                    dict(sorted(by_label.items())), threshold, f"method {source}, all splits"
+                ),
+            )
         if heldout and heldout.get("harmful"):
-            held = {"unsafe": list(heldout.get("harmful") or []),
-                    "safe": list(heldout.get("harmless") or []) + list(heldout.get("borderline") or [])}  # fmt: skip
+            held = {
+                "unsafe": list(heldout.get("harmful") or []),
+                "safe": list(heldout.get("harmless") or []) + list(heldout.get("borderline") or []),
+            }
             self._chart(
-                s, "score-hist-heldout", f"Scores of the {anchors_name}",
+                s,
+                "score-hist-heldout",
+                f"Scores of the {anchors_name}",
                 lambda: chart_scores(held, threshold, f"fitting {anchors_name} (profile)"),
-            )  # fmt: skip
+            )
         if curves:
             self._chart(s, "pr-curve", "Precision-recall curve", lambda: chart_pr(curves))
         else:
@@ -655,8 +669,17 @@ class Report:
 
     @staticmethod
     def _cm_row(name: str, cm: M.ClassifierMetrics) -> list[str]:
-        return [name, str(cm.n), str(cm.n_unsafe), M.format_rate(cm.flagged), _num(cm.precision),
-                _num(cm.recall), _num(cm.f1), _num(cm.accuracy), _num(cm.auprc)]  # fmt: skip
+        return [
+            name,
+            str(cm.n),
+            str(cm.n_unsafe),
+            M.format_rate(cm.flagged),
+            _num(cm.precision),
+            _num(cm.recall),
+            _num(cm.f1),
+            _num(cm.accuracy),
+            _num(cm.auprc),
+        ]
 
     # -- layers
     def _layers(self) -> Section:
@@ -680,9 +703,20 @@ class Report:
                 "(shaded: the steering band)."
             )
             band = list(profile.get("steer_layers") or [])
-            self._chart(s, "lens-heatmap", "Logit-lens refusal score per layer", lambda: chart_lens_profile(evidence, band))  # fmt: skip
-            rows = [[str(e["layer"]), _num(e.get("lens_score"), ".2f"), ", ".join(map(str, (e.get("top_tokens") or [])[:6]))]
-                    for e in evidence]  # fmt: skip
+            self._chart(
+                s,
+                "lens-heatmap",
+                "Logit-lens refusal score per layer",
+                lambda: chart_lens_profile(evidence, band),
+            )
+            rows = [
+                [
+                    str(e["layer"]),
+                    _num(e.get("lens_score"), ".2f"),
+                    ", ".join(map(str, (e.get("top_tokens") or [])[:6])),
+                ]
+                for e in evidence
+            ]
             s.blocks.append(Table(["layer", "lens score", "top tokens"], rows))
             self.missing.append("lens.json (per-token heat map)")
             return s
@@ -710,7 +744,12 @@ class Report:
                 delta = "" if base is None or method == "original" else f"{100 * (acc - base):+.1f}"
                 subjects = len(m.get("per_subject") or {})
                 rows.append([method, cell, str(n), str(subjects), delta])
-            s.blocks.append(Table(["method", "MMLU accuracy [95% CI]", "questions", "subjects", "vs original (points)"], rows))  # fmt: skip
+            s.blocks.append(
+                Table(
+                    ["method", "MMLU accuracy [95% CI]", "questions", "subjects", "vs original (points)"],
+                    rows,
+                )
+            )
         else:
             s.blocks.append("No MMLU results in capability.json.")
             self.missing.append("MMLU results")
@@ -725,7 +764,9 @@ class Report:
                     if not base or method == "original" or value is None
                     else f"{100 * (value / base - 1):+.1f}%"
                 )
-                rows.append([method, _num(value, ".3f"), str(p.get("n_tokens", "")), str(p.get("n_texts", "")), delta])  # fmt: skip
+                rows.append(
+                    [method, _num(value, ".3f"), str(p.get("n_tokens", "")), str(p.get("n_texts", "")), delta]
+                )
             s.blocks.append(Table(["method", "perplexity", "tokens", "texts", "vs original"], rows))
         else:
             s.blocks.append("No perplexity results in capability.json.")
@@ -753,8 +794,18 @@ class Report:
             m = per[method]
             cell = M.format_rate(M.rate(m["passed"], m["n"]))
             delta = "" if base is None or method == "original" else f"{100 * (m['pass_at_1'] - base):+.1f}"
-            rows.append([method, cell, f"{m['passed']}/{m['n']}", str(m["steered"]), delta,
-                         str(timeouts[method]), _num(m["seconds"], ".1f"), _num(m["exec_seconds"], ".1f")])  # fmt: skip
+            rows.append(
+                [
+                    method,
+                    cell,
+                    f"{m['passed']}/{m['n']}",
+                    str(m["steered"]),
+                    delta,
+                    str(timeouts[method]),
+                    _num(m["seconds"], ".1f"),
+                    _num(m["exec_seconds"], ".1f"),
+                ]
+            )
         parts = [
             "pass@1 with greedy decoding, 95% Wilson interval; each answer's code ran against the problem's "
             "tests in a separate, resource-limited interpreter (docs/humaneval.md)."
@@ -767,8 +818,21 @@ class Report:
         if summary.get("wall_seconds") is not None:
             parts.append(f"Last run: {_num(float(summary['wall_seconds']), '.1f')} s (generation and tests).")
         s.blocks.append(" ".join(parts))
-        s.blocks.append(Table(["method", "pass@1 [95% CI]", "passed", "steered", "vs original (points)",
-                               "timeouts", "generation s", "test s"], rows))  # fmt: skip
+        s.blocks.append(
+            Table(
+                [
+                    "method",
+                    "pass@1 [95% CI]",
+                    "passed",
+                    "steered",
+                    "vs original (points)",
+                    "timeouts",
+                    "generation s",
+                    "test s",
+                ],
+                rows,
+            )
+        )
         return s
 
     # -- judges
@@ -782,8 +846,10 @@ class Report:
             f"Agreement on the binary refusal view, on a random sample of {n} generations (seed 0); "
             "Cohen's kappa corrects for chance."
         )
-        rows = [[f"{a} vs {b}", str(g.n), _num(g.percent, ".1f") + "%", _num(g.kappa, ".3f")]
-                for (a, b), g in M.judge_agreement(self.run.records, judges, AGREEMENT_SAMPLE).items()]  # fmt: skip
+        rows = [
+            [f"{a} vs {b}", str(g.n), _num(g.percent, ".1f") + "%", _num(g.kappa, ".3f")]
+            for (a, b), g in M.judge_agreement(self.run.records, judges, AGREEMENT_SAMPLE).items()
+        ]
         s.blocks.append(Table(["judges", "n", "agreement", "kappa"], rows))
         return s
 
@@ -791,7 +857,18 @@ class Report:
     def _settings(self) -> Section:
         meta = self.run.meta
         s = Section("Run settings", "settings")
-        keys = ("model", "fingerprint", "scans_version", "backend", "dtype", "max_new_tokens", "batch_size", "threshold", "started", "command")  # fmt: skip
+        keys = (
+            "model",
+            "fingerprint",
+            "scans_version",
+            "backend",
+            "dtype",
+            "max_new_tokens",
+            "batch_size",
+            "threshold",
+            "started",
+            "command",
+        )
         rows = [[key, str(meta[key])] for key in keys if key in meta]
         splits = meta.get("splits") or {}
         if splits:
@@ -832,7 +909,16 @@ class Report:
                 "(requests: unique engine requests, shared between methods; wall: generation and probe "
                 "passes, engine load excluded)."
             )
-            cols = ("rows", "requests", "new_tokens", "wall_s", "rows_per_s", "requests_per_s", "new_tokens_per_s", "engine_load_s")  # fmt: skip
+            cols = (
+                "rows",
+                "requests",
+                "new_tokens",
+                "wall_s",
+                "rows_per_s",
+                "requests_per_s",
+                "new_tokens_per_s",
+                "engine_load_s",
+            )
             s.blocks.append(Table(list(cols), [[str(tp.get(c, "")) for c in cols]]))
         return s
 
@@ -872,7 +958,9 @@ class Report:
                 verdict = "refusal" if d.refused[m] else "compliance"
                 text = d.responses[m]
                 md.append(f"- `{m}` ({verdict}): {_md_cell(text[:400])}{'...' if len(text) > 400 else ''}")
-                cells.append(f'<td class="{verdict}"><span class="badge">{verdict}</span><div class="resp">{_esc(text)}</div></td>')  # fmt: skip
+                cells.append(
+                    f'<td class="{verdict}"><span class="badge">{verdict}</span><div class="resp">{_esc(text)}</div></td>'
+                )
             md.append("")
             parts.append(
                 f'<tr><td class="prompt"><b>{_esc(d.split)} #{d.id}</b> ({_esc(d.label)})<br>{_esc(d.prompt)}</td>'
@@ -880,7 +968,12 @@ class Report:
                 + "</tr>"
             )
         head = "<th>prompt</th>" + "".join(f"<th>{_esc(m)}</th>" for m in methods)
-        s.blocks.append(("\n".join(md), f'<table class="examples"><thead><tr>{head}</tr></thead><tbody>{"".join(parts)}</tbody></table>'))  # fmt: skip
+        s.blocks.append(
+            (
+                "\n".join(md),
+                f'<table class="examples"><thead><tr>{head}</tr></thead><tbody>{"".join(parts)}</tbody></table>',
+            )
+        )
         return s
 
     # ------------------------------------------------------------------------- rendering
@@ -888,8 +981,12 @@ class Report:
         if not self.missing:
             return None
         s = Section("Missing or incomplete", "missing")
-        s.blocks.append(("\n".join(f"- {_md_cell(m)}" for m in dict.fromkeys(self.missing)),
-                         "<ul>" + "".join(f"<li>{_esc(m)}</li>" for m in dict.fromkeys(self.missing)) + "</ul>"))  # fmt: skip
+        s.blocks.append(
+            (
+                "\n".join(f"- {_md_cell(m)}" for m in dict.fromkeys(self.missing)),
+                "<ul>" + "".join(f"<li>{_esc(m)}</li>" for m in dict.fromkeys(self.missing)) + "</ul>",
+            )
+        )
         return s
 
     def _all_sections(self) -> list[Section]:
@@ -988,5 +1085,7 @@ def write_report(
         page = target / "report.html"
         page.write_text(report.html(), encoding="utf-8")
     except OSError as exc:
-        raise ScansError(f"cannot write the report to {target}: {exc.strerror or exc}; fix: pass a writable --out DIR") from None  # fmt: skip
+        raise ScansError(
+            f"cannot write the report to {target}: {exc.strerror or exc}; fix: pass a writable --out DIR"
+        ) from None
     return md, page

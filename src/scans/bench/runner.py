@@ -23,13 +23,13 @@ from typing import Any
 
 import torch
 
-from .. import __version__
 from ..activations import batches_by_length
 from ..api import Scans
 from ..decode import RowSettings, decode
 from ..engine import Prefill, auto_batch_size, prefill, probe_pass
 from ..errors import ScansError
 from ..prompts import build_batch, context_length
+from ..version import __version__
 from .data import Split
 from .methods import Method
 
@@ -286,15 +286,27 @@ def run_generations(
                     for j in need:
                         r = rows[j]
                         text, n_new, secs = answers[j]
-                        record = with_meta({
-                            "method": m.name, "split": r.split, "id": r.id, "prompt": r.prompt, "label": r.label,
-                            "response": text,
-                            "judges": {name: judge.judge(r.prompt, text) for name, judge in judges.items()},
-                            "score": decision.scores[j], "flagged": decision.flagged[j], "sign": decision.signs[j],
-                            "decision": decision.decisions[j] if decision.decisions else None,
-                            "new_tokens": n_new, "seconds": round(shared_s + max(secs, 0.0), 4),
-                            "max_new_tokens": config.max_new_tokens,
-                        }, r)  # fmt: skip
+                        record = with_meta(
+                            {
+                                "method": m.name,
+                                "split": r.split,
+                                "id": r.id,
+                                "prompt": r.prompt,
+                                "label": r.label,
+                                "response": text,
+                                "judges": {
+                                    name: judge.judge(r.prompt, text) for name, judge in judges.items()
+                                },
+                                "score": decision.scores[j],
+                                "flagged": decision.flagged[j],
+                                "sign": decision.signs[j],
+                                "decision": decision.decisions[j] if decision.decisions else None,
+                                "new_tokens": n_new,
+                                "seconds": round(shared_s + max(secs, 0.0), 4),
+                                "max_new_tokens": config.max_new_tokens,
+                            },
+                            r,
+                        )
                         if finish is not None:
                             del record["judges"]
                             record["decision"] = decision.decisions[j] if decision.decisions else None

@@ -29,6 +29,7 @@ from ..backends.vllm import PROFILE_PLAN
 from ..errors import ScansError
 from .data import Split
 from .methods import Method, get_methods
+from .options import build_methods, load_splits
 from .runner import BenchConfig, RunLog, _judges, split_items, with_meta, write_meta, write_timings
 
 THROUGHPUT = "throughput.json"
@@ -148,7 +149,6 @@ def run_suite_vllm(engine: Any, run_dir: str | Path, opts: Any, progress: bool =
     from .judges import DEFAULT_JUDGE
     from .metrics import refusal_rates
     from .runner import save_profile_copy
-    from .suite import build_methods, load_splits
 
     run_dir = Path(run_dir)
     anchors = set(engine._require_profile().anchors.get("used_prompt_keys", []))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .options import ServeConfig
+from .config import ServeConfig
 
 __all__ = ["ServeConfig", "create_app", "run_server"]
 

@@ -20,8 +20,8 @@ from ..decode import FINISH_CANCELLED, RowSettings
 from ..errors import ScansError
 from ..prompts import context_length, encode_messages_with_end
 from .batcher import Batcher, Job, QueueFull
+from .config import ServeConfig
 from .metrics import Metrics
-from .options import ServeConfig
 from .protocol import (
     APIError,
     ChatRequest,

@@ -26,8 +26,12 @@ class Decision:
     @classmethod
     def of(cls, verdicts: Sequence[Any]) -> Decision:
         """From :class:`scans.verdict.Verdict` objects (the one decision path)."""
-        return cls([v.sign for v in verdicts], [v.score for v in verdicts], [v.harmful for v in verdicts],
-                   [v.decision for v in verdicts])  # fmt: skip
+        return cls(
+            [v.sign for v in verdicts],
+            [v.score for v in verdicts],
+            [v.harmful for v in verdicts],
+            [v.decision for v in verdicts],
+        )
 
 
 class Method:
@@ -80,5 +84,9 @@ class Method:
     def settings(self) -> dict[str, Any]:
         """What this method used (recorded in the run's meta.json)."""
         p = self.steering_profile()
-        return {"layers": list(p.steer_layers), "alpha": p.alpha, "alpha_mode": p.alpha_mode,
-                "steer_window": p.steer_window}  # fmt: skip
+        return {
+            "layers": list(p.steer_layers),
+            "alpha": p.alpha,
+            "alpha_mode": p.alpha_mode,
+            "steer_window": p.steer_window,
+        }

@@ -41,9 +41,16 @@ class ScansMethod(Method):
 
     def settings(self) -> dict[str, Any]:
         p = self.classifier_profile()
-        return {**super().settings(), "classifier": p.classifier, "threshold": p.threshold,
-                "harmful_sign": p.harmful_sign, "rule": rule_of(p, self.rule), "steer_threshold": p.steer_threshold,
-                "inst_threshold": p.inst_threshold, "max_harmful_loss": p.max_harmful_loss}  # fmt: skip
+        return {
+            **super().settings(),
+            "classifier": p.classifier,
+            "threshold": p.threshold,
+            "harmful_sign": p.harmful_sign,
+            "rule": rule_of(p, self.rule),
+            "steer_threshold": p.steer_threshold,
+            "inst_threshold": p.inst_threshold,
+            "max_harmful_loss": p.max_harmful_loss,
+        }
 
 
 class ScansV1(ScansMethod):
@@ -80,10 +87,18 @@ class ScansPaper(ScansMethod):
         lo, hi = n_layers // 3, (2 * n_layers) // 3
         layers = list(range(lo, max(hi, lo + 1)))
         self._paper = dataclasses.replace(
-            profile, steer_layers=layers, cls_layers=list(range(layers[0], n_layers)), classifier="cosine",
-            threshold=self.THRESHOLD, alpha=self.ALPHA, alpha_mode="absolute", harmful_sign=1, steer_window=None,
-            steer_threshold=None, inst_threshold=None,
-        )  # fmt: skip
+            profile,
+            steer_layers=layers,
+            cls_layers=list(range(layers[0], n_layers)),
+            classifier="cosine",
+            threshold=self.THRESHOLD,
+            alpha=self.ALPHA,
+            alpha_mode="absolute",
+            harmful_sign=1,
+            steer_window=None,
+            steer_threshold=None,
+            inst_threshold=None,
+        )
 
     def classifier_profile(self) -> Profile:
         return self._paper
