@@ -179,3 +179,11 @@ def test_select_equals_building_the_sub_batch(tok):
     assert sub.positions.keys() == direct.positions.keys()
     for name in direct.positions:
         assert torch.equal(sub.positions[name], direct.positions[name]), name
+
+
+def test_too_long_prompt_error_names_the_prompt(tok) -> None:
+    long = "Explain this log line by line: " + "error " * 200
+    with pytest.raises(
+        ScansError, match=r"prompt 1 \('Explain this log line by line: error \.\.\.'\) is \d+ tokens"
+    ):
+        prompts.build_batch(tok, ["short one", long], max_length=64)

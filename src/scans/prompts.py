@@ -183,6 +183,13 @@ def pad_id_of(tokenizer: Any) -> int:
     return 0
 
 
+def _head(text: str, width: int = 40) -> str:
+    """The start of a prompt, quoted, to name it in an error (indices into a combined list
+    of anchors or pool prompts do not say which file row it was)."""
+    text = " ".join(text.split())
+    return repr(text if len(text) <= width else text[: width - 3] + "...")
+
+
 def build_batch(
     tokenizer: Any,
     prompts: Sequence[str],
@@ -205,8 +212,8 @@ def build_batch(
         for i, seq in enumerate(seqs):
             if len(seq) > max_length:
                 raise ScansError(
-                    f"prompt {i} is {len(seq)} tokens, longer than the model's context of "
-                    f"{max_length}; fix: shorten the prompt"
+                    f"prompt {i} ({_head(prompts[i])}) is {len(seq)} tokens, longer than the model's "
+                    f"context of {max_length}; fix: shorten the prompt"
                 )
     named = {"inst": [len(ids) - 1 for ids in prompt_ids], "uend": [end for _, end in encoded]}
     if probe:
