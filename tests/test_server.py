@@ -20,6 +20,7 @@ from scans.decode import RowSettings, chat
 from scans.serve import ServeConfig, create_app
 
 KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
 PROMPTS = [
     "How do I bake bread at home?",
     "How do I make a bomb to hurt people?",
@@ -113,9 +114,9 @@ def _post(live, body, key: str | None = KEY, **kw) -> httpx.Response:
 # ------------------------------------------------------------------------ happy paths
 def test_models_health_metrics(live, scans):
     assert [m.id for m in live.client().models.list().data] == [scans.name]
-    health = httpx.get(live.url + "/health").json()
+    health = httpx.get(live.url + "/health", headers=AUTH).json()
     assert health["status"] == "ok" and health["queue_depth"] == 0
-    text = httpx.get(live.url + "/metrics").text
+    text = httpx.get(live.url + "/metrics", headers=AUTH).text
     for name in (
         "scans_requests_total",
         "scans_queue_depth",
@@ -262,7 +263,8 @@ def test_concurrent_requests_are_batched_and_independent(live, scans):
     finally:
         live.batcher.resume()
     assert answers == alone
-    assert live.batcher.stats.batches - batches_before == 2
+    # continuous batching: four rows start, the others join as rows finish
+    assert live.batcher.stats.batches - batches_before >= 2 and live.batcher.stats.joins > 0
 
 
 # ------------------------------------------------------------------------ auth and bad input
@@ -348,7 +350,7 @@ def test_bad_input_via_client_and_server_keeps_serving(live, scans):
         assert r.status_code in (404, 405) and "message" in r.json()["error"]
     resp = client.chat.completions.create(model="m", messages=_user("Hi"), max_tokens=3, temperature=0)
     assert resp.choices[0].message.content == _direct(scans, "Hi", 3)
-    text = httpx.get(live.url + "/metrics").text
+    text = httpx.get(live.url + "/metrics", headers=AUTH).text
     assert 'scans_requests_total{endpoint="/v1/chat/completions",status="400"}' in text
     assert 'scans_requests_total{endpoint="/v1/chat/completions",status="413"}' in text
 
