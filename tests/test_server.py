@@ -13,11 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-import uvicorn
 
 from conftest import _fitted, _tiny, make_scans
 from scans.decode import RowSettings, chat
 from scans.serve import ServeConfig, create_app
+from scans.serve.app import make_server
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -50,9 +50,7 @@ class Live:
         self.port = _free_port()
         self.app = create_app(scans, ServeConfig(port=self.port, **config))
         self.batcher = self.app.state.batcher
-        self.server = uvicorn.Server(
-            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error")
-        )
+        self.server = make_server(self.app, self.app.state.config, log_level="error")
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.time() + 30

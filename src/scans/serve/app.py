@@ -203,7 +203,7 @@ def create_app(scans: Any, config: ServeConfig | None = None) -> FastAPI:
             await asyncio.wait_for(read(), config.body_timeout_s)
         except asyncio.TimeoutError:
             raise APIError(408, f"the request body did not arrive within {config.body_timeout_s:g} s",
-                           code="request_timeout") from None  # fmt: skip
+                           code="request_timeout", headers={"Connection": "close"}) from None  # fmt: skip
         return b"".join(chunks)
 
     async def off_loop(fn: Callable[..., Any], *args: Any) -> Any:

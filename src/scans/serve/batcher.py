@@ -125,6 +125,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._paused = False
         self._stopping = False
+        self._forming = False  # closed mode: collecting a batch (its window is open)
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ front end
@@ -134,10 +135,17 @@ class Batcher:
             if self._stopping:
                 raise ShuttingDown
             self._purge()
-            if len(self._pending) >= self.max_queue:
+            if len(self._pending) >= self.max_queue + self._room():
                 raise QueueFull
             self._pending.append(job)
             self._cond.notify_all()
+
+    def _room(self) -> int:
+        """Rows the worker will take without waiting for a batch to end (lock held): waiting
+        jobs up to this many are about to start and do not count against ``max_queue``."""
+        if self._paused or (self.mode == "closed" and not self._forming):
+            return 0
+        return max(0, self.max_batch_size - len(self._active))
 
     def wake(self) -> None:
         """Re-check the queue (after a cancellation, so the slot frees at once)."""
@@ -206,6 +214,7 @@ class Batcher:
         """Jobs to start: with nothing running, wait for one and up to ``window_s`` for
         more (moving them out of the queue as they come); else whatever is waiting now."""
         with self._cond:
+            self._forming = not running
             while not self._stopping and not running and (self._paused or not self._pending):
                 self._cond.wait()
                 self._purge()
@@ -224,6 +233,7 @@ class Batcher:
                     break
                 self._cond.wait(left)
                 jobs += self._take(room - len(jobs))
+            self._forming = False
             return jobs
 
     def _done(self, job: Job, kind: str, payload: Any) -> None:
