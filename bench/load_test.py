@@ -94,6 +94,7 @@ class Phase:
     valid_failed: int = 0  # mixed load: valid requests that did not get a 200
     malformed: int = 0  # drain: answers that are neither 200 nor a well-formed error / stream without [DONE]
     refused: int = 0  # drain: not accepted (connection refused or 503 while draining)
+    forwards: int = 0
 
 
 def _free_port() -> int:
@@ -302,6 +303,10 @@ async def run_mixed_phase(url: str, phase: Phase, args: argparse.Namespace, proc
             )
             rows = _metric(after, "scans_forward_rows_total") - _metric(before, "scans_forward_rows_total")
             phase.rows_per_forward = rows / forwards if forwards else float("nan")
+            batches = _metric(after, "scans_batch_size_count") - _metric(before, "scans_batch_size_count")
+            batch_rows = _metric(after, "scans_batch_size_sum") - _metric(before, "scans_batch_size_sum")
+            phase.rows_per_batch = batch_rows / batches if batches else float("nan")
+            phase.forwards = int(forwards)
 
 
 def report_mixed(phases: list[Phase], args: argparse.Namespace) -> None:
@@ -309,13 +314,13 @@ def report_mixed(phases: list[Phase], args: argparse.Namespace) -> None:
           f"{args.max_tokens}; greedy; fault rate {args.fault_rate:g}; max batch {args.max_batch_size}; "
           f"model {args.model or 'embedded'}")  # fmt: skip
     print(f"{'phase':<12}{'batching':<12}{'ok':>5}{'errors':>7}{'valid failed':>13}{'cut off':>8}{'seconds':>9}"
-          f"{'tok/s':>8}{'short p50':>10}{'short p95':>10}{'long p50':>9}{'rows/fwd':>9}")  # fmt: skip
+          f"{'tok/s':>8}{'short p50':>10}{'short p95':>10}{'long p50':>9}{'forwards':>9}{'rows/fwd':>9}{'rows/batch':>11}")  # fmt: skip
     for p in phases:
         ok = p.statuses.get("200", 0)
         errors = sum(n for s, n in p.statuses.items() if s != "200")
         print(f"{p.name:<12}{p.batching:<12}{ok:>5}{errors:>7}{p.valid_failed:>13}{p.cut_off:>8}{p.seconds:>9.1f}"
               f"{p.tokens / p.seconds:>8.1f}{_pct(p.short_latencies, 0.5):>10.2f}{_pct(p.short_latencies, 0.95):>10.2f}"
-              f"{_pct(p.long_latencies, 0.5):>9.2f}{p.rows_per_forward:>9.2f}")  # fmt: skip
+              f"{_pct(p.long_latencies, 0.5):>9.2f}{p.forwards:>9}{p.rows_per_forward:>9.2f}{p.rows_per_batch:>11.2f}")  # fmt: skip
         if errors:
             print(f"  statuses: {p.statuses}")
         if p.name == "drain":
