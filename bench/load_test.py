@@ -22,7 +22,8 @@ and the rest for ``--max-tokens`` (greedy). It reports p50/p95 latency of the sh
 long requests, total tokens/s and errors, then the short-p50 and tokens/s ratios.
 ``--fault-rate F`` makes that share of the requests unsamplable (temperature 1e-300, or top_p
 1e-300 at temperature 1e-300), and adds a column: valid requests that did not succeed.
-``--drain-after S`` adds a third phase (continuous) in which the server gets SIGTERM S seconds
+``--rounds N`` alternates the two phases N times (on a shared machine, load from other jobs
+drifts; each round's ratio and the pooled one are printed). ``--drain-after S`` adds a third phase (continuous) in which the server gets SIGTERM S seconds
 into the load; every request then must end with 200, or with an OpenAI error body (a stream:
 an error event), and every stream with ``[DONE]``.
 
@@ -209,7 +210,9 @@ def _mixed_body(i: int, args: argparse.Namespace) -> tuple[dict, bool, bool]:
     prompt = BENIGN[i // 2 % len(BENIGN)] if i % 2 == 0 else HARMFUL[i // 2 % len(HARMFUL)]
     body = {"model": "scans", "messages": [{"role": "user", "content": prompt}],
             "max_tokens": args.long_tokens if long else args.max_tokens, "temperature": 0}  # fmt: skip
-    faulty = int((i + 1) * args.fault_rate) > int(i * args.fault_rate)  # evenly spread
+    n = args.clients
+    k = max(1, round(n * args.fault_rate)) if args.fault_rate > 0 else 0  # evenly spread
+    faulty = i in {j * n // k + n // (2 * k) for j in range(k)}
     if faulty:
         body["temperature"] = 1e-300
         if i % 2:
@@ -282,7 +285,7 @@ async def run_mixed_phase(url: str, phase: Phase, args: argparse.Namespace, proc
             if ok:
                 (phase.long_latencies if long else phase.short_latencies).append(time.perf_counter() - t0)
                 phase.latencies.append(time.perf_counter() - t0)
-            elif valid:
+            elif valid and not drain:
                 phase.valid_failed += 1
 
         start = time.perf_counter()
@@ -326,11 +329,19 @@ def report_mixed(phases: list[Phase], args: argparse.Namespace) -> None:
         if p.name == "drain":
             print(f"  drain: {p.refused} refused after SIGTERM (not accepted), {p.malformed} malformed answers "
                   f"or streams without [DONE]")  # fmt: skip
-    by = {p.batching: p for p in phases if p.name == "load"}
-    if len(by) == 2 and by["closed"].short_latencies and by["continuous"].short_latencies:
-        c, k = by["continuous"], by["closed"]
-        print(f"continuous / closed: short p50 {_pct(c.short_latencies, 0.5) / _pct(k.short_latencies, 0.5):.2f}x, "
-              f"tokens/s {(c.tokens / c.seconds) / (k.tokens / k.seconds):.2f}x")  # fmt: skip
+    loads = [p for p in phases if p.name == "load"]
+    for r in range(0, len(loads) - 1, 2):
+        c, k = loads[r], loads[r + 1]
+        if c.short_latencies and k.short_latencies:
+            print(f"round {r // 2 + 1}, continuous / closed: short p50 "
+                  f"{_pct(c.short_latencies, 0.5) / _pct(k.short_latencies, 0.5):.2f}x, "
+                  f"tokens/s {(c.tokens / c.seconds) / (k.tokens / k.seconds):.2f}x")  # fmt: skip
+    pooled = {b: [p for p in loads if p.batching == b] for b in ("continuous", "closed")}
+    if len(loads) > 2 and all(pooled.values()):
+        short = {b: _pct([x for p in ps for x in p.short_latencies], 0.5) for b, ps in pooled.items()}
+        rate = {b: sum(p.tokens for p in ps) / sum(p.seconds for p in ps) for b, ps in pooled.items()}
+        print(f"all rounds pooled, continuous / closed: short p50 {short['continuous'] / short['closed']:.2f}x, "
+              f"tokens/s {rate['continuous'] / rate['closed']:.2f}x")  # fmt: skip
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -396,8 +407,8 @@ async def main_async(args: argparse.Namespace) -> int:
 
 
 async def main_mixed(args: argparse.Namespace) -> int:
-    phases = [Phase("load", args.max_batch_size, batching="continuous"),
-              Phase("load", args.max_batch_size, batching="closed")]  # fmt: skip
+    phases = [Phase("load", args.max_batch_size, batching=b) for _ in range(args.rounds)
+              for b in ("continuous", "closed")]  # fmt: skip
     if args.drain_after is not None:
         phases.append(Phase("drain", args.max_batch_size, batching="continuous"))
     for phase in phases:
@@ -440,6 +451,8 @@ def main() -> int:
     ap.add_argument("--fault-rate", type=float, default=0.0, help="--mixed: share of unsamplable requests")
     ap.add_argument("--drain-after", type=float, default=None, help="--mixed: add a SIGTERM phase after S s")
     ap.add_argument("--drain-timeout", type=float, default=30.0, help="the server's --drain-timeout")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="--mixed: continuous and closed phases alternate this many times (noisy machines)")  # fmt: skip
     ap.add_argument("--backends", default="transformers",
                     help="comma list of transformers, vllm: each runs the same phases, side by side")  # fmt: skip
     ap.add_argument("--vllm-python", default=None,
