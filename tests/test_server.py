@@ -425,7 +425,8 @@ def test_client_disconnect_frees_the_slot(small, stream):
 def test_cli_serve_bad_flags_fail_before_loading(capsys):
     from scans.cli import main
 
-    for argv in (["--max-batch-size", "0"], ["--port", "70000"], ["--request-timeout", "0"]):
+    for argv in (["--max-batch-size", "0"], ["--port", "70000"], ["--request-timeout", "0"],
+                 ["--drain-timeout", "-1"], ["--header-timeout", "0"], ["--max-connections", "0"]):  # fmt: skip
         assert main(["serve", *argv]) == 2
         err = capsys.readouterr().err
         assert err.startswith("scans: error: ") and "fix:" in err and "Traceback" not in err
