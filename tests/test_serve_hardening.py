@@ -371,3 +371,34 @@ def test_drain_timeout_fails_what_is_left_with_well_formed_errors(model):
     finally:
         server.batcher.on_forward = count
         server.close()
+
+
+def test_models_whose_cache_cannot_be_merged_run_closed():
+    """A sliding-window cache (tiny Mistral) cannot take joining rows: requests that arrive
+    while a batch decodes wait for it instead of failing."""
+    from conftest import _tiny, make_scans
+
+    t = _tiny("mistral")
+    mistral = make_scans(t.model, t.tokenizer)
+    fitted = _scans()
+    mistral.profile = fitted.profile
+    server = Live(mistral, max_batch_size=4)
+    count = server.batcher.on_forward
+
+    def slow_forward(rows: int) -> None:  # keeps the first batch decoding while the others arrive
+        count(rows)
+        time.sleep(0.02)
+
+    server.batcher.on_forward = slow_forward
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            first = pool.submit(_post, server, {"messages": _user(PROMPTS[3]), "max_tokens": 40}, None)
+            _wait(lambda: server.batcher.running == 1)
+            later = [
+                pool.submit(_post, server, {"messages": _user(p), "max_tokens": 4}, None) for p in PROMPTS[:2]
+            ]
+            assert [f.result(timeout=60).status_code for f in (first, *later)] == [200, 200, 200]
+        assert server.batcher.stats.joins == 0
+    finally:
+        server.batcher.on_forward = count
+        server.close()

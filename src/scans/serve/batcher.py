@@ -126,6 +126,7 @@ class Batcher:
         self._paused = False
         self._stopping = False
         self._forming = False  # closed mode: collecting a batch (its window is open)
+        self._no_join = False  # the model's KV cache cannot be merged: continuous runs closed
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ front end
@@ -143,7 +144,7 @@ class Batcher:
     def _room(self) -> int:
         """Rows the worker will take without waiting for a batch to end (lock held): waiting
         jobs up to this many are about to start and do not count against ``max_queue``."""
-        if self._paused or (self.mode == "closed" and not self._forming):
+        if self._paused or ((self.mode == "closed" or self._no_join) and not self._forming):
             return 0
         return max(0, self.max_batch_size - len(self._active))
 
@@ -220,7 +221,7 @@ class Batcher:
                 self._purge()
             if self._stopping:
                 return None
-            if self._paused:
+            if self._paused or (running and self._no_join):
                 return []
             room = self.max_batch_size - running
             jobs = self._take(room)
@@ -333,8 +334,6 @@ class Batcher:
             try:
                 prepared = prepare_batch(self.scans, encoded, steer_rows=[j.steer for j in group],
                                          labels=[j.label for j in group], on_forward=self._forward)  # fmt: skip
-                if len(batch) and not can_join(prepared.pre.cache):
-                    raise RuntimeError("this model's cache cannot be merged; use --batching closed")
             except Exception as exc:
                 if len(group) > 1:
                     groups += [[j] for j in group]
@@ -342,6 +341,17 @@ class Batcher:
                 log.error("request failed: %s: %s", type(exc).__name__, exc)
                 self._done(group[0], "error", exc)
                 continue
+            if not can_join(prepared.pre.cache):
+                # e.g. sliding-window caches: rows cannot join a running batch, so batches run
+                # closed from now on; a group that was to join waits for the batch to end
+                if not self._no_join:
+                    log.warning("this model's KV cache cannot be merged: batching runs closed")
+                    self._no_join = True
+                if len(batch):
+                    with self._cond:
+                        self._active.difference_update(group)
+                        self._pending.extendleft(reversed(group))
+                    continue
             self._count_batch(group)
             self.stats.joins += bool(len(batch))
             for job, verdict, sign in zip(group, prepared.verdicts, prepared.signs):
