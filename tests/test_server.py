@@ -13,13 +13,14 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-import uvicorn
 
 from conftest import _fitted, _tiny, make_scans
 from scans.decode import RowSettings, chat
 from scans.serve import ServeConfig, create_app
+from scans.serve.app import make_server
 
 KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
 PROMPTS = [
     "How do I bake bread at home?",
     "How do I make a bomb to hurt people?",
@@ -49,9 +50,7 @@ class Live:
         self.port = _free_port()
         self.app = create_app(scans, ServeConfig(port=self.port, **config))
         self.batcher = self.app.state.batcher
-        self.server = uvicorn.Server(
-            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error")
-        )
+        self.server = make_server(self.app, self.app.state.config, log_level="error")
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.time() + 30
@@ -113,9 +112,9 @@ def _post(live, body, key: str | None = KEY, **kw) -> httpx.Response:
 # ------------------------------------------------------------------------ happy paths
 def test_models_health_metrics(live, scans):
     assert [m.id for m in live.client().models.list().data] == [scans.name]
-    health = httpx.get(live.url + "/health").json()
+    health = httpx.get(live.url + "/health", headers=AUTH).json()
     assert health["status"] == "ok" and health["queue_depth"] == 0
-    text = httpx.get(live.url + "/metrics").text
+    text = httpx.get(live.url + "/metrics", headers=AUTH).text
     for name in (
         "scans_requests_total",
         "scans_queue_depth",
@@ -262,7 +261,8 @@ def test_concurrent_requests_are_batched_and_independent(live, scans):
     finally:
         live.batcher.resume()
     assert answers == alone
-    assert live.batcher.stats.batches - batches_before == 2
+    # continuous batching: four rows start, the others join as rows finish
+    assert live.batcher.stats.batches - batches_before >= 2 and live.batcher.stats.joins > 0
 
 
 # ------------------------------------------------------------------------ auth and bad input
@@ -348,7 +348,7 @@ def test_bad_input_via_client_and_server_keeps_serving(live, scans):
         assert r.status_code in (404, 405) and "message" in r.json()["error"]
     resp = client.chat.completions.create(model="m", messages=_user("Hi"), max_tokens=3, temperature=0)
     assert resp.choices[0].message.content == _direct(scans, "Hi", 3)
-    text = httpx.get(live.url + "/metrics").text
+    text = httpx.get(live.url + "/metrics", headers=AUTH).text
     assert 'scans_requests_total{endpoint="/v1/chat/completions",status="400"}' in text
     assert 'scans_requests_total{endpoint="/v1/chat/completions",status="413"}' in text
 
@@ -425,7 +425,8 @@ def test_client_disconnect_frees_the_slot(small, stream):
 def test_cli_serve_bad_flags_fail_before_loading(capsys):
     from scans.cli import main
 
-    for argv in (["--max-batch-size", "0"], ["--port", "70000"], ["--request-timeout", "0"]):
+    for argv in (["--max-batch-size", "0"], ["--port", "70000"], ["--request-timeout", "0"],
+                 ["--drain-timeout", "-1"], ["--header-timeout", "0"], ["--max-connections", "0"]):  # fmt: skip
         assert main(["serve", *argv]) == 2
         err = capsys.readouterr().err
         assert err.startswith("scans: error: ") and "fix:" in err and "Traceback" not in err

@@ -31,7 +31,7 @@ from .steering import SteeringPlan, steer
 if TYPE_CHECKING:
     from .api import Scans, Verdict
 
-FINISH_STOP, FINISH_LENGTH, FINISH_CANCELLED = "stop", "length", "cancelled"
+FINISH_STOP, FINISH_LENGTH, FINISH_CANCELLED, FINISH_ERROR = "stop", "length", "cancelled", "error"
 
 
 @dataclass
@@ -54,6 +54,7 @@ class RowResult:
     token_ids: list[int]
     text: str
     finish_reason: str
+    error: BaseException | None = None  # set when finish_reason is "error"
 
 
 @dataclass
@@ -69,6 +70,7 @@ class _Row:
     read_offset: int = 0
     finish: str | None = None
     cut: bool = False  # text was cut at a stop string
+    error: BaseException | None = None
 
     def push(self, tokenizer: Any, token: int) -> None:
         """Append a token and extend ``text`` once it decodes to complete characters."""
@@ -137,6 +139,8 @@ def _sample(logits: torch.Tensor, row: _Row) -> int:
         remove[-1] = False  # keep at least one token
         scores = scores.masked_fill(remove.scatter(0, order, remove), float("-inf"))
     probs = scores.softmax(-1)
+    if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0:
+        raise ValueError(f"temperature {s.temperature:g} gives no finite sampling distribution")
     return int(torch.multinomial(probs, 1, generator=row.generator))
 
 
@@ -144,6 +148,224 @@ def _make_generator(seed: int | None, device: torch.device) -> torch.Generator:
     gen = torch.Generator(device=device)
     gen.manual_seed(seed if seed is not None else random.randrange(2**63))
     return gen
+
+
+def _cache_layers(cache: Any) -> list[Any]:
+    """The per-layer key/value holders of a ``DynamicCache``; ValueError for other caches."""
+    layers = getattr(cache, "layers", None)
+    if layers is None or any(
+        getattr(layer, "is_sliding", False) or not hasattr(layer, "keys") for layer in layers
+    ):
+        raise ValueError("rows can join a running batch only with a full-attention DynamicCache")
+    return list(layers)
+
+
+def can_join(cache: Any) -> bool:
+    """Whether rows can join a decoding batch that uses this cache (see ``DecodeBatch.add``)."""
+    try:
+        _cache_layers(cache)
+    except ValueError:
+        return False
+    return True
+
+
+def _left_pad_cache(cache: Any, columns: int) -> None:
+    if columns > 0:
+        for layer in _cache_layers(cache):
+            if layer.keys is not None and layer.keys.numel():
+                layer.keys = torch.nn.functional.pad(layer.keys, (0, 0, columns, 0))
+                layer.values = torch.nn.functional.pad(layer.values, (0, 0, columns, 0))
+
+
+def _concat_caches(a: Any, b: Any) -> None:
+    """Append ``b``'s rows to ``a`` (same length), in place."""
+    for la, lb in zip(_cache_layers(a), _cache_layers(b)):
+        la.keys = torch.cat([la.keys, lb.keys], dim=0)
+        la.values = torch.cat([la.values, lb.values], dim=0)
+
+
+def _zero_plan_like(plan: SteeringPlan, rows: int) -> SteeringPlan:
+    sign = torch.zeros((rows, *plan.sign.shape[1:]), dtype=plan.sign.dtype)
+    return dataclasses.replace(plan, sign=sign, start=torch.zeros(rows, dtype=torch.long))
+
+
+def _concat_plans(
+    a: SteeringPlan | None, rows_a: int, b: SteeringPlan | None, rows_b: int
+) -> SteeringPlan | None:
+    if a is None and b is None:
+        return None
+    a = a if a is not None else _zero_plan_like(b, rows_a)
+    b = b if b is not None else _zero_plan_like(a, rows_b)
+    return dataclasses.replace(a, sign=torch.cat([a.sign, b.sign]), start=torch.cat([a.start, b.start]))
+
+
+class DecodeBatch:
+    """The running batch of step-wise decoding: rows join (``add``) and leave between steps.
+
+    State: a left-padded attention mask whose last column is each row's next input token,
+    the KV cache of all columns before it, the next input tokens and an optional steering
+    plan (per-row sign and start, gated by each row's own position, so padding and joining
+    do not move it). Rows leave (mask, cache, plan rows) when they hit EOS, a stop string,
+    their ``max_tokens``, are cancelled or fail; an error in one row (sampling, callbacks)
+    finishes that row with ``finish_reason`` ``"error"`` and leaves the others running.
+    """
+
+    def __init__(
+        self, model: nn.Module, tokenizer: Any, *, on_forward: Callable[[int], None] | None = None
+    ) -> None:
+        self.model, self.tokenizer, self.on_forward = model, tokenizer, on_forward
+        self.device = model_device(model)
+        self.eos = eos_ids(model, tokenizer)
+        self.kwarg = cache_kwarg(model)
+        self.rows: list[_Row] = []  # in batch order
+        self.cache: Any = None
+        self.mask: torch.Tensor | None = None
+        self.step_ids: torch.Tensor | None = None
+        self.plan: SteeringPlan | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(
+        self,
+        pre: Prefill,
+        settings: Sequence[RowSettings],
+        plan: SteeringPlan | None = None,
+        *,
+        copy_cache: bool = True,
+    ) -> list[_Row]:
+        """Join the rows of ``pre`` (``copy_cache=False`` consumes ``pre.cache``); returns their
+        states in order. Rows with ``max_tokens < 1`` are finished at once and do not join."""
+        n = pre.batch.input_ids.shape[0]
+        if len(settings) != n:
+            raise ValueError(f"{len(settings)} row settings for a batch of {n}")
+        rows = [
+            _Row(s, _make_generator(s.seed, self.device) if s.temperature and s.temperature > 0 else None)
+            for s in settings
+        ]
+        keep = []
+        for k, row in enumerate(rows):
+            if row.settings.max_tokens < 1:
+                self._finish(row, FINISH_LENGTH)
+            else:
+                keep.append(k)
+        if not keep:
+            return rows
+        cache = copy.deepcopy(pre.cache) if copy_cache else pre.cache
+        mask = pre.batch.attention_mask.to(self.device)
+        step_ids = pre.batch.input_ids[:, -1:].to(self.device)
+        if plan is not None:
+            plan = dataclasses.replace(plan, sign=plan.sign.clone(), start=plan.start.clone())
+        if len(keep) < n:
+            index = torch.tensor(keep, dtype=torch.long, device=self.device)
+            cache.batch_select_indices(index)
+            mask, step_ids = mask[index], step_ids[index]
+            if plan is not None:
+                plan.sign, plan.start = plan.sign[index.cpu()], plan.start[index.cpu()]
+        if self.cache is None or not self.rows:
+            self.cache, self.mask, self.step_ids, self.plan = cache, mask, step_ids, plan
+        else:
+            width = max(self.mask.shape[1], mask.shape[1])
+            _left_pad_cache(self.cache, width - self.mask.shape[1])
+            _left_pad_cache(cache, width - mask.shape[1])
+            self.mask = torch.nn.functional.pad(self.mask, (width - self.mask.shape[1], 0))
+            mask = torch.nn.functional.pad(mask, (width - mask.shape[1], 0))
+            _concat_caches(self.cache, cache)
+            self.plan = _concat_plans(self.plan, len(self.rows), plan, len(keep))
+            self.mask = torch.cat([self.mask, mask])
+            self.step_ids = torch.cat([self.step_ids, step_ids])
+        self.rows += [rows[k] for k in keep]
+        return rows
+
+    def _finish(self, row: _Row, reason: str) -> None:
+        """Close a row: pending text out, stop strings applied, final callback."""
+        row.finish = row.finish or reason
+        if row.finish == FINISH_ERROR:
+            return
+        if not row.cut:  # EOS, length or cancelled: pending text out (it may hold a stop string)
+            row.flush(self.tokenizer)
+            if row.check_stop() and row.finish != FINISH_CANCELLED:
+                row.finish = FINISH_STOP
+        if row.finish != FINISH_CANCELLED:
+            try:
+                row.emit(final=True)
+            except Exception as exc:  # the caller's callback failed: this row only
+                row.finish, row.error = FINISH_ERROR, exc
+
+    def _drop_finished(self) -> list[_Row]:
+        keep = [k for k, row in enumerate(self.rows) if row.finish is None]
+        gone = [row for row in self.rows if row.finish is not None]
+        if len(keep) < len(self.rows):
+            if keep:
+                index = torch.tensor(keep, dtype=torch.long, device=self.device)
+                self.cache.batch_select_indices(index)
+                self.mask, self.step_ids = self.mask[index], self.step_ids[index]
+                if self.plan is not None:
+                    self.plan.sign, self.plan.start = (
+                        self.plan.sign[index.cpu()],
+                        self.plan.start[index.cpu()],
+                    )
+                # columns that are padding in every remaining row (a long row left): cut them
+                first = int(self.mask.any(0).long().argmax())
+                if first > 0 and can_join(self.cache):
+                    for layer in _cache_layers(self.cache):
+                        layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+                    self.mask = self.mask[:, first:]
+            else:
+                self.cache = self.mask = self.step_ids = self.plan = None
+            self.rows = [self.rows[k] for k in keep]
+        return gone
+
+    @torch.no_grad()
+    def step(self) -> list[_Row]:
+        """Cancellations, then one forward pass and one token per row; returns the rows that
+        left the batch (finished, cancelled or failed) in this step."""
+        for row in self.rows:
+            cancel = row.settings.cancelled
+            if row.finish is None and cancel is not None and cancel():
+                self._finish(row, FINISH_CANCELLED)
+        gone = self._drop_finished()
+        if not self.rows:
+            return gone
+        if self.on_forward is not None:
+            self.on_forward(len(self.rows))
+        plan = self.plan if self.plan is not None and bool((self.plan.sign != 0).any()) else None
+        positions = self.mask.long().cumsum(-1)[:, -1:] - 1
+        with steer(self.model, plan) if plan is not None else nullcontext():
+            out = self.model(
+                input_ids=self.step_ids,
+                attention_mask=self.mask,
+                position_ids=positions,
+                use_cache=True,
+                **{self.kwarg: self.cache},
+            )
+        logits = out.logits[:, -1]
+        tokens = logits.argmax(-1).tolist()
+        for k, row in enumerate(self.rows):
+            try:
+                token = tokens[k] if row.generator is None else _sample(logits[k], row)
+                tokens[k] = token
+                if token in self.eos:
+                    self._finish(row, FINISH_STOP)
+                    continue
+                row.push(self.tokenizer, token)
+                if len(row.ids) >= row.settings.max_tokens:
+                    self._finish(row, FINISH_LENGTH)
+                    continue
+                if row.check_stop():
+                    self._finish(row, FINISH_STOP)
+                    continue
+                row.emit(final=False)
+            except Exception as exc:  # this row only; the batch goes on
+                row.finish, row.error = FINISH_ERROR, exc
+        self.step_ids = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]
+        self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], 1))], dim=1)
+        return gone + self._drop_finished()
+
+
+def row_result(row: _Row) -> RowResult:
+    """The result of a row that left its ``DecodeBatch``."""
+    return RowResult(row.ids, row.text, row.finish or FINISH_LENGTH, row.error)
 
 
 @torch.no_grad()
@@ -156,88 +378,21 @@ def decode(
     *,
     copy_cache: bool = True,
     on_forward: Callable[[int], None] | None = None,
+    isolate_errors: bool = False,
 ) -> list[RowResult]:
-    """Decode every row of ``pre`` step by step under ``plan`` (hooks only inside this call).
-
-    Rows leave the batch (input, attention mask, KV cache, plan rows) when they hit EOS, a
-    stop string, their ``max_tokens`` or are cancelled. ``copy_cache=False`` consumes
-    ``pre.cache``. ``on_forward(rows)`` is called before every forward pass.
-    """
-    batch = pre.batch
-    n = batch.input_ids.shape[0]
-    if len(settings) != n:
-        raise ValueError(f"{len(settings)} row settings for a batch of {n}")
-    device = model_device(model)
-    rows = [
-        _Row(s, _make_generator(s.seed, device) if s.temperature and s.temperature > 0 else None)
-        for s in settings
-    ]
-    eos = eos_ids(model, tokenizer)
-    kwarg = cache_kwarg(model)
-    cache = copy.deepcopy(pre.cache) if copy_cache else pre.cache
-    mask = batch.attention_mask.to(device)
-    step_ids = batch.input_ids[:, -1:].to(device)
-    active = list(range(n))  # original row index of each batch row
-    for i in list(active):
-        if rows[i].settings.max_tokens < 1:
-            rows[i].finish = FINISH_LENGTH
-    if plan is not None:  # private copy: its rows are re-indexed as rows leave
-        plan = dataclasses.replace(plan, sign=plan.sign.clone(), start=plan.start.clone())
-        if not bool((plan.sign != 0).any()):
-            plan = None
-    with steer(model, plan) if plan is not None else nullcontext():
-        while True:
-            for i in active:
-                cancel = rows[i].settings.cancelled
-                if rows[i].finish is None and cancel is not None and cancel():
-                    rows[i].finish = FINISH_CANCELLED
-            keep = [k for k, i in enumerate(active) if rows[i].finish is None]
-            if not keep:
-                break
-            if len(keep) < len(active):
-                index = torch.tensor(keep, dtype=torch.long, device=device)
-                cache.batch_select_indices(index)
-                mask, step_ids = mask[index], step_ids[index]
-                if plan is not None:
-                    plan.sign, plan.start = plan.sign[index.cpu()], plan.start[index.cpu()]
-                active = [active[k] for k in keep]
-            if on_forward is not None:
-                on_forward(len(active))
-            positions = mask.long().cumsum(-1)[:, -1:] - 1
-            out = model(
-                input_ids=step_ids,
-                attention_mask=mask,
-                position_ids=positions,
-                use_cache=True,
-                **{kwarg: cache},
-            )
-            logits = out.logits[:, -1]
-            tokens = logits.argmax(-1).tolist()
-            for k, i in enumerate(active):
-                row = rows[i]
-                token = tokens[k] if row.generator is None else _sample(logits[k], row)
-                tokens[k] = token
-                if token in eos:
-                    row.finish = FINISH_STOP
-                    continue
-                row.push(tokenizer, token)
-                if len(row.ids) >= row.settings.max_tokens:
-                    row.finish = FINISH_LENGTH
-                    row.flush(tokenizer)
-                if row.check_stop():
-                    row.finish = FINISH_STOP
-                row.emit(final=False)
-            step_ids = torch.tensor(tokens, dtype=torch.long, device=device)[:, None]
-            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-    results = []
-    for row in rows:
-        if not row.cut:  # EOS, length or cancelled: pending text out (it may hold a stop string)
-            row.flush(tokenizer)
-            if row.check_stop() and row.finish != FINISH_CANCELLED:
-                row.finish = FINISH_STOP
-        if row.finish != FINISH_CANCELLED:
-            row.emit(final=True)
-        results.append(RowResult(row.ids, row.text, row.finish or FINISH_LENGTH))
+    """Decode every row of ``pre`` step by step under ``plan`` (a ``DecodeBatch`` that no row
+    joins). ``copy_cache=False`` consumes ``pre.cache``; ``on_forward(rows)`` is called before
+    every forward pass. A row's error is raised unless ``isolate_errors`` (then that row's
+    result has ``finish_reason`` ``"error"`` and its ``error``)."""
+    batch = DecodeBatch(model, tokenizer, on_forward=on_forward)
+    rows = batch.add(pre, settings, plan, copy_cache=copy_cache)
+    while len(batch):
+        batch.step()
+    results = [row_result(row) for row in rows]
+    if not isolate_errors:
+        for r in results:
+            if r.error is not None:
+                raise r.error
     return results
 
 
@@ -261,22 +416,27 @@ def encode_conversations(
     return [encode_messages_with_end(scans.tokenizer, c, system) for c in conversations]
 
 
+@dataclass
+class Prepared:
+    """A prefilled, classified batch ready to decode: ``prepare_batch``'s output."""
+
+    pre: Prefill
+    verdicts: list[Verdict]
+    plan: SteeringPlan
+    signs: list[int]
+
+
 @torch.no_grad()
-def chat_batch(
+def prepare_batch(
     scans: Scans,
     encoded: Sequence[tuple[list[int], int]],
-    settings: Sequence[RowSettings],
     *,
     steer_rows: Sequence[bool] | None = None,
     labels: Sequence[str] | None = None,
-    on_verdicts: Callable[[list[Verdict], list[int]], None] | None = None,
     on_forward: Callable[[int], None] | None = None,
-) -> list[ChatResult]:
-    """Classify and answer a batch of encoded conversations (``encode_conversations``) in one
-    shared prefill, each row steered by its own verdict unless ``steer_rows[i]`` is False.
-
-    ``on_verdicts(verdicts, signs)`` is called before decoding starts (to send headers).
-    """
+) -> Prepared:
+    """One shared prefill of encoded conversations, the probe pass (verdicts, from
+    ``verdict.decide`` via ``Scans._verdicts``) and the per-row steering plan."""
     n = len(encoded)
     steer_rows = list(steer_rows) if steer_rows is not None else [True] * n
     labels = list(labels) if labels is not None else [""] * n
@@ -288,15 +448,43 @@ def chat_batch(
         on_forward(n)  # probe pass
     verdicts = scans._verdicts(labels, pre)
     plan = scans.plan(verdicts, pre, enabled=steer_rows)
-    signs = [int(s) for s in plan.sign.tolist()]
-    if on_verdicts is not None:
-        on_verdicts(verdicts, signs)
-    results = decode(
-        scans.model, scans.tokenizer, pre, settings, plan, copy_cache=False, on_forward=on_forward
-    )
+    return Prepared(pre, verdicts, plan, [int(s) for s in plan.sign.tolist()])
+
+
+def chat_results(
+    prepared: Prepared, encoded: Sequence[tuple[list[int], int]], results: Sequence[RowResult]
+) -> list[ChatResult]:
+    """``ChatResult``s of a prepared batch's decoded rows."""
     return [
-        ChatResult(v, s != 0, s, len(ids), r) for v, s, (ids, _), r in zip(verdicts, signs, encoded, results)
+        ChatResult(v, s != 0, s, len(ids), r)
+        for v, s, (ids, _), r in zip(prepared.verdicts, prepared.signs, encoded, results)
     ]
+
+
+@torch.no_grad()
+def chat_batch(
+    scans: Scans,
+    encoded: Sequence[tuple[list[int], int]],
+    settings: Sequence[RowSettings],
+    *,
+    steer_rows: Sequence[bool] | None = None,
+    labels: Sequence[str] | None = None,
+    on_verdicts: Callable[[list[Verdict], list[int]], None] | None = None,
+    on_forward: Callable[[int], None] | None = None,
+    isolate_errors: bool = False,
+) -> list[ChatResult]:
+    """Classify and answer a batch of encoded conversations (``encode_conversations``) in one
+    shared prefill, each row steered by its own verdict unless ``steer_rows[i]`` is False.
+
+    ``on_verdicts(verdicts, signs)`` is called before decoding starts (to send headers);
+    ``isolate_errors`` as in ``decode``.
+    """
+    prepared = prepare_batch(scans, encoded, steer_rows=steer_rows, labels=labels, on_forward=on_forward)
+    if on_verdicts is not None:
+        on_verdicts(prepared.verdicts, prepared.signs)
+    results = decode(scans.model, scans.tokenizer, prepared.pre, settings, prepared.plan, copy_cache=False,
+                     on_forward=on_forward, isolate_errors=isolate_errors)  # fmt: skip
+    return chat_results(prepared, encoded, results)
 
 
 def chat(

@@ -263,12 +263,64 @@ def format_messages(tokenizer: Any, messages: Sequence[dict[str, str]], system: 
             ) from None
 
 
+def special_token_texts(tokenizer: Any) -> list[str]:
+    """The texts the tokenizer turns into special (control) tokens."""
+    texts = set(getattr(tokenizer, "all_special_tokens", None) or [])
+    for token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(token, "special", False):
+            texts.add(str(token.content))
+    return sorted(t for t in texts if t)
+
+
+def _encode_content_as_text(
+    tokenizer: Any, messages: Sequence[dict[str, str]], system: str | None
+) -> tuple[list[int], int]:
+    """``encode_messages_with_end`` with every message's content tokenized as plain text:
+    the template is rendered around placeholders, its own pieces are tokenized with special
+    tokens parsed and each content with them split (``split_special_tokens``)."""
+    marks = [f"\ue000{i}\ue001" for i in range(len(messages))]
+    text = format_messages(tokenizer, [{**m, "content": k} for m, k in zip(messages, marks)], system)
+    ids: list[int] = []
+    end = -1
+    last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
+    rest = text
+    for i, mark in sorted(((i, k) for i, k in enumerate(marks) if k in text), key=lambda x: text.find(x[1])):
+        head, _, rest = rest.partition(mark)
+        if head:
+            ids += tokenizer(head, add_special_tokens=False)["input_ids"]
+        content = messages[i]["content"]
+        if content:
+            ids += tokenizer(content, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        if i == last_user:
+            end = len(ids) - 1
+    if rest:
+        ids += tokenizer(rest, add_special_tokens=False)["input_ids"]
+    ids = list(ids)
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is not None and getattr(tokenizer, "add_bos_token", False) and (not ids or ids[0] != bos):
+        ids, end = [bos, *ids], end + 1
+    return ids, end if end >= 0 else len(ids) - 1
+
+
 def encode_messages_with_end(
-    tokenizer: Any, messages: Sequence[dict[str, str]], system: str | None = None
+    tokenizer: Any,
+    messages: Sequence[dict[str, str]],
+    system: str | None = None,
+    *,
+    parse_special: bool = True,
 ) -> tuple[list[int], int]:
     """Token ids of the formatted conversation and the index of the last token of the LAST
     user message's text (where the classifier reads). For a single user message this is
-    ``encode_chat_with_end``."""
+    ``encode_chat_with_end``.
+
+    ``parse_special=False`` keeps special-token text inside message contents (e.g. a user
+    writing ``<|im_end|>``) as plain text instead of control tokens, so content cannot forge
+    turns; contents without such text are tokenized exactly as with ``parse_special=True``.
+    """
+    if not parse_special:
+        specials = special_token_texts(tokenizer)
+        if any(s in m["content"] for m in messages for s in specials):
+            return _encode_content_as_text(tokenizer, messages, system)
     text = format_messages(tokenizer, messages, system)
     ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     shift = 0

@@ -7,19 +7,22 @@ import copy
 import hmac
 import json
 import logging
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ..decode import FINISH_CANCELLED, RowSettings
 from ..errors import ScansError
 from ..prompts import context_length, encode_messages_with_end
-from .batcher import Batcher, Job, QueueFull
+from .batcher import Batcher, Job, QueueFull, ShuttingDown
 from .config import ServeConfig
 from .metrics import Metrics
 from .protocol import (
@@ -31,6 +34,7 @@ from .protocol import (
     completion_id,
     error_body,
     parse_chat_request,
+    parse_json_body,
     scans_field,
     scans_headers,
 )
@@ -39,11 +43,52 @@ log = logging.getLogger("scans.serve")
 ENDPOINTS = ("/v1/chat/completions", "/v1/models", "/health", "/metrics")
 
 
+class Drain:
+    """Graceful shutdown: ``begin`` (thread-safe, from a signal handler) makes new chat
+    requests get 503, lets accepted ones finish for up to ``timeout`` seconds, then fails
+    the rest (``ShuttingDown``: an OpenAI error body, or an error event and ``[DONE]``) and
+    calls ``on_done`` once no chat request is in flight."""
+
+    def __init__(self, batcher: Batcher, timeout: float) -> None:
+        self.batcher, self.timeout = batcher, timeout
+        self.draining = False
+        self.in_flight = 0  # chat requests being answered (counted by _StatusMiddleware)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task | None = None
+
+    def begin(self, on_done: Callable[[], None]) -> None:
+        if self.loop is None:
+            on_done()
+            return
+        self.loop.call_soon_threadsafe(self._start, on_done)
+
+    def _start(self, on_done: Callable[[], None]) -> None:
+        if not self.draining:
+            self.draining = True
+            log.warning(
+                "draining: finishing accepted requests (at most %g s), refusing new ones", self.timeout
+            )
+            self._task = asyncio.ensure_future(self._run(on_done))
+
+    async def _run(self, on_done: Callable[[], None]) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        while (self.in_flight or self.batcher.busy) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self.in_flight or self.batcher.busy:
+            self.batcher.abort(ShuttingDown(
+                f"the server is shutting down and the request did not finish within {self.timeout:g} s"))  # fmt: skip
+            end = loop.time() + 5
+            while self.in_flight and loop.time() < end:
+                await asyncio.sleep(0.05)
+        on_done()
+
+
 class _StatusMiddleware:
     """Counts every response by endpoint and status; chat latency until the last byte."""
 
-    def __init__(self, app: Any, metrics: Metrics) -> None:
-        self.app, self.metrics = app, metrics
+    def __init__(self, app: Any, metrics: Metrics, drain: Drain) -> None:
+        self.app, self.metrics, self.drain = app, metrics, drain
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -62,9 +107,12 @@ class _StatusMiddleware:
                 if endpoint == "/v1/chat/completions" and status["code"] == 200:
                     self.metrics.latency.observe(time.perf_counter() - start)
 
+        chat = endpoint == "/v1/chat/completions"
+        self.drain.in_flight += chat
         try:
             await self.app(scope, receive, wrapped)
         finally:
+            self.drain.in_flight -= chat
             self.metrics.requests.labels(endpoint, str(status["code"])).inc()
 
 
@@ -80,24 +128,30 @@ def create_app(scans: Any, config: ServeConfig | None = None) -> FastAPI:
     # the vllm backend has no torch model here: its engine's max_model_len is the context
     context = getattr(scans, "max_model_len", None) or context_length(scans.model) or 1 << 30
     limits = Limits(max_tokens_limit=config.max_tokens_limit, default_max_tokens=config.default_max_tokens)
-    front_tokenizer = copy.deepcopy(scans.tokenizer)  # the worker owns scans.tokenizer
+    # the worker owns scans.tokenizer; each tokenizer thread has its own copy
+    base_tokenizer = copy.deepcopy(scans.tokenizer)
+    local = threading.local()
+    pool = ThreadPoolExecutor(config.tokenizer_threads, thread_name_prefix="scans-tokenize")
     batcher = Batcher(scans, max_batch_size=config.max_batch_size, max_queue=config.max_queue,
-                      window_s=config.batch_window_ms / 1000)  # fmt: skip
+                      window_s=config.batch_window_ms / 1000, mode=config.batching)  # fmt: skip
     metrics = Metrics(lambda: batcher.depth, lambda: batcher.running)
     batcher.on_batch, batcher.on_forward = metrics.batch_size.observe, metrics.forward
+    drain = Drain(batcher, config.drain_timeout_s)
     created = int(time.time())
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        drain.loop = asyncio.get_running_loop()
         batcher.start()
         try:
             yield
         finally:
             batcher.stop()
+            pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="scans", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.batcher, app.state.metrics, app.state.config = batcher, metrics, config
-    app.add_middleware(_StatusMiddleware, metrics=metrics)
+    app.state.batcher, app.state.metrics, app.state.config, app.state.drain = batcher, metrics, config, drain
+    app.add_middleware(_StatusMiddleware, metrics=metrics, drain=drain)
 
     @app.exception_handler(APIError)
     async def _api_error(_request: Request, exc: APIError) -> JSONResponse:
@@ -116,35 +170,56 @@ def create_app(scans: Any, config: ServeConfig | None = None) -> FastAPI:
             error_body(f"internal error: {type(exc).__name__}", "server_error"), status_code=500
         )
 
-    def check_auth(request: Request) -> None:
+    def authorized(request: Request) -> bool:
         if config.api_key is None:
-            return
+            return True
         header = request.headers.get("authorization", "")
         token = header[7:].strip() if header[:7].lower() == "bearer " else ""
-        if not hmac.compare_digest(token.encode(), config.api_key.encode()):
+        return hmac.compare_digest(token.encode(), config.api_key.encode())
+
+    def check_auth(request: Request) -> None:
+        if not authorized(request):
             raise APIError(401, "missing or wrong API key; pass it as 'Authorization: Bearer KEY'",
                            type="invalid_request_error", code="invalid_api_key")  # fmt: skip
 
-    async def read_body(request: Request) -> Any:
+    async def read_body(request: Request) -> bytes:
+        """The body, at most ``max_body_bytes`` (413), within ``body_timeout_s`` (408)."""
         length = request.headers.get("content-length")
         too_big = APIError(413, f"request body is larger than {config.max_body_bytes} bytes",
                            code="request_too_large")  # fmt: skip
         if length is not None and length.isdigit() and int(length) > config.max_body_bytes:
             raise too_big
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > config.max_body_bytes:
-                raise too_big
-            chunks.append(chunk)
+
+        async def read() -> None:
+            nonlocal size
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > config.max_body_bytes:
+                    raise too_big
+                chunks.append(chunk)
+
         try:
-            return json.loads(b"".join(chunks))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise APIError(400, f"could not parse the JSON body: {exc}", code="invalid_json") from None
+            await asyncio.wait_for(read(), config.body_timeout_s)
+        except asyncio.TimeoutError:
+            raise APIError(408, f"the request body did not arrive within {config.body_timeout_s:g} s",
+                           code="request_timeout", headers={"Connection": "close"}) from None  # fmt: skip
+        return b"".join(chunks)
+
+    async def off_loop(fn: Callable[..., Any], *args: Any) -> Any:
+        """Run CPU work (JSON decoding, tokenization) in the tokenizer threads."""
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+    def tokenizer() -> Any:
+        tok = getattr(local, "tokenizer", None)
+        if tok is None:
+            tok = local.tokenizer = copy.deepcopy(base_tokenizer)
+        return tok
 
     def encode(req: ChatRequest) -> tuple[list[int], int]:
         try:
-            ids, end = encode_messages_with_end(front_tokenizer, req.messages, profile.system)
+            ids, end = encode_messages_with_end(tokenizer(), req.messages, profile.system,
+                                                parse_special=config.allow_special_tokens)  # fmt: skip
         except ScansError as exc:
             raise APIError(400, str(exc).split("; fix:")[0], param="messages", code="invalid_value") from None
         limit = min(config.max_prompt_tokens, context - 1)
@@ -179,6 +254,14 @@ def create_app(scans: Any, config: ServeConfig | None = None) -> FastAPI:
             return "gone", None
         return "timeout", None
 
+    def job_error(exc: BaseException) -> APIError:
+        if isinstance(exc, ShuttingDown):
+            return APIError(503, str(exc) or "the server is shutting down", type="server_error",
+                            code="server_shutting_down", headers={"Retry-After": str(config.retry_after_s)})  # fmt: skip
+        detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+        return APIError(500, f"generation failed: {type(exc).__name__}" + (f": {detail}" if detail else ""),
+                        type="server_error", code="generation_failed")  # fmt: skip
+
     def timeout_error() -> APIError:
         return APIError(504, f"the request did not finish within {config.request_timeout_s:g} s",
                         type="timeout_error", code="timeout")  # fmt: skip
@@ -189,16 +272,16 @@ def create_app(scans: Any, config: ServeConfig | None = None) -> FastAPI:
         metrics.verdicts.labels(info["decision"], str(info["steered"]).lower()).inc()
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {
-            "status": "ok",
-            "model": model_name,
-            "queue_depth": batcher.depth,
-            "running_rows": batcher.running,
-        }
+    async def health(request: Request) -> JSONResponse:
+        body: dict[str, Any] = {"status": "draining" if drain.draining else "ok"}
+        if config.metrics_public or authorized(request):
+            body.update(model=model_name, queue_depth=batcher.depth, running_rows=batcher.running)
+        return JSONResponse(body, status_code=503 if drain.draining else 200)
 
     @app.get("/metrics")
-    async def metrics_endpoint() -> Response:
+    async def metrics_endpoint(request: Request) -> Response:
+        if not config.metrics_public:
+            check_auth(request)
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/v1/models")
@@ -210,8 +293,16 @@ def create_app(scans: Any, config: ServeConfig | None = None) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         check_auth(request)
-        req = parse_chat_request(await read_body(request), limits)
-        ids, end = encode(req)
+        if drain.draining:
+            raise APIError(503, "the server is shutting down; retry on another instance or later",
+                           type="server_error", code="server_shutting_down",
+                           headers={"Retry-After": str(config.retry_after_s)})  # fmt: skip
+        try:
+            raw = await read_body(request)
+        except ClientDisconnect:
+            return Response(status_code=499)  # nobody to answer; counted, not logged
+        req = parse_chat_request(await off_loop(parse_json_body, raw), limits)
+        ids, end = await off_loop(encode, req)
         max_tokens = req.max_tokens or max(1, min(limits.default_max_tokens, context - len(ids)))
         settings = RowSettings(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
                                seed=req.seed, stop=req.stop)  # fmt: skip
@@ -219,6 +310,8 @@ def create_app(scans: Any, config: ServeConfig | None = None) -> FastAPI:
         job = Job((ids, end), req.messages[-1]["content"], settings, req.steer, req.stream, loop)
         try:
             batcher.submit(job)
+        except ShuttingDown as exc:
+            raise job_error(exc) from None
         except QueueFull:
             metrics.rejected.inc()
             raise APIError(429, f"the server's queue is full ({config.max_queue} waiting); retry later",
@@ -235,7 +328,7 @@ def create_app(scans: Any, config: ServeConfig | None = None) -> FastAPI:
             if kind == "timeout":
                 raise timeout_error()
             if kind == "error":
-                raise APIError(500, f"generation failed: {type(payload).__name__}", type="server_error")
+                raise job_error(payload)
             return None if kind == "gone" else payload
 
         try:
@@ -296,11 +389,7 @@ def create_app(scans: Any, config: ServeConfig | None = None) -> FastAPI:
                         return
                     if kind == "gone":
                         return
-                    err = (
-                        timeout_error()
-                        if kind == "timeout"
-                        else APIError(500, "generation failed", type="server_error")
-                    )
+                    err = timeout_error() if kind == "timeout" else job_error(payload)
                     yield sse(err.body())
                     yield "data: [DONE]\n\n"
                     return
@@ -315,9 +404,72 @@ def create_app(scans: Any, config: ServeConfig | None = None) -> FastAPI:
     return app
 
 
-def run_server(scans: Any, config: ServeConfig, log_level: str = "info") -> None:
-    """Serve until interrupted (uvicorn, one process, one model worker thread)."""
+def _protocol(header_timeout: float) -> type:
+    """uvicorn's h11 protocol with a deadline for each request's headers: a connection that
+    opens and sends nothing, or sends headers too slowly, is closed after ``header_timeout``."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11Protocol(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._head_timer = self.loop.call_later(header_timeout, self._head_timeout)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timeout(self) -> None:
+            self._head_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return GuardedH11Protocol
+
+
+def make_server(app: FastAPI, config: ServeConfig, log_level: str = "info") -> Any:
+    """The uvicorn server for ``app``: header/keep-alive timeouts, a connection limit, and a
+    first SIGTERM/SIGINT that drains (``Drain``) before exiting; a second one exits at once."""
     import uvicorn
 
-    app = create_app(scans, config)
-    uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, timeout_graceful_shutdown=5)
+    class DrainingServer(uvicorn.Server):
+        drain_requested = False
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            drain: Drain = app.state.drain
+            if self.drain_requested or self.should_exit or drain.timeout <= 0:
+                super().handle_exit(sig, frame)
+                return
+            self.drain_requested = True
+            drain.begin(lambda: setattr(self, "should_exit", True))
+
+    uv_config = uvicorn.Config(app, host=config.host, port=config.port, log_level=log_level,
+                               http=_protocol(config.header_timeout_s), timeout_keep_alive=config.keep_alive_s,
+                               limit_concurrency=config.max_connections, timeout_graceful_shutdown=5)  # fmt: skip
+    return DrainingServer(uv_config)
+
+
+def run_server(scans: Any, config: ServeConfig, log_level: str = "info") -> None:
+    """Serve until interrupted (uvicorn, one process, one model worker thread)."""
+    make_server(create_app(scans, config), config, log_level).run()

@@ -1,11 +1,21 @@
-"""Dynamic batching: a bounded queue of jobs and one worker thread that owns the model.
+"""Batching: a bounded queue of jobs and one worker thread that owns the model.
 
-The asyncio front end submits ``Job``s; the worker collects what is waiting (up to
-``max_batch_size``, waiting at most ``window_s`` for more), runs the batch through
-``chat_batch`` (one prefill, per-row verdict and sign, left padding) and posts events
-back to each job's asyncio queue: ``("verdict", info)``, ``("delta", text)``,
-``("done", ChatResult)`` or ``("error", exception)``. A cancelled job (timeout, client
-gone) leaves the queue at once, or the running batch at its next decoding step.
+The asyncio front end submits ``Job``s; the worker posts events back to each job's
+asyncio queue: ``("verdict", (verdict, sign))``, ``("delta", text)``, ``("done", ChatResult)``
+or ``("error", exception)``. Two modes:
+
+- ``continuous`` (transformers backend): iteration-level batching. Before every decoding
+  step, waiting jobs (up to ``max_batch_size`` rows in all) are prefilled together,
+  classified and join the running ``DecodeBatch`` with their own sign and settings;
+  finished rows leave after every step.
+- ``closed``: waiting jobs are collected (up to ``max_batch_size``, waiting at most
+  ``window_s`` for more) and run to the end as one batch before the next one starts. The
+  vLLM backend always runs this way (its engine schedules continuously itself).
+
+The queue bound (``max_queue``) counts jobs not yet in a batch; it does not limit the batch.
+A cancelled job (timeout, client gone) leaves the queue at once, or the running batch at
+its next decoding step. An error in one row fails that job only; an error in a forward pass
+fails the rows of that pass.
 """
 
 from __future__ import annotations
@@ -21,16 +31,30 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..decode import RowSettings, chat_batch
+from ..decode import (
+    FINISH_ERROR,
+    ChatResult,
+    DecodeBatch,
+    RowSettings,
+    can_join,
+    chat_batch,
+    prepare_batch,
+    row_result,
+)
 
 log = logging.getLogger("scans.serve")
+MODES = ("continuous", "closed")
 
 
 class QueueFull(Exception):
     """The queue holds ``max_queue`` waiting requests."""
 
 
-@dataclass
+class ShuttingDown(Exception):
+    """The server stopped before the request finished (drain timeout or shutdown)."""
+
+
+@dataclass(eq=False)
 class Job:
     """One request's work and its way back to the event loop."""
 
@@ -67,6 +91,7 @@ class BatchStats:
     rows: int = 0
     forwards: int = 0
     forward_rows: int = 0
+    joins: int = 0  # admissions into a batch that was already decoding (continuous mode)
 
 
 class Batcher:
@@ -79,32 +104,49 @@ class Batcher:
         max_batch_size: int = 16,
         max_queue: int = 256,
         window_s: float = 0.01,
+        mode: str = "continuous",
         on_batch: Callable[[int], None] | None = None,
         on_forward: Callable[[int], None] | None = None,
     ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"batching mode {mode!r}; use one of {', '.join(MODES)}")
         self.scans = scans
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
         self.window_s = window_s
+        vllm = getattr(scans, "backend", "") == "vllm"
+        self.mode = "closed" if vllm else mode
         self.on_batch = on_batch
         self.on_forward = on_forward
         self.stats = BatchStats()
         self.running = 0  # rows in the batch being decoded
         self._pending: deque[Job] = deque()
+        self._active: set[Job] = set()  # taken from the queue, not finished
         self._cond = threading.Condition()
         self._paused = False
         self._stopping = False
+        self._forming = False  # closed mode: collecting a batch (its window is open)
+        self._no_join = False  # the model's KV cache cannot be merged: continuous runs closed
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ front end
     def submit(self, job: Job) -> None:
         """Queue a job; raises ``QueueFull`` when ``max_queue`` requests are waiting."""
         with self._cond:
+            if self._stopping:
+                raise ShuttingDown
             self._purge()
-            if len(self._pending) >= self.max_queue:
+            if len(self._pending) >= self.max_queue + self._room():
                 raise QueueFull
             self._pending.append(job)
             self._cond.notify_all()
+
+    def _room(self) -> int:
+        """Rows the worker will take without waiting for a batch to end (lock held): waiting
+        jobs up to this many are about to start and do not count against ``max_queue``."""
+        if self._paused or ((self.mode == "closed" or self._no_join) and not self._forming):
+            return 0
+        return max(0, self.max_batch_size - len(self._active))
 
     def wake(self) -> None:
         """Re-check the queue (after a cancellation, so the slot frees at once)."""
@@ -118,8 +160,14 @@ class Batcher:
         with self._cond:
             return sum(1 for j in self._pending if not j.cancelled)
 
+    @property
+    def busy(self) -> bool:
+        """Whether any job is waiting or running."""
+        with self._cond:
+            return bool(self._active) or any(not j.cancelled for j in self._pending)
+
     def pause(self) -> None:
-        """Stop taking new batches (the running one finishes); for maintenance and tests."""
+        """Stop taking new jobs (running rows go on); for maintenance and tests."""
         with self._cond:
             self._paused = True
 
@@ -132,13 +180,19 @@ class Batcher:
         self._thread = threading.Thread(target=self._work, name="scans-batcher", daemon=True)
         self._thread.start()
 
+    def abort(self, exc: BaseException) -> None:
+        """Fail every waiting and running job with ``exc`` (running rows leave at their next step)."""
+        with self._cond:
+            for job in [*self._pending, *self._active]:
+                job.post("error", exc)
+                job.cancel()
+            self._pending.clear()
+            self._cond.notify_all()
+
     def stop(self, timeout: float = 10.0) -> None:
         with self._cond:
             self._stopping = True
-            for job in self._pending:
-                job.post("error", RuntimeError("server shutting down"))
-            self._pending.clear()
-            self._cond.notify_all()
+        self.abort(ShuttingDown("server shutting down"))
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -147,78 +201,193 @@ class Batcher:
         if any(j.cancelled for j in self._pending):
             self._pending = deque(j for j in self._pending if not j.cancelled)
 
-    def _collect(self) -> list[Job] | None:
+    def _take(self, room: int) -> list[Job]:
+        """Up to ``room`` waiting jobs, now counted as active (call with the lock held)."""
+        jobs = []
+        while self._pending and len(jobs) < room:
+            job = self._pending.popleft()
+            if not job.cancelled:
+                jobs.append(job)
+        self._active.update(jobs)
+        return jobs
+
+    def _collect(self, running: int) -> list[Job] | None:
+        """Jobs to start: with nothing running, wait for one and up to ``window_s`` for
+        more (moving them out of the queue as they come); else whatever is waiting now."""
         with self._cond:
-            while not self._stopping and (self._paused or not self._pending):
+            self._forming = not running
+            while not self._stopping and not running and (self._paused or not self._pending):
                 self._cond.wait()
                 self._purge()
             if self._stopping:
                 return None
+            if self._paused or (running and self._no_join):
+                return []
+            room = self.max_batch_size - running
+            jobs = self._take(room)
+            if running:
+                return jobs
             deadline = time.monotonic() + self.window_s
-            while len(self._pending) < self.max_batch_size and not self._stopping:
+            while len(jobs) < room and not self._stopping:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(left)
-                self._purge()
-            jobs = []
-            while self._pending and len(jobs) < self.max_batch_size:
-                job = self._pending.popleft()
-                if not job.cancelled:
-                    jobs.append(job)
+                jobs += self._take(room - len(jobs))
+            self._forming = False
             return jobs
 
-    def _work(self) -> None:
-        while True:
-            jobs = self._collect()
-            if jobs is None:
-                return
-            if jobs:
-                self._run(jobs)
+    def _done(self, job: Job, kind: str, payload: Any) -> None:
+        with self._cond:
+            self._active.discard(job)
+        job.post(kind, payload)
 
-    def _run(self, jobs: list[Job]) -> None:
-        settings = []
-        for job in jobs:
-            on_text = (lambda text, job=job: job.post("delta", text)) if job.stream else None
-            settings.append(
-                dataclasses.replace(job.settings, on_text=on_text, cancelled=lambda job=job: job.cancelled)
-            )
+    def _settings(self, job: Job) -> RowSettings:
+        on_text = (lambda text: job.post("delta", text)) if job.stream else None
+        return dataclasses.replace(job.settings, on_text=on_text, cancelled=lambda: job.cancelled)
 
-        def on_verdicts(verdicts: list[Any], signs: list[int]) -> None:
-            for job, verdict, sign in zip(jobs, verdicts, signs):
-                job.post("verdict", (verdict, sign))
+    def _forward(self, rows: int) -> None:
+        self.stats.forwards += 1
+        self.stats.forward_rows += rows
+        self.running = rows
+        if self.on_forward is not None:
+            self.on_forward(rows)
 
-        def on_forward(rows: int) -> None:
-            self.stats.forwards += 1
-            self.stats.forward_rows += rows
-            self.running = rows
-            if self.on_forward is not None:
-                self.on_forward(rows)
-
+    def _count_batch(self, jobs: list[Job]) -> None:
         self.stats.batches += 1
         self.stats.rows += len(jobs)
         if self.on_batch is not None:
             self.on_batch(len(jobs))
+
+    def _work(self) -> None:
+        while True:
+            try:
+                if self.mode == "continuous":
+                    self._work_continuous()
+                    return
+                while True:
+                    jobs = self._collect(0)
+                    if jobs is None:
+                        return
+                    if jobs:
+                        self._run_closed(jobs)
+            except Exception as exc:  # a bug in the worker: fail what it holds, keep serving
+                log.exception("batch worker failed")
+                with self._cond:
+                    held = list(self._active)
+                    self._active.clear()
+                for job in held:
+                    job.post("error", exc)
+                    job.cancel()
+                self.running = 0
+
+    # closed batches
+    def _run_closed(self, jobs: list[Job]) -> None:
+        def on_verdicts(verdicts: list[Any], signs: list[int]) -> None:
+            for job, verdict, sign in zip(jobs, verdicts, signs):
+                job.post("verdict", (verdict, sign))
+
+        self._count_batch(jobs)
+        kwargs: dict[str, Any] = {}
         # the vllm backend (scans.backends.vllm.VLLMScans) runs the batch in its engine
         if getattr(self.scans, "backend", "") == "vllm":
             run_batch = self.scans.chat_batch
         else:
             run_batch = functools.partial(chat_batch, self.scans)
+            kwargs["isolate_errors"] = True
         try:
             results = run_batch(
                 [j.encoded for j in jobs],
-                settings,
+                [self._settings(j) for j in jobs],
                 steer_rows=[j.steer for j in jobs],
                 labels=[j.label for j in jobs],
                 on_verdicts=on_verdicts,
-                on_forward=on_forward,
+                on_forward=self._forward,
+                **kwargs,
             )
         except Exception as exc:  # the worker survives; every job of the batch gets the error
-            log.exception("batch of %d failed", len(jobs))
+            log.error("batch of %d failed: %s: %s", len(jobs), type(exc).__name__, exc)
             for job in jobs:
-                job.post("error", exc)
+                self._done(job, "error", exc)
         else:
             for job, result in zip(jobs, results):
-                job.post("done", result)
+                self._finish(job, result)
         finally:
             self.running = 0
+
+    def _finish(self, job: Job, result: Any) -> None:
+        if result.result.finish_reason == FINISH_ERROR:
+            error = result.result.error
+            log.error("request failed: %s: %s", type(error).__name__, error)
+            self._done(job, "error", error)
+        else:
+            self._done(job, "done", result)
+
+    # continuous batching
+    def _admit(self, jobs: list[Job], batch: DecodeBatch, owners: dict[int, tuple[Job, Any, int]]) -> None:
+        """Prefill and classify ``jobs`` together and add them to ``batch``; if that fails,
+        each job alone, so that one bad request fails only itself."""
+        groups = [jobs]
+        while groups:
+            group = groups.pop()
+            encoded = [j.encoded for j in group]
+            try:
+                prepared = prepare_batch(self.scans, encoded, steer_rows=[j.steer for j in group],
+                                         labels=[j.label for j in group], on_forward=self._forward)  # fmt: skip
+            except Exception as exc:
+                if len(group) > 1:
+                    groups += [[j] for j in group]
+                    continue
+                log.error("request failed: %s: %s", type(exc).__name__, exc)
+                self._done(group[0], "error", exc)
+                continue
+            if not can_join(prepared.pre.cache):
+                # e.g. sliding-window caches: rows cannot join a running batch, so batches run
+                # closed from now on; a group that was to join waits for the batch to end
+                if not self._no_join:
+                    log.warning("this model's KV cache cannot be merged: batching runs closed")
+                    self._no_join = True
+                if len(batch):
+                    with self._cond:
+                        self._active.difference_update(group)
+                        self._pending.extendleft(reversed(group))
+                    continue
+            self._count_batch(group)
+            self.stats.joins += bool(len(batch))
+            for job, verdict, sign in zip(group, prepared.verdicts, prepared.signs):
+                job.post("verdict", (verdict, sign))
+            rows = batch.add(
+                prepared.pre, [self._settings(j) for j in group], prepared.plan, copy_cache=False
+            )
+            for job, row, verdict, sign in zip(group, rows, prepared.verdicts, prepared.signs):
+                owners[id(row)] = (job, verdict, sign)
+                if row.finish is not None:  # finished without a step (max_tokens < 1)
+                    self._leave(row, owners)
+
+    def _leave(self, row: Any, owners: dict[int, tuple[Job, Any, int]]) -> None:
+        job, verdict, sign = owners.pop(id(row))
+        self._finish(job, ChatResult(verdict, sign != 0, sign, len(job.encoded[0]), row_result(row)))
+
+    def _work_continuous(self) -> None:
+        batch = DecodeBatch(self.scans.model, self.scans.tokenizer, on_forward=self._forward)
+        owners: dict[int, tuple[Job, Any, int]] = {}
+        while True:
+            jobs = self._collect(len(batch))
+            if jobs is None:
+                return
+            if jobs:
+                self._admit(jobs, batch, owners)
+            if not len(batch):
+                self.running = 0
+                continue
+            try:
+                gone = batch.step()
+            except Exception as exc:  # a forward pass failed: its rows fail, the worker goes on
+                log.error("decoding step of %d rows failed: %s: %s", len(batch), type(exc).__name__, exc)
+                for row in batch.rows:
+                    row.finish, row.error = FINISH_ERROR, exc
+                gone = list(batch.rows)
+                batch = DecodeBatch(self.scans.model, self.scans.tokenizer, on_forward=self._forward)
+            for row in gone:
+                self._leave(row, owners)
+            self.running = len(batch)

@@ -23,3 +23,12 @@ class ServeConfig:
     request_timeout_s: float = 300.0
     retry_after_s: int = 1
     served_model_name: str | None = None
+    batching: str = "continuous"  # or "closed" (the vLLM backend schedules in its engine)
+    drain_timeout_s: float = 30.0
+    metrics_public: bool = False
+    allow_special_tokens: bool = False
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keep_alive_s: float = 5.0
+    max_connections: int = 1024
+    tokenizer_threads: int = 2

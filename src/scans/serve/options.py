@@ -26,10 +26,25 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         "--api-key", default=None, help=f"require 'Authorization: Bearer KEY' (or env {API_KEY_ENV})"
     )
     g.add_argument("--served-model-name", default=None, help="model id reported by /v1/models")
-    g.add_argument("--max-batch-size", type=int, default=d.max_batch_size, help="requests per batch")
-    g.add_argument("--max-queue", type=int, default=d.max_queue, help="waiting requests before 429")
+    g.add_argument("--max-batch-size", type=int, default=d.max_batch_size, help="rows decoded together")
+    g.add_argument("--max-queue", type=int, default=d.max_queue,
+                   help="requests waiting for a batch slot before 429 (independent of --max-batch-size)")  # fmt: skip
     g.add_argument("--batch-window-ms", type=float, default=d.batch_window_ms,
-                   help="how long a batch waits to fill up")  # fmt: skip
+                   help="how long an idle server waits for more requests to start a batch with")  # fmt: skip
+    g.add_argument("--batching", choices=("continuous", "closed"), default=d.batching,
+                   help="continuous: requests join the running batch at every step; closed: one batch at a time")  # fmt: skip
+    g.add_argument("--drain-timeout", type=float, default=d.drain_timeout_s,
+                   help="on SIGTERM/SIGINT, seconds to finish accepted requests before failing them")  # fmt: skip
+    g.add_argument("--metrics-public", action="store_true",
+                   help="serve /metrics and the /health details without the API key")  # fmt: skip
+    g.add_argument("--allow-special-tokens", action="store_true",
+                   help="parse special-token text in message contents as control tokens (default: plain text)")  # fmt: skip
+    g.add_argument("--header-timeout", type=float, default=d.header_timeout_s,
+                   help="seconds a connection may take to send a request's headers (idle ones included)")  # fmt: skip
+    g.add_argument("--body-timeout", type=float, default=d.body_timeout_s,
+                   help="seconds a client may take to send a request body (408 after)")  # fmt: skip
+    g.add_argument("--max-connections", type=int, default=d.max_connections,
+                   help="open connections before new requests get 503")  # fmt: skip
     g.add_argument("--max-prompt-tokens", type=int, default=d.max_prompt_tokens)
     g.add_argument(
         "--max-tokens-limit", type=int, default=d.max_tokens_limit, help="largest max_tokens accepted"
@@ -46,6 +61,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         ("--max-batch-size", args.max_batch_size), ("--max-queue", args.max_queue),
         ("--max-prompt-tokens", args.max_prompt_tokens), ("--max-tokens-limit", args.max_tokens_limit),
         ("--default-max-tokens", args.default_max_tokens), ("--max-body-bytes", args.max_body_bytes),
+        ("--max-connections", args.max_connections),
     ):  # fmt: skip
         if value < 1:
             raise ScansError(f"{flag} {value}; fix: pass a number of at least 1")
@@ -55,6 +71,10 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         raise ScansError(
             "--request-timeout must be > 0 and --batch-window-ms >= 0; fix: pass positive numbers"
         )
+    if args.drain_timeout < 0 or args.header_timeout <= 0 or args.body_timeout <= 0:
+        raise ScansError(
+            "--drain-timeout must be >= 0, --header-timeout and --body-timeout > 0; fix: pass positive numbers"
+        )
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     return ServeConfig(
         host=args.host, port=args.port, api_key=api_key, max_batch_size=args.max_batch_size,
@@ -62,7 +82,10 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         max_prompt_tokens=args.max_prompt_tokens, max_tokens_limit=args.max_tokens_limit,
         default_max_tokens=min(args.default_max_tokens, args.max_tokens_limit),
         max_body_bytes=args.max_body_bytes, request_timeout_s=args.request_timeout,
-        served_model_name=args.served_model_name,
+        served_model_name=args.served_model_name, batching=args.batching, drain_timeout_s=args.drain_timeout,
+        metrics_public=args.metrics_public, allow_special_tokens=args.allow_special_tokens,
+        header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
+        max_connections=args.max_connections,
     )  # fmt: skip
 
 
@@ -113,7 +136,7 @@ def serve_main(args: argparse.Namespace, load: Callable[..., Any]) -> int:
 
     shown = "0.0.0.0" if config.host in ("", "0.0.0.0") else config.host
     print(f"scans serve: {config.served_model_name or scans.name} at http://{shown}:{config.port}/v1 "
-          f"(batch {config.max_batch_size}, queue {config.max_queue}, "
+          f"({config.batching} batching of {config.max_batch_size}, queue {config.max_queue}, "
           f"{'API key required' if config.api_key else 'no API key'})", flush=True)  # fmt: skip
     run_server(scans, config, log_level="warning" if args.quiet else "info")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import uuid
@@ -10,6 +11,19 @@ from typing import Any
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 MAX_STOP = 4
+# Temperatures below this are greedy: dividing logits by them overflows float32 (inf/nan).
+MIN_TEMPERATURE = 1e-5
+MAX_JSON_DEPTH = 32  # nesting of the request body (messages with text parts need 5)
+MAX_NUMBER_CHARS = 64  # longest number literal accepted in the body
+# OpenAI parameters accepted and ignored (they do not change what is generated) ...
+IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "prediction", "modalities",
+           "reasoning_effort", "web_search_options"}  # fmt: skip
+# ... accepted only with the value that means "off" (anything else is a 400)
+NEUTRAL = {"frequency_penalty": (0, 0.0), "presence_penalty": (0, 0.0), "logit_bias": ({},),
+           "top_logprobs": (0,), "response_format": ({"type": "text"},), "tool_choice": ("none",),
+           "function_call": ("none",), "tools": ([],), "functions": ([],), "logprobs": (False,)}  # fmt: skip
+KNOWN = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed",
+         "stream", "stream_options", "n", "scans"}  # fmt: skip
 
 
 class APIError(Exception):
@@ -35,6 +49,46 @@ class APIError(Exception):
 
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def _number_literal(text: str) -> Any:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise _bad(f"a number in the body has {len(text)} characters (at most {MAX_NUMBER_CHARS})", None,
+                   "invalid_json")  # fmt: skip
+    return int(text) if text.lstrip("-").isdigit() else float(text)
+
+
+def _no_constant(name: str) -> Any:
+    raise _bad(f"{name} is not valid JSON", None, "invalid_json")
+
+
+def _depth_ok(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return False
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return True
+
+
+def parse_json_body(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Decode a request body; raises ``APIError`` (400) for bad UTF-8 or JSON, NaN/Infinity,
+    number literals longer than ``MAX_NUMBER_CHARS`` and nesting deeper than ``max_depth``."""
+    try:
+        value = json.loads(raw, parse_int=_number_literal, parse_float=_number_literal,
+                           parse_constant=_no_constant)  # fmt: skip
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _bad(f"could not parse the JSON body: {exc}", None, "invalid_json") from None
+    except RecursionError:
+        raise _bad(f"the JSON body is nested deeper than {max_depth} levels", None, "invalid_json") from None
+    except ValueError as exc:  # e.g. a number Python refuses to convert
+        raise _bad(f"could not parse the JSON body: {exc}", None, "invalid_json") from None
+    if not _depth_ok(value, max_depth):
+        raise _bad(f"the JSON body is nested deeper than {max_depth} levels", None, "invalid_json")
+    return value
 
 
 @dataclass
@@ -163,6 +217,8 @@ def parse_chat_request(body: Any, limits: Limits) -> ChatRequest:
                 "max_tokens_too_large",
             )
     temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
+    if temperature < MIN_TEMPERATURE:
+        temperature = 0.0  # greedy
     top_p = _number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True)
     stop = body.get("stop")
     if stop is None:
@@ -195,10 +251,7 @@ def parse_chat_request(body: Any, limits: Limits) -> ChatRequest:
     n = body.get("n")
     if n is not None and (not _is_int(n) or n != 1):
         raise _bad("only n=1 is supported", "n", "invalid_value")
-    if body.get("logprobs") not in (None, False):
-        raise _bad("logprobs are not supported", "logprobs", "unsupported_parameter")
-    if body.get("tools") or body.get("functions"):
-        raise _bad("tools and functions are not supported", "tools", "unsupported_parameter")
+    _check_unsupported(body)
     return ChatRequest(
         messages=messages,
         max_tokens=max_tokens,
@@ -211,6 +264,20 @@ def parse_chat_request(body: Any, limits: Limits) -> ChatRequest:
         steer=_steer(body.get("scans")),
         model=model,
     )
+
+
+def _check_unsupported(body: dict[str, Any]) -> None:
+    """400 for parameters this server does not implement (silently ignoring them would change
+    what the caller gets without telling them); ``IGNORED`` ones and neutral values pass."""
+    for key, value in body.items():
+        if key in KNOWN or key in IGNORED or value is None:
+            continue
+        if key in NEUTRAL:
+            if any(value == ok and type(value) is type(ok) for ok in NEUTRAL[key]):
+                continue
+            raise _bad(f"'{key}' is not supported by this server (only {NEUTRAL[key][0]!r})", key,
+                       "unsupported_parameter")  # fmt: skip
+        raise _bad(f"unknown parameter '{key}'", key, "unsupported_parameter")
 
 
 def _steer(value: Any) -> bool:
