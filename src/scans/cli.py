@@ -443,11 +443,17 @@ def _prompts(args: argparse.Namespace) -> list[str]:
     return [args.prompt]
 
 
-def print_fit(profile: Any, seconds: float, path: Any) -> None:
+def print_fit(profile: Any, seconds: float | None, path: Any) -> None:
+    """The fit's summary; ``seconds`` None (``scans info``) reads the fit's recorded stage times."""
     c = profile.calibration
     extra = profile.extra
     print(f"profile: {path}")
-    print(f"model: {profile.model_name} (fingerprint {profile.fingerprint}), fit in {seconds:.0f} s")
+    if seconds is None:
+        stages = extra.get("timings_s") or {}
+        took = f", fit stages {sum(stages.values()):.0f} s" if stages else ""
+    else:
+        took = f", fit in {seconds:.0f} s"
+    print(f"model: {profile.model_name} (fingerprint {profile.fingerprint}){took}")
     print(
         f"steering layers: {profile.steer_layers[0]}-{profile.steer_layers[-1]} ({extra.get('layers_source')})"
     )
@@ -880,7 +886,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     scans = _load(args)
     p = scans.profile
-    print_fit(p, 0, getattr(args, "profile", None) or scans.default_profile_path)
+    print_fit(p, None, getattr(args, "profile", None) or scans.default_profile_path)
     print("\nlayer  norm    lens  band-effect  top tokens of the refusal vector (logit lens)")
     for e in p.layer_evidence:
         mark = "*" if e["layer"] in p.steer_layers else " "
