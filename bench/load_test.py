@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -156,6 +157,34 @@ async def wait_ready(url: str, proc: subprocess.Popen, log: str, seconds: float 
                 pass
             await asyncio.sleep(0.5)
     sys.exit("load_test: error: the server did not start in time")
+
+
+async def with_server(
+    args: argparse.Namespace,
+    phase: Phase,
+    label: str,
+    tag: str,
+    body: Callable[[str, subprocess.Popen], Awaitable[None]],
+    after: Callable[[subprocess.Popen], Awaitable[None]] | None = None,
+) -> None:
+    """One phase's server: start `scans serve`, wait until it is ready, run ``body(url, proc)``,
+    report the phase's statuses, run ``after(proc)`` if given, and always stop the server."""
+    port = _free_port()
+    log = os.path.join(tempfile.gettempdir(), f"scans-load-{tag}-{port}.log")
+    proc = start_server(args, phase, port, log)
+    try:
+        t0 = time.perf_counter()
+        url = f"http://127.0.0.1:{port}"
+        await wait_ready(url, proc, log)
+        print(
+            f"[{label}] server ready in {time.perf_counter() - t0:.1f} s (log {log}); running ...", flush=True
+        )
+        await body(url, proc)
+        print(f"[{label}] {phase.statuses} in {phase.seconds:.1f} s", flush=True)
+        if after is not None:
+            await after(proc)
+    finally:
+        stop_server(proc)
 
 
 async def run_phase(url: str, phase: Phase, args: argparse.Namespace) -> None:
@@ -405,20 +434,13 @@ async def main_async(args: argparse.Namespace) -> int:
         if not args.skip_serial:
             phases.append(Phase("one-at-a-time", 1, backend))
     for phase in phases:
-        port = _free_port()
-        log = os.path.join(tempfile.gettempdir(), f"scans-load-{phase.backend}-{phase.batch}-{port}.log")
-        proc = start_server(args, phase, port, log)
-        try:
-            t0 = time.perf_counter()
-            await wait_ready(f"http://127.0.0.1:{port}", proc, log)
-            print(
-                f"[{phase.backend} {phase.name}] server ready in {time.perf_counter() - t0:.1f} s (log {log}); running ...",
-                flush=True,
-            )
-            await run_phase(f"http://127.0.0.1:{port}", phase, args)
-            print(f"[{phase.backend} {phase.name}] {phase.statuses} in {phase.seconds:.1f} s", flush=True)
-        finally:
-            stop_server(proc)
+
+        async def load(url: str, proc: subprocess.Popen, phase: Phase = phase) -> None:
+            await run_phase(url, phase, args)
+
+        await with_server(
+            args, phase, f"{phase.backend} {phase.name}", f"{phase.backend}-{phase.batch}", load
+        )
     report(phases, args)
     errors = sum(n for p in phases for s, n in p.statuses.items() if s not in ("200", "429"))
     return 1 if errors else 0
@@ -430,24 +452,18 @@ async def main_mixed(args: argparse.Namespace) -> int:
     if args.drain_after is not None:
         phases.append(Phase("drain", args.max_batch_size, batching="continuous"))
     for phase in phases:
-        port = _free_port()
-        log = os.path.join(tempfile.gettempdir(), f"scans-load-{phase.name}-{phase.batching}-{port}.log")
-        proc = start_server(args, phase, port, log)
-        try:
-            t0 = time.perf_counter()
-            await wait_ready(f"http://127.0.0.1:{port}", proc, log)
-            print(f"[{phase.name} {phase.batching}] server ready in {time.perf_counter() - t0:.1f} s (log {log}); "
-                  "running ...", flush=True)  # fmt: skip
-            await run_mixed_phase(f"http://127.0.0.1:{port}", phase, args, proc)
-            print(f"[{phase.name} {phase.batching}] {phase.statuses} in {phase.seconds:.1f} s", flush=True)
-            if phase.name == "drain":
-                try:
-                    phase_exit = proc.wait(args.drain_timeout + 30)
-                    print(f"[drain] server exited with {phase_exit}", flush=True)
-                except subprocess.TimeoutExpired:
-                    print("[drain] server did not exit after the drain", flush=True)
-        finally:
-            stop_server(proc)
+
+        async def load(url: str, proc: subprocess.Popen, phase: Phase = phase) -> None:
+            await run_mixed_phase(url, phase, args, proc)
+
+        async def drained(proc: subprocess.Popen) -> None:
+            try:
+                print(f"[drain] server exited with {proc.wait(args.drain_timeout + 30)}", flush=True)
+            except subprocess.TimeoutExpired:
+                print("[drain] server did not exit after the drain", flush=True)
+
+        label, tag = f"{phase.name} {phase.batching}", f"{phase.name}-{phase.batching}"
+        await with_server(args, phase, label, tag, load, drained if phase.name == "drain" else None)
     report_mixed(phases, args)
     bad = sum(p.valid_failed for p in phases if p.name == "load") + sum(p.malformed for p in phases)
     return 1 if bad else 0
