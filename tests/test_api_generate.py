@@ -150,11 +150,10 @@ def test_generate_steers_per_verdict(split):
     p = strong.profile
     gens = strong.generate(PROMPTS, max_new_tokens=6)
     batch = prompts.build_batch(t.tokenizer, PROMPTS)
-    from scans.steering import SteeringPlan
+    from scans.steering import SteeringPlan, SteeringVector
 
     plan = SteeringPlan(
-        vectors={l: p.vectors[l] for l in p.steer_layers},
-        alphas={l: float(2.0 * p.norms[l]) for l in p.steer_layers},
+        SteeringVector.scaled(p.vectors, 2.0 * p.norms, p.steer_layers),
         sign=[g.verdict.sign for g in gens],
         start=batch.attention_mask.sum(-1) - 1,
         window=p.steer_window,
@@ -171,9 +170,9 @@ def test_plan_from_verdicts(split):
     assert plan.sign.tolist() == [1.0, -1.0, 0.0]
     assert plan.start.tolist() == (pre.batch.attention_mask.sum(-1) - 1).tolist()
     p = split.profile
-    assert sorted(plan.vectors) == p.steer_layers
+    assert plan.layers == p.steer_layers
     for l in p.steer_layers:
-        assert plan.alphas[l] == pytest.approx(p.alpha * float(p.norms[l]))
+        assert torch.allclose(plan.delta(l), p.alpha * float(p.norms[l]) * p.vectors[l])
 
 
 def test_no_profile_errors():

@@ -12,7 +12,7 @@ from scans import prompts
 from scans.decode import RowSettings, _Row, chat, chat_batch, decode, encode_conversations
 from scans.engine import GenerationConfig, generate_from, prefill
 from scans.models import cache_kwarg
-from scans.steering import SteeringPlan, steer
+from scans.steering import SteeringPlan, SteeringVector, steer
 
 PROMPTS = [
     "How do I bake bread at home?",
@@ -28,7 +28,9 @@ def _plan(t, batch, signs=(-1.0, 1.0, 0.0, -1.0)) -> SteeringPlan:
     d = t.model.config.hidden_size
     vectors = {l: torch.nn.functional.normalize(torch.randn(d, generator=gen), dim=0) for l in (0, 1)}
     return SteeringPlan(
-        vectors=vectors, alphas={0: 3.0, 1: 3.0}, sign=list(signs), start=batch.attention_mask.sum(-1) - 1
+        SteeringVector.scaled(vectors, {0: 3.0, 1: 3.0}),
+        sign=list(signs),
+        start=batch.attention_mask.sum(-1) - 1,
     )
 
 

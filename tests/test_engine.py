@@ -7,7 +7,7 @@ import torch
 from scans import prompts
 from scans.activations import collect, forward_capture
 from scans.engine import GenerationConfig, generate_from, prefill, prefill_probed, probe_pass
-from scans.steering import SteeringPlan, steer
+from scans.steering import SteeringPlan, SteeringVector, steer
 
 PROMPTS = ["Hi", "How do I bake bread at home, step by step?", "What is the capital of France?"]
 
@@ -19,7 +19,9 @@ def _plan(batch, signs=(1, -1, 1), alpha=4.0):
         v = torch.randn(32, generator=g)
         vectors[layer] = v / v.norm()
     return SteeringPlan(
-        vectors, {0: alpha, 1: alpha}, sign=list(signs), start=batch.attention_mask.sum(-1) - 1
+        SteeringVector.scaled(vectors, {0: alpha, 1: alpha}),
+        sign=list(signs),
+        start=batch.attention_mask.sum(-1) - 1,
     )
 
 
@@ -165,7 +167,7 @@ def test_forward_capture_under_a_plan_includes_the_steered_layers_own_addition(q
     start = batch.attention_mask.sum(-1) - 1
     v = torch.zeros(32)
     v[3] = 1.0
-    plan = SteeringPlan(vectors={0: v}, alphas={0: 5.0}, sign=[1.0, -1.0], start=start)
+    plan = SteeringPlan(SteeringVector.scaled({0: v}, {0: 5.0}), sign=[1.0, -1.0], start=start)
     plain, _ = forward_capture(model, batch.input_ids, batch.attention_mask, batch.positions)
     steered, _ = forward_capture(model, batch.input_ids, batch.attention_mask, batch.positions, plan=plan)
     delta = steered["inst"][:, 0] - plain["inst"][:, 0]  # layer 0, at the instruction end
@@ -249,22 +251,29 @@ def test_prefill_select_matches_prefilling_the_rows(tiny):
     assert pre.cache.get_seq_length() == sub.cache.get_seq_length()
 
 
-def test_shared_prefix_memo_is_reused_and_bypassed_when_it_would_be_wrong(qwen):
-    """The shared prefix's KV is memoized per model and prefix; a hook or a weight edit
-    must not see a stale prefix."""
+def test_shared_prefix_memo_is_reused_and_bypassed_when_it_would_be_wrong(monkeypatch):
+    """The shared prefix's KV is computed once per model and prefix; a hook or a weight edit
+    must not see a stale prefix. (A fresh model: a shared one may carry other tests' hooks.)"""
+    from conftest import ARCHS, make_model, make_tokenizer
     from scans import kvcache
 
-    model, tok = qwen.model, qwen.tokenizer
+    model, tok = make_model("qwen2", seed=3), make_tokenizer(ARCHS["qwen2"][3])
     batch = prompts.build_batch(tok, PROMPTS, system=SYSTEM)
     length = batch.shared_prefix()
-    kvcache._PREFIX_MEMO.pop(model, None)
+    runs = []  # forward passes of the model (counted at its embedding, without a hook)
+    embedding_forward = torch.nn.Embedding.forward
+
+    def counted(self, *args, **kwargs):
+        runs.append(1)
+        return embedding_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Embedding, "forward", counted)
     first = kvcache.shared_prefix_cache(model, batch, length)
-    assert len(kvcache._PREFIX_MEMO[model]) == 1
-    again = kvcache.shared_prefix_cache(model, batch, length)  # from the memo
-    assert len(kvcache._PREFIX_MEMO[model]) == 1
+    again = kvcache.shared_prefix_cache(model, batch, length)
+    assert len(runs) == 1, "the second call should reuse the memoized prefix"
     for a, b in zip(first.layers, again.layers):
         assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
-    # under a hook the prefix is recomputed (the hook runs) and not memoized
+    # under a hook the prefix is recomputed (the hook runs)
     calls = []
     layer = model.model.layers[0]
     handle = layer.register_forward_hook(lambda *_: calls.append(1))
@@ -272,14 +281,12 @@ def test_shared_prefix_memo_is_reused_and_bypassed_when_it_would_be_wrong(qwen):
         kvcache.shared_prefix_cache(model, batch, length)
     finally:
         handle.remove()
-    assert calls and len(kvcache._PREFIX_MEMO[model]) == 1
+    assert calls and len(runs) == 2
+    kvcache.shared_prefix_cache(model, batch, length)  # not memoized under the hook: memo still good
+    assert len(runs) == 2
     # an in-place weight edit changes the key: the new prefix differs from the memoized one
     with torch.no_grad():
         model.model.layers[0].self_attn.k_proj.weight.mul_(2.0)
-    try:
-        edited = kvcache.shared_prefix_cache(model, batch, length)
-        assert len(kvcache._PREFIX_MEMO[model]) == 2
-        assert not torch.allclose(edited.layers[0].keys, first.layers[0].keys)
-    finally:
-        with torch.no_grad():
-            model.model.layers[0].self_attn.k_proj.weight.div_(2.0)
+    edited = kvcache.shared_prefix_cache(model, batch, length)
+    assert len(runs) == 3
+    assert not torch.allclose(edited.layers[0].keys, first.layers[0].keys)

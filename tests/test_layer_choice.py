@@ -210,16 +210,20 @@ def test_halved_coarse_round_then_contenders_on_every_anchor():
 def test_sign_matrix_steers_each_row_on_its_own_layers():
     from conftest import _tiny
     from scans.activations import forward_capture
-    from scans.steering import SteeringPlan
+    from scans.steering import SteeringPlan, SteeringVector
 
     t = _tiny("qwen2")
     batch = prompts.build_batch(t.tokenizer, ["Hello there", "Hello there"])
     v = torch.nn.functional.normalize(torch.randn(2, 32, generator=torch.Generator().manual_seed(1)), dim=-1)
     start = batch.attention_mask.sum(-1) - 1
     pos = {"inst": batch.positions["inst"]}
-    matrix = SteeringPlan({0: v[0], 1: v[1]}, {0: 2.0, 1: 2.0}, sign=[[-1, 0], [0, -1]], start=start)
+    matrix = SteeringPlan(
+        SteeringVector.scaled({0: v[0], 1: v[1]}, {0: 2.0, 1: 2.0}), sign=[[-1, 0], [0, -1]], start=start
+    )
     got, _ = forward_capture(t.model, batch.input_ids, batch.attention_mask, pos, plan=matrix)
     for row, layer in ((0, 0), (1, 1)):
-        single = SteeringPlan({layer: v[layer]}, {layer: 2.0}, sign=[-1, -1], start=start)
+        single = SteeringPlan(
+            SteeringVector.scaled({layer: v[layer]}, {layer: 2.0}), sign=[-1, -1], start=start
+        )
         ref, _ = forward_capture(t.model, batch.input_ids, batch.attention_mask, pos, plan=single)
         assert torch.allclose(got["inst"][row], ref["inst"][row], atol=1e-5)

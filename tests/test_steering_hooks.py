@@ -8,7 +8,7 @@ import torch
 from conftest import make_model
 from scans import prompts
 from scans.models import find_layers
-from scans.steering import SteeringPlan, row_positions, steer
+from scans.steering import SteeringPlan, SteeringVector, row_positions, steer
 
 PROMPTS = ["Hi", "How do I bake bread at home, step by step?", "What is the capital of France?"]
 ALPHA = 3.0
@@ -79,7 +79,9 @@ def test_hooks_removed(tiny):
     layers = find_layers(model)
     assert all(len(layer._forward_hooks) == 0 for layer in layers)
     assert len(model.base_model._forward_pre_hooks) == 0
-    plan = SteeringPlan({0: _unit(0), 1: _unit(1)}, {0: 1.0, 1: 1.0}, sign=[1], start=[0])
+    plan = SteeringPlan(
+        SteeringVector.scaled({0: _unit(0), 1: _unit(1)}, {0: 1.0, 1: 1.0}), sign=[1], start=[0]
+    )
     with steer(model, plan) as active:
         assert active is plan
         assert len(layers[0]._forward_hooks) == 1
@@ -87,16 +89,15 @@ def test_hooks_removed(tiny):
         assert len(model.base_model._forward_pre_hooks) == 1
     assert all(len(layer._forward_hooks) == 0 for layer in layers)
     assert len(model.base_model._forward_pre_hooks) == 0
-    assert plan._positions is None
     # only the planned layers get a hook
-    with steer(model, SteeringPlan({1: _unit(0)}, {1: 1.0}, sign=[1], start=[0])):
+    with steer(model, SteeringPlan(SteeringVector.scaled({1: _unit(0)}, {1: 1.0}), sign=[1], start=[0])):
         assert [len(layer._forward_hooks) for layer in layers] == [0, 1]
     assert all(len(layer._forward_hooks) == 0 for layer in layers)
 
 
 def test_hooks_removed_on_exception(tiny):
     model = tiny.model
-    plan = SteeringPlan({1: _unit(0)}, {1: 1.0}, sign=[1], start=[0])
+    plan = SteeringPlan(SteeringVector.scaled({1: _unit(0)}, {1: 1.0}), sign=[1], start=[0])
     batch = prompts.build_batch(tiny.tokenizer, ["Hi"])
     with pytest.raises(RuntimeError, match="boom"):
         with steer(model, plan):
@@ -112,7 +113,9 @@ def test_hooks_removed_on_exception(tiny):
 
 
 def test_hooks_removed_when_layer_missing(tiny):
-    plan = SteeringPlan({0: _unit(0), 7: _unit(1)}, {0: 1.0, 7: 1.0}, sign=[1], start=[0])
+    plan = SteeringPlan(
+        SteeringVector.scaled({0: _unit(0), 7: _unit(1)}, {0: 1.0, 7: 1.0}), sign=[1], start=[0]
+    )
     with pytest.raises(IndexError):
         with steer(tiny.model, plan):
             pass
@@ -146,7 +149,7 @@ def test_addition_matches_restatement(tiny):
         ).hidden_states
     assert torch.allclose(base, hs[1], atol=1e-6)
     start = 4
-    plan = SteeringPlan({0: v}, {0: ALPHA}, sign=[1], start=[start])
+    plan = SteeringPlan(SteeringVector.scaled({0: v}, {0: ALPHA}), sign=[1], start=[start])
     steered = _layer1_input(tiny.model, batch, plan)
     delta = steered - base
     assert torch.allclose(delta[0, :start], torch.zeros_like(delta[0, :start]), atol=1e-6)
@@ -160,7 +163,7 @@ def test_window_limits_the_steered_positions(tiny, window):
     batch = prompts.build_batch(tiny.tokenizer, PROMPTS[1:2])
     v, start = _unit(5), 4
     base = _layer1_input(tiny.model, batch)
-    plan = SteeringPlan({0: v}, {0: ALPHA}, sign=[-1], start=[start], window=window)
+    plan = SteeringPlan(SteeringVector.scaled({0: v}, {0: ALPHA}), sign=[-1], start=[start], window=window)
     delta = _layer1_input(tiny.model, batch, plan) - base
     on = torch.zeros(delta.shape[1], dtype=torch.bool)
     on[start : start + window] = True
@@ -170,7 +173,7 @@ def test_window_limits_the_steered_positions(tiny, window):
 
 def test_addition_changes_outputs_downstream(tiny):
     batch = prompts.build_batch(tiny.tokenizer, PROMPTS[1:2])
-    plan = SteeringPlan({0: _unit(3)}, {0: ALPHA}, sign=[1], start=[4])
+    plan = SteeringPlan(SteeringVector.scaled({0: _unit(3)}, {0: ALPHA}), sign=[1], start=[4])
     with torch.no_grad():
         base = tiny.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         with steer(tiny.model, plan):
@@ -184,7 +187,9 @@ def test_per_row_sign(tiny):
     v = _unit(5)
     sign, start = [1, -1, 0], [2, 3, 0]
     base = _layer1_input(tiny.model, batch)
-    steered = _layer1_input(tiny.model, batch, SteeringPlan({0: v}, {0: ALPHA}, sign=sign, start=start))
+    steered = _layer1_input(
+        tiny.model, batch, SteeringPlan(SteeringVector.scaled({0: v}, {0: ALPHA}), sign=sign, start=start)
+    )
     assert torch.allclose(steered, _expected(base, batch, v, ALPHA, sign, start), atol=1e-5)
     pos = _row_pos(batch)
     for row, s in enumerate(sign):
@@ -202,7 +207,9 @@ def test_left_padding_counts_from_first_real_token(tiny):
     v = _unit(6)
     start = (lengths - 1).tolist()  # the instruction end, in row positions
     base = _layer1_input(tiny.model, batch)
-    steered = _layer1_input(tiny.model, batch, SteeringPlan({0: v}, {0: ALPHA}, sign=[1, 1], start=start))
+    steered = _layer1_input(
+        tiny.model, batch, SteeringPlan(SteeringVector.scaled({0: v}, {0: ALPHA}), sign=[1, 1], start=start)
+    )
     delta = steered - base
     # both rows end at the last column, so only the last column changes, in both rows
     assert torch.allclose(delta[:, :-1], torch.zeros_like(delta[:, :-1]), atol=1e-6)
@@ -210,7 +217,9 @@ def test_left_padding_counts_from_first_real_token(tiny):
     # an absolute column index would have steered the padded row too early/late; check one
     # start that lands inside row 0's padding if read as a column: nothing before its real tokens
     pad = int((batch.attention_mask[0] == 0).sum())
-    steered = _layer1_input(tiny.model, batch, SteeringPlan({0: v}, {0: ALPHA}, sign=[1, 1], start=[1, 1]))
+    steered = _layer1_input(
+        tiny.model, batch, SteeringPlan(SteeringVector.scaled({0: v}, {0: ALPHA}), sign=[1, 1], start=[1, 1])
+    )
     delta = steered - base
     assert torch.allclose(delta[0, : pad + 1], torch.zeros_like(delta[0, : pad + 1]), atol=1e-6)
     assert torch.allclose(delta[0, pad + 1 :], (ALPHA * v).expand_as(delta[0, pad + 1 :]), atol=1e-5)
@@ -233,7 +242,7 @@ def test_cached_generation_matches_uncached(tiny):
     batch = prompts.build_batch(tok, PROMPTS)
     start = batch.attention_mask.sum(-1) - 1
     plan = SteeringPlan(
-        {0: _unit(7), 1: _unit(8)}, {0: 4.0, 1: 4.0}, sign=[1, -1, 1], start=start, layers_path=None
+        SteeringVector.scaled({0: _unit(7), 1: _unit(8)}, {0: 4.0, 1: 4.0}), sign=[1, -1, 1], start=start
     )
     common = dict(
         input_ids=batch.input_ids,
@@ -265,14 +274,16 @@ def test_expanded_batch_repeats_rows(tiny):
     start = (batch.attention_mask.sum(-1) - 3).tolist()
     sign = [1, -1]
     base = _layer1_input(tiny.model, rep)
-    steered = _layer1_input(tiny.model, rep, SteeringPlan({0: v}, {0: ALPHA}, sign=sign, start=start))
+    steered = _layer1_input(
+        tiny.model, rep, SteeringPlan(SteeringVector.scaled({0: v}, {0: ALPHA}), sign=sign, start=start)
+    )
     expected = _expected(base, rep, v, ALPHA, [1, 1, -1, -1], [start[0], start[0], start[1], start[1]])
     assert torch.allclose(steered, expected, atol=1e-5)
 
 
 def test_expanded_batch_mismatch_raises(tiny):
     batch = prompts.build_batch(tiny.tokenizer, PROMPTS)
-    plan = SteeringPlan({0: _unit(0)}, {0: 1.0}, sign=[1, 1], start=[0, 0])
+    plan = SteeringPlan(SteeringVector.scaled({0: _unit(0)}, {0: 1.0}), sign=[1, 1], start=[0, 0])
     with pytest.raises(ValueError, match="rows"):
         _layer1_input(tiny.model, batch, plan)
     assert _no_hooks(tiny.model)
@@ -282,7 +293,9 @@ def test_sampled_generation_with_num_return_sequences(tiny):
     """generate expands each prompt to num_return_sequences rows; the plan follows."""
     model, tok = tiny.model, tiny.tokenizer
     batch = prompts.build_batch(tok, PROMPTS[:2])
-    plan = SteeringPlan({1: _unit(1)}, {1: 2.0}, sign=[1, -1], start=batch.attention_mask.sum(-1) - 1)
+    plan = SteeringPlan(
+        SteeringVector.scaled({1: _unit(1)}, {1: 2.0}), sign=[1, -1], start=batch.attention_mask.sum(-1) - 1
+    )
     with torch.no_grad(), steer(model, plan):
         out = model.generate(
             input_ids=batch.input_ids,
@@ -297,9 +310,67 @@ def test_sampled_generation_with_num_return_sequences(tiny):
 
 
 def test_plan_validation():
+    with pytest.raises(KeyError):
+        SteeringVector.scaled({0: _unit(0)}, {1: 1.0})
     with pytest.raises(AssertionError):
-        SteeringPlan({0: _unit(0)}, {1: 1.0}, sign=[1], start=[0])
+        SteeringVector({0: _unit(0), 1: torch.zeros(3)})
     with pytest.raises(AssertionError):
-        SteeringPlan({0: _unit(0)}, {0: 1.0}, sign=[1, 1], start=[0])
-    plan = SteeringPlan({0: _unit(0)}, {0: 2.0}, sign=[1], start=[0])
+        SteeringVector({0: torch.full((4,), float("nan"))})
+    with pytest.raises(AssertionError):
+        SteeringPlan(SteeringVector.scaled({0: _unit(0)}, {0: 1.0}), sign=[1, 1], start=[0])
+    plan = SteeringPlan(SteeringVector.scaled({0: _unit(0)}, {0: 2.0}), sign=[1], start=[0])
     assert torch.allclose(plan.delta(0), 2.0 * _unit(0))
+
+
+# ------------------------------------------------------------------------ the vector type
+def test_steering_vector_arithmetic_reads_like_the_math():
+    a = SteeringVector.scaled({0: _unit(0), 1: _unit(1)}, {0: 2.0, 1: 3.0})
+    b = SteeringVector({1: _unit(2)})
+    assert torch.equal(a[0], 2.0 * _unit(0)) and torch.equal(a[1], 3.0 * _unit(1))
+    s = a + b
+    assert s.layers == [0, 1] and torch.allclose(s[1], 3.0 * _unit(1) + _unit(2))
+    d = b - a  # a layer missing on one side counts as zero
+    assert torch.allclose(d[0], -2.0 * _unit(0)) and torch.allclose(d[1], _unit(2) - 3.0 * _unit(1))
+    assert torch.allclose((0.5 * a)[0], _unit(0)) and torch.allclose((a / 2)[1], 1.5 * _unit(1))
+    assert torch.allclose((-a)[0], -2.0 * _unit(0))
+    half = a.to(dtype=torch.float16)
+    assert half[0].dtype == torch.float16 and a[0].dtype == torch.float32
+
+
+def test_vector_apply_equals_a_plan(tiny):
+    """``vector.apply(model, sign, start)`` is ``steer(model, SteeringPlan(vector, ...))``."""
+    batch = prompts.build_batch(tiny.tokenizer, PROMPTS[:2])
+    vector = SteeringVector.scaled({0: _unit(4)}, {0: ALPHA})
+    start = batch.attention_mask.sum(-1) - 1
+    via_plan = _layer1_input(tiny.model, batch, SteeringPlan(vector, sign=[-1, -1], start=start))
+    seen = {}
+
+    def grab(_module, args, kwargs):
+        seen["h"] = (kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]).detach().clone()
+
+    handle = find_layers(tiny.model)[1].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad(), vector.apply(tiny.model, -1.0, start):
+            tiny.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    finally:
+        handle.remove()
+    assert _no_hooks(tiny.model)
+    assert torch.equal(seen["h"], via_plan)
+
+
+def test_plan_is_never_written(tiny):
+    """The plan holds no per-call state: it is frozen, and nested use on two models gives each
+    its own positions."""
+    import dataclasses
+
+    other = make_model(tiny.arch, seed=5)
+    short = prompts.build_batch(tiny.tokenizer, ["Hi"])
+    plan = SteeringPlan(SteeringVector.scaled({0: _unit(0)}, {0: ALPHA}), sign=[1], start=[0])
+    alone = _layer1_input(other, short, plan)
+    long = prompts.build_batch(tiny.tokenizer, [PROMPTS[1]])
+    with torch.no_grad(), steer(tiny.model, plan):
+        nested = _layer1_input(other, short, plan)
+        tiny.model(input_ids=long.input_ids, attention_mask=long.attention_mask)
+    assert torch.equal(alone, nested)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.window = 3

@@ -91,8 +91,7 @@ def both(tmp_path_factory):
 def _plan(hf: Scans, sign: int, start: int) -> SteeringPlan:
     p = hf.profile
     return SteeringPlan(
-        vectors={l: p.vectors[l] for l in p.steer_layers},
-        alphas={l: p.coefficient(l) for l in p.steer_layers},
+        p.steering_vector(),
         sign=torch.tensor([float(sign)]),
         start=torch.tensor([start]),
         window=p.steer_window,

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .hooks import block_hidden, hooks
 from .kvcache import shared_prefix_cache
 from .models import cache_kwarg, find_layers, model_device
 from .progress import progress_bar
@@ -48,7 +49,7 @@ def forward_capture(
 
     def make_hook(index: int):
         def hook(_module: nn.Module, _args: tuple, output: Any) -> None:
-            hidden = output[0] if isinstance(output, tuple) else output
+            hidden = block_hidden(output)
             for name, pos in positions.items():
                 captured[name][index] = hidden[rows, pos].float()
 
@@ -56,11 +57,9 @@ def forward_capture(
 
     base = getattr(model, "base_model", model)
     length = input_ids.shape[1]
-    handles = []
     # Steering hooks first, capture hooks second: a steered layer's capture includes its steering.
     with steer(model, plan) if plan is not None else nullcontext():
-        try:
-            handles = [layer.register_forward_hook(make_hook(i)) for i, layer in enumerate(layers)]
+        with hooks(post=[(layer, make_hook(i)) for i, layer in enumerate(layers)]):
             out = base(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -68,9 +67,6 @@ def forward_capture(
                 use_cache=cache is not None,
                 **({cache_kwarg(base): cache} if cache is not None else {}),
             )
-        finally:
-            for handle in handles:
-                handle.remove()
     logits = None
     if logits_at is not None:
         last = out.last_hidden_state[rows, positions[logits_at]]

@@ -27,7 +27,7 @@ from .judge import is_refusal
 from .models import cache_kwarg, find_final_norm, model_device
 from .progress import progress_bar
 from .prompts import build_batch
-from .steering import SteeringPlan, steer
+from .steering import SteeringPlan, SteeringVector, steer
 
 REFUSAL_WORDS = (
     "sorry",
@@ -160,8 +160,7 @@ def band_plan(
     batch_size, width = pre.batch.input_ids.shape
     start = pre.batch.attention_mask.sum(-1) - 1  # row position of the instruction end
     return SteeringPlan(
-        vectors={l: vectors[l] for l in layers},
-        alphas={l: float(coefficients[l]) for l in layers},
+        SteeringVector.scaled(vectors, coefficients, layers),
         sign=torch.full((batch_size,), float(sign)),
         start=start.cpu(),
     )
@@ -191,8 +190,7 @@ def tiled_band_plan(
                 signs[at : at + len(part), col] = sign
         at += len(part)
     plan = SteeringPlan(
-        vectors={l: vectors[l] for l in layers},
-        alphas={l: float(coefficients[l]) for l in layers},
+        SteeringVector.scaled(vectors, coefficients, layers),
         sign=signs,
         start=(tiled.batch.attention_mask.sum(-1) - 1).cpu(),
     )

@@ -14,6 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import ScansError
+from .steering import SteeringPlan, SteeringVector
 
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)  # format 1 (no second signal, no steer threshold) reads as rule v1
@@ -107,18 +108,21 @@ class Profile:
             return float(self.alpha * self.norms[layer])
         return float(self.alpha)
 
-    def steering_plan(self, signs: Any, start: torch.Tensor, layers_path: str | None = None) -> Any:
+    def steering_vector(self) -> SteeringVector:
+        """``alpha_l * v_l`` at each steering layer."""
+        return SteeringVector.scaled(
+            self.vectors, {l: self.coefficient(l) for l in self.steer_layers}, self.steer_layers
+        )
+
+    def steering_plan(self, signs: Any, start: torch.Tensor, layers_path: str | None = None) -> SteeringPlan:
         """The ``SteeringPlan`` of this profile (layers, vectors, coefficients, window) for
         rows with the given signs, steered from ``start`` (each row's instruction end)."""
-        from .steering import SteeringPlan
-
         return SteeringPlan(
-            vectors={l: self.vectors[l] for l in self.steer_layers},
-            alphas={l: self.coefficient(l) for l in self.steer_layers},
+            self.steering_vector(),
             sign=torch.as_tensor(signs, dtype=torch.float32),
             start=start,
-            layers_path=layers_path,
             window=self.steer_window,
+            layers_path=layers_path,
         )
 
     def scores(self, tau: torch.Tensor, uend: torch.Tensor | None = None) -> torch.Tensor:

@@ -133,7 +133,8 @@ def fingerprint_from_dir(model_dir: Path | str) -> str:
 
 def plan_deltas(profile: Profile) -> dict[int, list[float]]:
     """The profile's steering plan: ``alpha_l * v_l`` per steering layer (float32 lists)."""
-    return {l: (profile.coefficient(l) * profile.vectors[l].float()).tolist() for l in profile.steer_layers}
+    vector = profile.steering_vector()
+    return {l: vector[l].tolist() for l in vector.layers}
 
 
 def plan_key(deltas: dict[int, list[float]]) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ..hooks import add_hooks
 from ..steering import steer_gate
 
 WORKER_EXTENSION = "scans.backends.vllm_worker.ScansWorkerExtension"
@@ -188,10 +189,10 @@ class ScansWorkerExtension:
 
                 return hook
 
-            state.handles.append(model.register_forward_pre_hook(pre, with_kwargs=True))
-            state.handles.append(model.register_forward_hook(post))
-            for i, layer in enumerate(layers):
-                state.handles.append(layer.register_forward_hook(make(i)))
+            state.handles = add_hooks(
+                pre=[(model, pre)],
+                post=[(model, post), *((layer, make(i)) for i, layer in enumerate(layers))],
+            )
             model._scans_state = state
         param = next(model.parameters())
         return {"n_layers": len(state.layers), "dtype": str(param.dtype), "device": str(param.device)}

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ...hooks import block_hidden, hooks, with_block_hidden
 from ...models import find_layers
 from .base import Method
 
@@ -27,20 +28,14 @@ def ablation(model: nn.Module, direction: torch.Tensor, layers_path: str | None 
     assert torch.isfinite(unit).all(), "ablation direction is not finite"
 
     def hook(_module: nn.Module, _args: tuple, output: Any) -> Any:
-        hidden = output[0] if isinstance(output, tuple) else output
+        hidden = block_hidden(output)
         r = unit.to(hidden.device)
         h = hidden.float()
-        out = (h - (h @ r)[..., None] * r).to(hidden.dtype)
-        return (out, *output[1:]) if isinstance(output, tuple) else out
+        return with_block_hidden(output, (h - (h @ r)[..., None] * r).to(hidden.dtype))
 
     modules = [model.get_input_embeddings(), *find_layers(model, layers_path)]
-    handles = []
-    try:
-        handles = [m.register_forward_hook(hook) for m in modules]
+    with hooks(post=[(m, hook) for m in modules]):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 class Ablate(Method):
