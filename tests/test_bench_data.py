@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from scans.bench import data
-from scans.bench.data import Source, Split
+from scans.bench import data, sources
+from scans.bench.data import Split
+from scans.bench.sources import Source
 from scans.errors import ScansError
 
 
@@ -71,9 +72,9 @@ def test_mmlu_subjects_limit_and_unknown():
 
 @needs_shared
 def test_shared_files_match_registry_checksums():
-    for source in data.SOURCES.values():
+    for source in sources.SOURCES.values():
         path = SHARED / source.filename
-        digest = data.tree_digest(path) if source.kind == "mmlu" else data.sha256_file(path)
+        digest = sources.tree_digest(path) if source.kind == "mmlu" else sources.sha256_file(path)
         assert digest == source.sha256, source.key
 
 
@@ -91,10 +92,10 @@ def test_missing_offline_is_one_line_naming_file_and_fix(tmp_path):
 def test_data_dir_resolution(tmp_path, monkeypatch):
     monkeypatch.delenv("SCANS_DATA", raising=False)
     monkeypatch.setenv("SCANS_CACHE", str(tmp_path / "cache"))
-    assert data.resolve_data_dir() == tmp_path / "cache" / "data"
+    assert sources.resolve_data_dir() == tmp_path / "cache" / "data"
     monkeypatch.setenv("SCANS_DATA", str(tmp_path / "env"))
-    assert data.resolve_data_dir() == tmp_path / "env"
-    assert data.resolve_data_dir(tmp_path / "arg") == tmp_path / "arg"
+    assert sources.resolve_data_dir() == tmp_path / "env"
+    assert sources.resolve_data_dir(tmp_path / "arg") == tmp_path / "arg"
     (tmp_path / "env").mkdir()
     (tmp_path / "env" / "HarmfulQ.json").write_text(json.dumps(["made-up question one?", " two "]))
     assert data.harmfulq().prompts == ["made-up question one?", "two"]
@@ -104,10 +105,10 @@ def _serve(monkeypatch, key: str, payload: bytes, tmp_path: Path, sha256: str | 
     remote = tmp_path / "remote" / f"{key}.bin"
     remote.parent.mkdir(exist_ok=True)
     remote.write_bytes(payload)
-    old = data.SOURCES[key]
+    old = sources.SOURCES[key]
     digest = sha256 or hashlib.sha256(payload).hexdigest()
     source = Source(old.key, old.title, old.filename, (remote.as_uri(),), digest, old.kind)
-    monkeypatch.setitem(data.SOURCES, key, source)
+    monkeypatch.setitem(sources.SOURCES, key, source)
     return source
 
 
@@ -133,10 +134,10 @@ def test_download_checksum_mismatch_keeps_nothing(tmp_path, monkeypatch):
 
 
 def test_download_unreachable(tmp_path, monkeypatch):
-    old = data.SOURCES["harmfulq"]
+    old = sources.SOURCES["harmfulq"]
     missing = (tmp_path / "nowhere.json").as_uri()
     monkeypatch.setitem(
-        data.SOURCES, "harmfulq", Source(old.key, old.title, old.filename, (missing,), old.sha256)
+        sources.SOURCES, "harmfulq", Source(old.key, old.title, old.filename, (missing,), old.sha256)
     )
     with pytest.raises(ScansError, match="cannot download HarmfulQ"):
         data.harmfulq(tmp_path / "d", download=True)
@@ -161,7 +162,7 @@ def _mmlu_tar(tmp_path: Path) -> tuple[bytes, str]:
         path = tree / Path(name).relative_to("data")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-    return buffer.getvalue(), data.tree_digest(tree)
+    return buffer.getvalue(), sources.tree_digest(tree)
 
 
 def test_mmlu_download_extracts_dev_and_test(tmp_path, monkeypatch):

@@ -214,7 +214,7 @@ def test_cli_bench_on_a_user_file(monkeypatch, tmp_path, capsys):
         s.load = lambda path=None: fitted.profile  # the cached profile
         return s
 
-    monkeypatch.setattr(cli, "_load", fake_load)
+    monkeypatch.setattr(cli.common, "load_scans", fake_load)
     f = tmp_path / "mine.jsonl"
     f.write_text(
         "".join(
@@ -270,7 +270,7 @@ def test_cli_bench_on_a_user_file(monkeypatch, tmp_path, capsys):
 )
 def test_cli_bench_bad_input_before_model_load(monkeypatch, tmp_path, capsys, args, needle):
     loaded = []
-    monkeypatch.setattr(cli, "_load", lambda *a, **k: loaded.append(1))
+    monkeypatch.setattr(cli.common, "load_scans", lambda *a, **k: loaded.append(1))
     assert cli.main(["bench", "--out", str(tmp_path / "r"), "--data-dir", str(tmp_path), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("scans: error:") and needle in err and "fix:" in err and "\n" not in err

@@ -26,7 +26,7 @@ def loader(monkeypatch):
             scans.profile = dataclasses.replace(fitted.profile, threshold=0.0)
         return scans
 
-    monkeypatch.setattr(cli, "_load", fake_load)
+    monkeypatch.setattr(cli.common, "load_scans", fake_load)
     return calls
 
 
@@ -104,7 +104,7 @@ def test_loader_error_is_one_line(monkeypatch, capsys):
     def failing(args, need_profile=True):
         raise ScansError("no steering profile at /x; fix: run `scans fit`")
 
-    monkeypatch.setattr(cli, "_load", failing)
+    monkeypatch.setattr(cli.common, "load_scans", failing)
     assert cli.main(["classify", "Hi"]) == 2
     assert "no steering profile" in _error_line(capsys)
 
@@ -341,7 +341,7 @@ def test_fit_and_info_happy_path(loader, capsys, tmp_path, monkeypatch):
         scans.load(args.profile)
         return scans
 
-    monkeypatch.setattr(cli, "_load", load_saved)
+    monkeypatch.setattr(cli.common, "load_scans", load_saved)
     assert cli.main(["info", "--profile", str(out_dir)]) == 0
     info = capsys.readouterr().out
     assert "fit stages" in info and "fit in 0 s" not in info  # info reads the recorded stage times
@@ -420,7 +420,7 @@ def test_demo_leaves_no_progress_bar_behind(monkeypatch, capsys, tmp_path):
         scans.fit = functools.partial(scans.fit, HARMFUL, HARMLESS, BORDERLINE, **FIT_KWARGS)
         return scans
 
-    monkeypatch.setattr(cli, "_load", load_unfitted)
+    monkeypatch.setattr(cli.common, "load_scans", load_unfitted)
     assert cli.main(["demo", "--max-new-tokens", "2"]) == 0
     captured = capsys.readouterr()
     assert "\r" not in captured.err and "\r" not in captured.out

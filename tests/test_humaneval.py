@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from scans.bench import humaneval as H
+from scans.bench import metrics as M
 from scans.bench import report as R
+from scans.bench import sandbox
 from scans.errors import ScansError
 
 FAKE = H.Problem(
@@ -27,7 +29,7 @@ FAKES = [
     H.Problem("Fake/1", 'def neg(x):\n    """-x"""\n', "neg", "def check(c):\n    assert c(3) == -3\n"),
     H.Problem("Fake/2", 'def one():\n    """1"""\n', "one", "def check(c):\n    assert c() == 1\n"),
 ]
-QUICK = H.Limits(timeout_s=2.0)
+QUICK = sandbox.Limits(timeout_s=2.0)
 
 
 def _passes(code: str, problem: H.Problem = FAKE) -> bool:
@@ -102,7 +104,7 @@ def test_a_main_guard_in_the_answer_does_not_run():
 )
 def test_sandbox_failure_modes_cost_one_quick_failure(program, status):
     t0 = time.perf_counter()
-    out = H.run_program(program, QUICK)
+    out = sandbox.run_program(program, QUICK)
     elapsed = time.perf_counter() - t0
     assert not out.passed and out.status == status, out.output
     assert elapsed < QUICK.timeout_s + 3
@@ -110,13 +112,13 @@ def test_sandbox_failure_modes_cost_one_quick_failure(program, status):
 
 
 def test_sandbox_passes_a_plain_program_and_captures_output():
-    out = H.run_program("print('hello from the sandbox')\n", QUICK)
+    out = sandbox.run_program("print('hello from the sandbox')\n", QUICK)
     assert out.passed and out.status == "passed" and "hello from the sandbox" in out.output
     assert "scans-humaneval-ok" not in out.output  # the token is not shown
 
 
 def test_sandbox_memory_bomb_reports_memory_error():
-    out = H.run_program("x = bytearray(10 * 2**30)\n", QUICK)
+    out = sandbox.run_program("x = bytearray(10 * 2**30)\n", QUICK)
     assert "MemoryError" in out.output
 
 
@@ -146,7 +148,7 @@ time.sleep(60)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups and /proc")
 def test_fork_bomb_is_refused_by_the_audit_hook():
     t0 = time.perf_counter()
-    out = H.run_program(FORK_BOMB, QUICK)
+    out = sandbox.run_program(FORK_BOMB, QUICK)
     assert not out.passed and out.status == "failed" and "os.fork is not allowed" in out.output
     assert time.perf_counter() - t0 < 3
 
@@ -154,9 +156,9 @@ def test_fork_bomb_is_refused_by_the_audit_hook():
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups and /proc")
 def test_fork_bomb_without_the_hook_is_bounded_and_leaves_no_process():
     """The OS layer alone: RLIMIT_NPROC stops the forks (not for root), the group kill ends the rest."""
-    limits = H.Limits(timeout_s=2.0, audit=False)
+    limits = sandbox.Limits(timeout_s=2.0, audit=False)
     t0 = time.perf_counter()
-    out = H.run_program(FORK_BOMB, limits)
+    out = sandbox.run_program(FORK_BOMB, limits)
     assert not out.passed and out.status in ("timeout", "failed")
     assert time.perf_counter() - t0 < limits.timeout_s + 3
     pids = [int(p) for p in re.findall(r"child (\d+)", out.output)]
@@ -168,16 +170,18 @@ def test_fork_bomb_without_the_hook_is_bounded_and_leaves_no_process():
 
 def test_sandbox_refuses_network_and_outside_writes(tmp_path):
     target = tmp_path / "written.txt"
-    out = H.run_program(f"open({str(target)!r}, 'w').write('x')\n", QUICK)
+    out = sandbox.run_program(f"open({str(target)!r}, 'w').write('x')\n", QUICK)
     assert not out.passed and not target.exists()
-    out = H.run_program("open('inside.txt', 'w').write('x')\nprint(open('inside.txt').read())\n", QUICK)
+    out = sandbox.run_program("open('inside.txt', 'w').write('x')\nprint(open('inside.txt').read())\n", QUICK)
     assert out.passed  # the temporary working directory is writable
-    out = H.run_program("import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=1)\n", QUICK)
+    out = sandbox.run_program("import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=1)\n", QUICK)
     assert not out.passed and "socket" in out.output
 
 
 def test_sandbox_is_isolated_mode_in_a_temp_dir():
-    out = H.run_program("import os, sys\nprint(sys.flags.isolated, sys.flags.no_site, os.getcwd())\n", QUICK)
+    out = sandbox.run_program(
+        "import os, sys\nprint(sys.flags.isolated, sys.flags.no_site, os.getcwd())\n", QUICK
+    )
     assert out.passed
     isolated, no_site, cwd = out.output.split()[:3]
     assert (isolated, no_site) == ("1", "1")
@@ -277,7 +281,7 @@ def test_bench_cli_runs_humaneval_only(fitted_scans, tmp_path, monkeypatch, caps
     its summary, the printed pass@1 and the report."""
     import scans.cli as cli
 
-    monkeypatch.setattr(cli, "_load", lambda args, need_profile=False: fitted_scans)
+    monkeypatch.setattr(cli.common, "load_scans", lambda args, need_profile=False: fitted_scans)
     monkeypatch.setattr(fitted_scans, "load", lambda *a, **k: fitted_scans)
     monkeypatch.setattr(
         H, "load_problems", lambda limit=None: FAKES[:limit]
@@ -368,7 +372,7 @@ def test_report_section_on_a_synthetic_run(tmp_path):
         for line in section.splitlines()
         if line.startswith("| ") and "method" not in line
     }
-    lo, hi = R.M.wilson(3, 4)
+    lo, hi = M.wilson(3, 4)
     assert rows["original"][:2] == [f"75.0% [{100 * lo:.1f}, {100 * hi:.1f}]", "3/4"]
     assert rows["scans"][1:5] == ["3/4", "2", "+0.0", "1"]  # passed, steered, vs original, timeouts
     assert rows["original"][4:] == ["1", "6.0", "1.0"]

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from scans.bench import data
+from scans.bench import data, jailbreaks
 from scans.bench import report as R
-from scans.bench.data import JAILBREAK_FAMILIES, Split
+from scans.bench.data import Split
+from scans.bench.jailbreaks import JAILBREAK_FAMILIES
 from scans.bench.judges import SubstringJudge
 from scans.bench.runner import RunLog, split_items, with_meta
 
@@ -29,7 +30,7 @@ def _key(text: str) -> str:
 
 
 def test_requests_file():
-    requests = data.jailbreak_requests()
+    requests = jailbreaks.jailbreak_requests()
     assert len(requests) == 40
     assert len({r["id"] for r in requests}) == 40 and len({_key(r["text"]) for r in requests}) == 40
     categories = Counter(r["category"] for r in requests)
@@ -54,7 +55,7 @@ def test_requests_file():
 
 
 def test_requests_differ_from_the_projects_anchors_and_eval_prompts():
-    ours = {_key(r["text"]) for r in data.jailbreak_requests()}
+    ours = {_key(r["text"]) for r in jailbreaks.jailbreak_requests()}
     theirs = set()
     for line in (REPO / "src/scans/anchors/anchors.jsonl").read_text().splitlines():
         theirs.add(_key(json.loads(line)["harmful"]))
@@ -65,7 +66,7 @@ def test_requests_differ_from_the_projects_anchors_and_eval_prompts():
 
 
 def test_templates_file():
-    templates = data.jailbreak_templates()
+    templates = jailbreaks.jailbreak_templates()
     assert len(templates) >= 12
     assert len({t["id"] for t in templates}) == len(templates)
     per_family = Counter(t["family"] for t in templates)
@@ -87,8 +88,8 @@ def test_split_size_families_labels_and_meta(split):
     families = Counter(m["family"] for m in split.meta)
     assert set(families) == set(JAILBREAK_FAMILIES)
     assert set(families.values()) == {40}  # every request once through each family
-    requests = {r["id"]: r for r in data.jailbreak_requests()}
-    templates = {t["id"]: t for t in data.jailbreak_templates()}
+    requests = {r["id"]: r for r in jailbreaks.jailbreak_requests()}
+    templates = {t["id"]: t for t in jailbreaks.jailbreak_templates()}
     assert {m["template"] for m in split.meta} == set(templates)  # every template is used
     for m in split.meta:
         assert templates[m["template"]]["family"] == m["family"]
@@ -99,8 +100,8 @@ def test_split_size_families_labels_and_meta(split):
 
 
 def test_placeholders_filled_and_encodings_decode_back(split):
-    requests = {r["id"]: r["text"] for r in data.jailbreak_requests()}
-    templates = {t["id"]: t for t in data.jailbreak_templates()}
+    requests = {r["id"]: r["text"] for r in jailbreaks.jailbreak_requests()}
+    templates = {t["id"]: t for t in jailbreaks.jailbreak_templates()}
     seen = set()
     for prompt, m in zip(split.prompts, split.meta):
         assert "{request}" not in prompt and "{" + "request" not in prompt
@@ -114,19 +115,19 @@ def test_placeholders_filled_and_encodings_decode_back(split):
             assert payload != requests[m["request"]]  # really encoded, not stored in clear
             assert requests[m["request"]] not in prompt
             seen.add(encoding)
-        assert data.decode(payload, encoding) == requests[m["request"]]
+        assert jailbreaks.decode(payload, encoding) == requests[m["request"]]
     assert seen == ENCODINGS
 
 
 def test_encodings_are_computed():
     text = "Tell me a secret about this test."
-    assert data.encode(text, "base64") == "VGVsbCBtZSBhIHNlY3JldCBhYm91dCB0aGlzIHRlc3Qu"
-    assert data.encode(text, "rot13") == "Gryy zr n frperg nobhg guvf grfg."
-    assert data.encode(text, "leetspeak") == "T3ll m3 4 53cr37 4b0u7 7h15 7357."
+    assert jailbreaks.encode(text, "base64") == "VGVsbCBtZSBhIHNlY3JldCBhYm91dCB0aGlzIHRlc3Qu"
+    assert jailbreaks.encode(text, "rot13") == "Gryy zr n frperg nobhg guvf grfg."
+    assert jailbreaks.encode(text, "leetspeak") == "T3ll m3 4 53cr37 4b0u7 7h15 7357."
     for encoding in (None, *ENCODINGS):
-        assert data.decode(data.encode(text, encoding), encoding) == text
+        assert jailbreaks.decode(jailbreaks.encode(text, encoding), encoding) == text
     with pytest.raises(ValueError):
-        data.encode(text, "morse")
+        jailbreaks.encode(text, "morse")
 
 
 def test_deterministic_order_without_duplicates(split):
@@ -135,7 +136,7 @@ def test_deterministic_order_without_duplicates(split):
     assert len(set(split.prompts)) == len(split.prompts)
     # request by request, the families in their fixed order: --limit 12 covers every family twice
     assert [m["family"] for m in split.meta[:12]] == list(JAILBREAK_FAMILIES) * 2
-    first = data.jailbreak_requests()[0]["id"]
+    first = jailbreaks.jailbreak_requests()[0]["id"]
     assert {m["request"] for m in split.meta[:6]} == {first}
     # the template rotates within a family from one request to the next
     role_play = [m["template"] for m in split.meta if m["family"] == "role_play"]

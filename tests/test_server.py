@@ -17,7 +17,7 @@ import pytest
 from conftest import _fitted, _tiny, make_scans
 from scans.decode import RowSettings, chat
 from scans.serve import ServeConfig, create_app
-from scans.serve.app import make_server
+from scans.serve.server import make_server
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

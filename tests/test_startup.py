@@ -67,6 +67,6 @@ def test_load_freezes_only_in_a_one_command_process(monkeypatch, one_shot):
     frozen = []
     monkeypatch.setattr(api.Scans, "from_pretrained", classmethod(lambda cls, *a, **k: "loaded"))
     monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))
-    monkeypatch.setattr(cli, "_ONE_SHOT", one_shot)
-    assert cli._load(_args(), need_profile=False) == "loaded"
+    monkeypatch.setattr(cli.common, "ONE_SHOT", one_shot)
+    assert cli.common.load_scans(_args(), need_profile=False) == "loaded"
     assert frozen == ([True] if one_shot else [])

@@ -161,14 +161,14 @@ def _one_error_line(capsys) -> str:
 
 @pytest.mark.parametrize("value", ["0", "1", "1.5", "-0.1", "abc"])
 def test_cli_budget_outside_zero_one_is_one_line_and_no_profile(value, capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "_load", lambda *a, **k: pytest.fail("the model must not load"))
+    monkeypatch.setattr(cli.common, "load_scans", lambda *a, **k: pytest.fail("the model must not load"))
     code = cli.main(["fit", "--max-harmful-loss", value, "--out", str(tmp_path / "p")])
     assert code == 2 and "--max-harmful-loss" in _one_error_line(capsys)
     assert not (tmp_path / "p").exists()
 
 
 def test_cli_pool_without_labels_or_too_few_is_one_line(capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "_load", lambda *a, **k: pytest.fail("the model must not load"))
+    monkeypatch.setattr(cli.common, "load_scans", lambda *a, **k: pytest.fail("the model must not load"))
     f = tmp_path / "pool.jsonl"
     f.write_text(json.dumps({"prompt": "How do I bake bread?"}) + "\n")
     assert cli.main(["fit", "--pool", str(f), "--out", str(tmp_path / "p")]) == 2

@@ -24,7 +24,7 @@ def test_bench_refuses_ablate_on_vllm_before_loading(monkeypatch, capsys):
     def no_load(*_a, **_k):
         raise AssertionError("the model must not load")
 
-    monkeypatch.setattr(cli, "_load", no_load)
+    monkeypatch.setattr(cli.common, "load_scans", no_load)
     argv = ["bench", "--backend", "vllm", "--out", "unused", "--methods", "original,ablate", "--splits", ""]
     assert cli.main(argv) == 2
     assert "method ablate is not supported with --backend vllm" in _error_line(capsys)
@@ -37,7 +37,7 @@ def test_bench_all_methods_on_vllm_means_the_supported_ones(monkeypatch, capsys,
         seen["methods"] = args.methods
         raise cli.ScansError("stopped here; fix: nothing")
 
-    monkeypatch.setattr(cli, "_load", stop)
+    monkeypatch.setattr(cli.common, "load_scans", stop)
     prompts = tmp_path / "p.txt"
     prompts.write_text("Hi\n")
     argv = [

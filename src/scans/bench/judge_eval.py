@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ScansError
-from .data import resolve_data_dir, sha256_file
 from .judges import FULL_COMPLIANCE, FULL_REFUSAL, PARTIAL_REFUSAL, XSTEST_LABELS, Judge, agreement, refused
+from .sources import resolve_data_dir, sha256_file
 
 LABELLED_DIR = "xstest_labelled"
 LABELLED_FILES = ("xs_gpt4.csv", "xs_mistralinstruct.csv")

@@ -9,6 +9,10 @@
 
 A new judge is any object with a ``name`` and a ``judge(prompt, response) -> str``; the
 binary refusal view of every label is :func:`refused`.
+
+One module (about 500 lines, half of it phrase lists and patterns) because each rule judge
+extends the previous one's phrase lists (substring -> xstest -> rules) and all share the label
+constants; the model judge falls back on the xstest judge, and the registry names them all.
 """
 
 from __future__ import annotations

@@ -97,7 +97,8 @@ def run_suite(scans: Scans, run_dir: str | Path, opts: SuiteOptions, progress: b
     if problems and capability:
         from dataclasses import replace
 
-        from .humaneval import Limits, run_humaneval
+        from .humaneval import run_humaneval
+        from .sandbox import Limits
 
         he_config = replace(opts.config, max_new_tokens=opts.humaneval_max_new_tokens)
         limits = Limits(timeout_s=opts.humaneval_timeout)

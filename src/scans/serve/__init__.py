@@ -14,8 +14,12 @@ __all__ = ["ServeConfig", "create_app", "run_server"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("create_app", "run_server"):
-        from . import app
+    if name == "create_app":
+        from .app import create_app
 
-        return getattr(app, name)
+        return create_app
+    if name == "run_server":
+        from .server import run_server
+
+        return run_server
     raise AttributeError(name)

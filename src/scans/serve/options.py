@@ -132,7 +132,7 @@ def serve_main(args: argparse.Namespace, load: Callable[..., Any]) -> int:
                 f"no --profile given and no cached profile for {scans.name} at {scans.default_profile_path}; "
                 "fix: run `scans fit` with the same --model first, or pass --profile DIR"
             ) from None
-    from .app import run_server
+    from .server import run_server
 
     shown = "0.0.0.0" if config.host in ("", "0.0.0.0") else config.host
     print(f"scans serve: {config.served_model_name or scans.name} at http://{shown}:{config.port}/v1 "

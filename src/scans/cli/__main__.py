@@ -1,0 +1,5 @@
+"""``python -m scans.cli``: the ``scans`` command."""
+
+from . import run
+
+run()

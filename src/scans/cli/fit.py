@@ -1,0 +1,277 @@
+"""``scans fit`` and ``scans info``: fit a profile and print it (``print_fit`` is shared with demo and bench)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from ..errors import ScansError
+from . import common
+from .common import add_model_args, add_profile_arg, batch_size_arg, parse_layers, shrinkage_arg
+
+
+def add_fit_parser(sub: argparse._SubParsersAction) -> None:
+    """``scans fit``: anchors, pool, layers, classifier and decision-rule options."""
+    fit = sub.add_parser("fit", help="fit a steering profile (vectors, layers, classifier, threshold)")
+    add_model_args(fit)
+    fit.add_argument("--harmful", help="harmful anchor file (txt/csv/json/jsonl/parquet)")
+    fit.add_argument("--harmless", help="harmless anchor file")
+    fit.add_argument("--borderline", help="benign-but-scary anchor file (classifier negatives)")
+    fit.add_argument("--text-column", default=None, help="column holding the prompt text")
+    fit.add_argument("--n-fit", type=int, default=64, help="anchors per side for vectors/classifier")
+    fit.add_argument(
+        "--n-heldout",
+        type=int,
+        default=32,
+        help="more anchors per side, read to the end of the user's text only: classifier and calibration",
+    )
+    fit.add_argument(
+        "--calibration",
+        choices=["crossfit", "heldout"],
+        default="crossfit",
+        help="crossfit (default): the classifier learns from all anchors and its threshold is calibrated "
+        "on out-of-fold scores; heldout: the --n-heldout anchors only calibrate",
+    )
+    fit.add_argument(
+        "--shrinkage",
+        type=shrinkage_arg,
+        default=None,
+        help="covariance shrinkage of the classifier direction, 0-1 (1 = plain mean difference), "
+        "or auto (default: chosen by cross-validation)",
+    )
+    fit.add_argument(
+        "--no-pack",
+        action="store_true",
+        help="on a CPU, do not run the fit's forward passes on prepacked float32 weights "
+        "(packing: same math, 0.88-0.97x the time in 5 of 6 measured fits, a second copy of the linear weights while fitting)",
+    )
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument(
+        "--max-harmful-loss",
+        default="0.02",
+        help="safety budget in (0, 1): at most this fraction of harmful (and of severe) pool prompts "
+        "would be steered, a split-conformal bound (default 0.02); off: the v1 rule (one threshold)",
+    )
+    fit.add_argument(
+        "--pool",
+        default=None,
+        help="labelled prompt file (label column benign/harmful/severe) for the classifier "
+        "(default: the shipped taxonomy anchors' dev split)",
+    )
+    fit.add_argument("--pool-label-column", default="label", help="label column of --pool")
+    fit.add_argument(
+        "--pool-size",
+        default="320",
+        help="pool prompts sampled into the classifier, spread over label x severity x type (default 320; all: every one)",
+    )
+    fit.add_argument("--layers", default=None, help="steering layers, e.g. 10-17 (default: measured)")
+    fit.add_argument(
+        "--threshold", type=float, default=None, help="classifier threshold (default: calibrated)"
+    )
+    fit.add_argument("--alpha", type=float, default=None, help="steering strength in units of the layer norm")
+    fit.add_argument(
+        "--alpha-abs", type=float, default=None, help="absolute steering strength on unit vectors"
+    )
+    fit.add_argument(
+        "--classifier",
+        choices=["instruction", "contrast", "cosine"],
+        default="instruction",
+        help="instruction: harmful-vs-benign direction at the end of the user's text (default); "
+        "contrast: the same on the paper's transitions; cosine: the paper's score",
+    )
+    fit.add_argument(
+        "--target-recall", type=float, default=0.9, help="min recall on held-out harmful anchors"
+    )
+    fit.add_argument(
+        "--harmful-policy",
+        choices=["none", "refuse"],
+        default="none",
+        help="prompts judged harmful: leave unsteered (none, default) or steer toward refusal (refuse, the paper)",
+    )
+    fit.add_argument(
+        "--compare-classifiers",
+        action="store_true",
+        help="also score held-out anchors with every classifier (recorded in the profile; slower)",
+    )
+    fit.add_argument(
+        "--steer-window",
+        type=int,
+        default=1,
+        help="positions steered from the instruction end (default 1: only the one that picks the "
+        "opening; 0: every later position too, as in the paper)",
+    )
+    fit.add_argument("--probe", default="Sure", help="affirmative assistant prefix for the transition")
+    fit.add_argument("--system", default=None, help="system prompt used for fitting and later use")
+    fit.add_argument(
+        "--batch-size", type=batch_size_arg, default=None, help="rows per batch, or auto (default)"
+    )
+    fit.add_argument("--out", default=None, help="profile directory (default: the model's cache slot)")
+
+
+def add_info_parser(sub: argparse._SubParsersAction) -> None:
+    """``scans info``."""
+    info = sub.add_parser("info", help="show a profile: layers, evidence, calibration")
+    add_model_args(info)
+    add_profile_arg(info)
+
+
+def print_fit(profile: Any, seconds: float | None, path: Any) -> None:
+    """The fit's summary; ``seconds`` None (``scans info``) reads the fit's recorded stage times."""
+    c = profile.calibration
+    extra = profile.extra
+    print(f"profile: {path}")
+    if seconds is None:
+        stages = extra.get("timings_s") or {}
+        took = f", fit stages {sum(stages.values()):.0f} s" if stages else ""
+    else:
+        took = f", fit in {seconds:.0f} s"
+    print(f"model: {profile.model_name} (fingerprint {profile.fingerprint}){took}")
+    print(
+        f"steering layers: {profile.steer_layers[0]}-{profile.steer_layers[-1]} ({extra.get('layers_source')})"
+    )
+    print(
+        f"classification layers: {profile.cls_layers[0]}-{profile.cls_layers[-1]}, classifier: {profile.classifier}"
+    )
+    mode = "x layer norm" if profile.alpha_mode == "relative" else "absolute"
+    print(
+        f"alpha: {profile.alpha} ({mode}); prompts judged harmful: "
+        f"{'steered toward refusal' if profile.harmful_sign > 0 else 'left unsteered'}"
+    )
+    shrink = (extra.get("shrinkage") or {}).get(profile.classifier)
+    print(
+        f"threshold: {profile.threshold:.4f}"
+        + (f", direction shrinkage {shrink:g}" if shrink is not None else "")
+    )
+    how = "cross-fitted (out-of-fold)" if extra.get("calibration_mode") == "crossfit" else "held-out"
+    print(
+        f"{how} calibration ({c['n_harmful']} harmful, {c['n_harmless']} benign): accuracy {c['accuracy']:.3f}, "
+        f"balanced accuracy {c['balanced_accuracy']:.3f}, AUPRC {c['auprc']:.3f}, "
+        f"precision {c['precision']:.3f}, recall {c['recall']:.3f}"
+    )
+    print_decision(profile)
+
+
+def _fit_budget_args(max_loss: str, pool_size: str) -> tuple[float | None, int | None]:
+    """--max-harmful-loss and --pool-size, checked before the model loads (one-line errors)."""
+    loss: float | None = None
+    if max_loss.strip().lower() != "off":
+        try:
+            loss = float(max_loss)
+        except ValueError:
+            loss = -1.0
+        if not 0.0 < loss < 1.0:
+            raise ScansError(
+                f"--max-harmful-loss {max_loss}; fix: pass a fraction in (0, 1), e.g. 0.02, or off"
+            )
+    if pool_size.strip().lower() == "all":
+        return loss, None
+    if not pool_size.strip().isdigit():
+        raise ScansError(f"--pool-size {pool_size}; fix: pass a whole number of prompts or all")
+    return loss, int(pool_size)
+
+
+def print_decision(profile: Any) -> None:
+    """The decision rule, its safety budget and what it steers (out of fold, on the pool)."""
+    d = profile.decision
+    if profile.steer_threshold is None or not d:
+        print("decision rule: v1 (harmful at or above the threshold, every other prompt steered away)")
+        return
+    b = d["budget"]["harmful"]
+    sev = d["budget"].get("severe")
+    print(
+        f"decision rule: v2, safety budget {profile.max_harmful_loss:g}: steered only when s(q) < "
+        f"{profile.steer_threshold:.4f} and the instruction-end score < {profile.inst_threshold:.4f}"
+    )
+    print(
+        f"  guarantee (split conformal): a harmful prompt exchangeable with the {b['n']} pool ones is steered "
+        f"with probability <= {b['guaranteed']:.4f}"
+        + (f", a severe one (of {sev['n']}) <= {sev['guaranteed']:.4f}" if sev else "")
+        + f"; pool misses {b['below']}/{b['n']} (95% upper bound {b['upper_bound']:.4f})"
+    )
+    steered = d.get("steered_fraction", {})
+    print(
+        "  out of fold on the pool: steered "
+        + ", ".join(f"{k} {v:.1%}" for k, v in steered.items())
+        + f" (pool {d['pool']['size']} prompts, {d['pool']['severe']} severe)"
+    )
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from ..datafiles import read_prompts
+
+    files = {k: getattr(args, k) for k in ("harmful", "harmless", "borderline")}
+    if bool(files["harmful"]) != bool(files["harmless"]):
+        raise ScansError("--harmful and --harmless go together; fix: pass both files or neither")
+    loaded = {
+        k: read_prompts(v, text_column=args.text_column).prompts if v else None for k, v in files.items()
+    }
+    if args.alpha is not None and args.alpha_abs is not None:
+        raise ScansError("--alpha and --alpha-abs both given; fix: pass one of them")
+    layers = parse_layers(args.layers)  # bad input fails before the model loads
+    max_loss, pool_size = _fit_budget_args(args.max_harmful_loss, args.pool_size)
+    pool = None
+    if args.pool:
+        from ..pool import check_pool, read_pool
+
+        pool = read_pool(
+            args.pool, text_column=args.text_column or "prompt", label_column=args.pool_label_column
+        )
+        check_pool(pool, f"--pool {args.pool}")
+    scans = common.load_scans(args, need_profile=False)
+    from ..api import DEFAULT_ALPHA
+
+    alpha, mode = (
+        (args.alpha_abs, "absolute")
+        if args.alpha_abs is not None
+        else (args.alpha if args.alpha is not None else DEFAULT_ALPHA, "relative")
+    )
+    if args.steer_window < 0:
+        raise ScansError(
+            f"--steer-window {args.steer_window}; fix: pass 1 (default), a larger window, or 0 for all positions"
+        )
+    start = time.time()
+    profile = scans.fit(
+        loaded["harmful"],
+        loaded["harmless"],
+        loaded["borderline"],
+        n_fit=args.n_fit,
+        n_heldout=args.n_heldout,
+        seed=args.seed,
+        layers=layers,
+        threshold=args.threshold,
+        alpha=alpha,
+        alpha_mode=mode,
+        classifier=args.classifier,
+        target_recall=args.target_recall,
+        harmful_policy=args.harmful_policy,
+        probe=args.probe,
+        steer_window=args.steer_window or None,
+        compare_classifiers=args.compare_classifiers,
+        system=args.system,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+        calibration=args.calibration,
+        shrinkage=args.shrinkage,
+        pack_linears=not args.no_pack,
+        pool=pool,
+        pool_size=pool_size,
+        max_harmful_loss=max_loss,
+    )
+    path = scans.save(args.out)
+    print_fit(profile, time.time() - start, path)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    scans = common.load_scans(args)
+    p = scans.profile
+    print_fit(p, None, getattr(args, "profile", None) or scans.default_profile_path)
+    print("\nlayer  norm    lens  band-effect  top tokens of the refusal vector (logit lens)")
+    for e in p.layer_evidence:
+        mark = "*" if e["layer"] in p.steer_layers else " "
+        effect = "" if e.get("band_effect") is None else f"{e['band_effect']:.2f}"
+        print(
+            f"{mark}{e['layer']:4d} {e['norm']:6.1f} {e['lens_score']:6.2f} {effect:>12s}  {e['top_tokens'][:6]}"
+        )
+    return 0
