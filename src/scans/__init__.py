@@ -12,9 +12,19 @@ try:
     from .api import Generation, Scans, Verdict
     from .errors import ScansError
     from .profile import Profile
-    from .steering import SteeringPlan, steer
+    from .steering import SteeringPlan, SteeringVector, steer
 finally:
     if _gc_was_enabled:
         _gc.enable()
 
-__all__ = ["Generation", "Profile", "Scans", "ScansError", "SteeringPlan", "Verdict", "steer", "__version__"]
+__all__ = [
+    "Generation",
+    "Profile",
+    "Scans",
+    "ScansError",
+    "SteeringPlan",
+    "SteeringVector",
+    "Verdict",
+    "steer",
+    "__version__",
+]
