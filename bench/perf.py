@@ -87,7 +87,7 @@ def _one_run(method, scans, model, tok, profile, prompts, new_tokens, batch_size
 
         config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
         for rows in scans._buckets(prompts, batch_size):
-            generate_from(model, tok, scans._prefill([prompts[i] for i in rows]), config)
+            generate_from(model, tok, scans.prefill_prompts([prompts[i] for i in rows]), config)
     elif method == "b":
         scans.generate(
             prompts,

@@ -164,7 +164,7 @@ def test_generate_steers_per_verdict(split):
 
 
 def test_plan_from_verdicts(split):
-    pre = split._prefill(PROMPTS[:3])
+    pre = split.prefill_prompts(PROMPTS[:3])
     verdicts = [Verdict("a", 0.0, True, 1), Verdict("b", 0.0, False, -1), Verdict("c", 0.0, False, -1)]
     plan = split.plan(verdicts, pre, enabled=[True, True, False])
     assert plan.sign.tolist() == [1.0, -1.0, 0.0]

@@ -5,18 +5,20 @@ from __future__ import annotations
 import hashlib
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from .activations import collect
+from .backend import Capabilities
 from .calibration import average_precision, calibrate, rule_budget
 from .classifier import N_FOLDS, fit_classifier
+from .decode import ChatResult, RowSettings, chat_batch
 from .embedded import cache_dir
 from .engine import GenerationConfig, Prefill, generate_from, prefill, prefill_probed, probe_pass
 from .errors import ScansError
@@ -70,7 +72,13 @@ def default_profile_dir(name: str, fingerprint: str) -> Path:
 
 
 class Scans:
-    """A model with its tokenizer and (after ``fit`` or ``load``) a steering profile."""
+    """A model with its tokenizer and (after ``fit`` or ``load``) a steering profile: the
+    transformers backend (:class:`scans.backend.Backend`)."""
+
+    backend: ClassVar[str] = "transformers"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        fit=True, logits=True, row_batching=True, engine_batching=False
+    )
 
     def __init__(
         self,
@@ -110,6 +118,16 @@ class Scans:
             scans.load(profile)
         return scans
 
+    @property
+    def dtype(self) -> str:
+        """The model's weight dtype, e.g. ``float32``."""
+        return str(next(self.model.parameters()).dtype).replace("torch.", "")
+
+    @property
+    def max_model_len(self) -> int:
+        """Longest prompt plus answer the model takes, in tokens (a large number if unknown)."""
+        return context_length(self.model) or 1 << 30
+
     # ----------------------------------------------------------------- profiles
     @property
     def default_profile_path(self) -> Path:
@@ -128,9 +146,10 @@ class Scans:
 
     def save(self, path: str | Path | None = None) -> Path:
         """Save the profile (default: this model's cache slot)."""
-        return self._require_profile().save(path or self.default_profile_path)
+        return self.require_profile().save(path or self.default_profile_path)
 
-    def _require_profile(self) -> Profile:
+    def require_profile(self) -> Profile:
+        """The loaded profile, or a one-line error saying how to get one."""
         if self.profile is None:
             raise ScansError("no steering profile loaded; fix: run `scans fit` (Scans.fit) or pass --profile")
         return self.profile
@@ -484,15 +503,18 @@ class Scans:
         return self.profile
 
     # ----------------------------------------------------------- classify/steer
-    def _prefill(self, prompts: Sequence[str]) -> Prefill:
-        profile = self._require_profile()
+    def prefill_prompts(self, prompts: Sequence[str]) -> Prefill:
+        """The shared prefill of prompts formatted with the profile's system prompt."""
+        profile = self.require_profile()
         batch = build_batch(
             self.tokenizer, prompts, system=profile.system, max_length=context_length(self.model)
         )
         return prefill(self.model, batch)
 
-    def _verdicts(self, prompts: Sequence[str], pre: Prefill) -> list[Verdict]:
-        profile = self._require_profile()
+    def verdicts_of(self, prompts: Sequence[str], pre: Prefill) -> list[Verdict]:
+        """The verdicts of a prefilled batch (its probe pass, then ``verdict.decide``);
+        ``prompts`` label the verdicts."""
+        profile = self.require_profile()
         acts = probe_pass(self.model, self.tokenizer, pre, profile.probe, self.layers_path)
         return decide(profile, acts, prompts)
 
@@ -502,7 +524,7 @@ class Scans:
         out: list[Verdict | None] = [None] * len(prompts)
         for rows in self._buckets(prompts, batch_size):
             chunk = [prompts[i] for i in rows]
-            for i, v in zip(rows, self._verdicts(chunk, self._prefill(chunk))):
+            for i, v in zip(rows, self.verdicts_of(chunk, self.prefill_prompts(chunk))):
                 out[i] = v
         return [v for v in out if v is not None]
 
@@ -514,7 +536,7 @@ class Scans:
         size = batch_size if batch_size is not None else auto_batch_size(self.model)
         if size < 1:
             raise ScansError(f"batch size {size}; fix: use a batch size of at least 1")
-        system = self._require_profile().system
+        system = self.require_profile().system
         lengths = [len(encode_chat(self.tokenizer, p, system)) for p in prompts]
         return batches_by_length(lengths, size)
 
@@ -522,7 +544,7 @@ class Scans:
         self, verdicts: Sequence[Verdict], pre: Prefill, enabled: Sequence[bool] | None = None
     ) -> SteeringPlan:
         """The steering plan for a prefilled batch: per-row sign from the verdicts."""
-        profile = self._require_profile()
+        profile = self.require_profile()
         signs = [v.sign for v in verdicts]
         if enabled is not None:
             signs = [s if on else 0 for s, on in zip(signs, enabled)]
@@ -549,14 +571,30 @@ class Scans:
         buckets = self._buckets(prompts, batch_size)
         for rows in progress_bar(buckets, "generate", progress and len(buckets) > 1):
             chunk = [prompts[i] for i in rows]
-            pre = self._prefill(chunk)
-            verdicts = self._verdicts(chunk, pre)
+            pre = self.prefill_prompts(chunk)
+            verdicts = self.verdicts_of(chunk, pre)
             plan = self.plan(verdicts, pre, enabled=[steer] * len(chunk))
             steered = generate_from(self.model, self.tokenizer, pre, config, plan)
             plain = generate_from(self.model, self.tokenizer, pre, config) if compare else [None] * len(chunk)
             for i, p, v, s_, u in zip(rows, chunk, verdicts, steered, plain):
                 results[i] = Generation(p, v, s_, u)
         return [g for g in results if g is not None]
+
+    def chat_batch(
+        self,
+        encoded: Sequence[tuple[list[int], int]],
+        settings: Sequence[RowSettings],
+        *,
+        steer_rows: Sequence[bool] | None = None,
+        labels: Sequence[str] | None = None,
+        on_verdicts: Callable[[list[Verdict], list[int]], None] | None = None,
+        on_forward: Callable[[int], None] | None = None,
+        isolate_errors: bool = False,
+    ) -> list[ChatResult]:
+        """Classify and answer encoded conversations in one shared prefill
+        (:func:`scans.decode.chat_batch`): the server's and ``scans chat``'s path."""
+        return chat_batch(self, encoded, settings, steer_rows=steer_rows, labels=labels, on_verdicts=on_verdicts,
+                          on_forward=on_forward, isolate_errors=isolate_errors)  # fmt: skip
 
 
 class _Clock:

@@ -18,7 +18,7 @@ import random
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -27,9 +27,22 @@ from .engine import Prefill, prefill
 from .models import cache_kwarg, model_device
 from .prompts import encode_messages_with_end, left_pad_encoded
 from .steering import SteeringPlan, steer
+from .verdict import Verdict
 
-if TYPE_CHECKING:
-    from .api import Scans, Verdict
+
+class Session(Protocol):
+    """What the conversation functions need of a transformers session (``scans.Scans``)."""
+
+    model: nn.Module
+    tokenizer: Any
+    profile: Any
+
+    def verdicts_of(self, prompts: Sequence[str], pre: Prefill) -> list[Verdict]: ...
+
+    def plan(
+        self, verdicts: Sequence[Verdict], pre: Prefill, enabled: Sequence[bool] | None = None
+    ) -> SteeringPlan: ...
+
 
 FINISH_STOP, FINISH_LENGTH, FINISH_CANCELLED, FINISH_ERROR = "stop", "length", "cancelled", "error"
 
@@ -409,7 +422,7 @@ class ChatResult:
 
 
 def encode_conversations(
-    scans: Scans, conversations: Sequence[Sequence[dict[str, str]]]
+    scans: Session, conversations: Sequence[Sequence[dict[str, str]]]
 ) -> list[tuple[list[int], int]]:
     """``(ids, user_end)`` of each conversation, formatted with the profile's system prompt."""
     system = scans.profile.system if scans.profile is not None else None
@@ -428,7 +441,7 @@ class Prepared:
 
 @torch.no_grad()
 def prepare_batch(
-    scans: Scans,
+    scans: Session,
     encoded: Sequence[tuple[list[int], int]],
     *,
     steer_rows: Sequence[bool] | None = None,
@@ -436,7 +449,7 @@ def prepare_batch(
     on_forward: Callable[[int], None] | None = None,
 ) -> Prepared:
     """One shared prefill of encoded conversations, the probe pass (verdicts, from
-    ``verdict.decide`` via ``Scans._verdicts``) and the per-row steering plan."""
+    ``verdict.decide`` via ``Scans.verdicts_of``) and the per-row steering plan."""
     n = len(encoded)
     steer_rows = list(steer_rows) if steer_rows is not None else [True] * n
     labels = list(labels) if labels is not None else [""] * n
@@ -446,7 +459,7 @@ def prepare_batch(
     pre = prefill(scans.model, batch)
     if on_forward is not None:
         on_forward(n)  # probe pass
-    verdicts = scans._verdicts(labels, pre)
+    verdicts = scans.verdicts_of(labels, pre)
     plan = scans.plan(verdicts, pre, enabled=steer_rows)
     return Prepared(pre, verdicts, plan, [int(s) for s in plan.sign.tolist()])
 
@@ -463,7 +476,7 @@ def chat_results(
 
 @torch.no_grad()
 def chat_batch(
-    scans: Scans,
+    scans: Session,
     encoded: Sequence[tuple[list[int], int]],
     settings: Sequence[RowSettings],
     *,
@@ -488,7 +501,7 @@ def chat_batch(
 
 
 def chat(
-    scans: Scans,
+    scans: Session,
     conversations: Sequence[Sequence[dict[str, str]]],
     settings: Sequence[RowSettings] | RowSettings | None = None,
     *,

@@ -17,7 +17,7 @@ How it works:
 * **Classification.** ``classify`` runs the probe pass in the same engine: the prompt with
   the probe appended, ``max_tokens=1``, capturing the block outputs at the instruction end,
   the probe's last token and the end of the user's text, then scores them with
-  ``Profile.scores`` exactly as ``Scans._verdicts`` does. The probe pass skips reading the
+  ``Profile.scores`` exactly as ``Scans.verdicts_of`` does. The probe pass skips reading the
   prefix cache (so every capture position is computed) and is never steered.
 * **Prefix cache.** Steered KV must never serve another request: every steered request gets
   a ``cache_salt`` naming its plan, sign and start position, so its blocks are only shared
@@ -38,11 +38,12 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from ..api import Generation, default_profile_dir
+from ..backend import Capabilities
 from ..errors import ScansError
 from ..profile import Profile
 from ..prompts import encode_chat_with_end, encode_probe
@@ -156,7 +157,10 @@ class VLLMScans:
     """SCANS on a vLLM engine: ``classify`` and ``generate`` with the API's dataclasses,
     ``chat_batch`` for the server and plans per benchmark method."""
 
-    backend = "vllm"
+    backend: ClassVar[str] = "vllm"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        fit=False, logits=False, row_batching=False, engine_batching=True
+    )
 
     def __init__(
         self,
@@ -197,6 +201,7 @@ class VLLMScans:
         max_num_seqs: int | None = None,
         layers_path: str | None = None,
         seed: int = 0,
+        trust_remote_code: bool = False,
         **llm_kwargs: Any,
     ) -> VLLMScans:
         """Build the engine (``enforce_eager=True``, prefix caching on) and install the hooks."""
@@ -228,6 +233,7 @@ class VLLMScans:
             "worker_extension_cls": WORKER_EXTENSION,  # the scans_* RPCs (hooks) in every worker
             **({"max_model_len": max_model_len} if max_model_len else {}),
             **({"max_num_seqs": max_num_seqs} if max_num_seqs else {}),
+            "trust_remote_code": trust_remote_code,
             **llm_kwargs,
         }
         start = time.perf_counter()
@@ -301,7 +307,7 @@ class VLLMScans:
         """The engine's weight dtype, e.g. ``float32``."""
         return str(self.info.get("dtype", "?")).replace("torch.", "")
 
-    def _require_profile(self) -> Profile:
+    def require_profile(self) -> Profile:
         if self.profile is None:
             raise ScansError("no steering profile loaded; fix: run `scans fit` or pass --profile")
         return self.profile
@@ -317,7 +323,7 @@ class VLLMScans:
         """Chat-formatted token ids and the user's text end, as the transformers backend builds
         them: with the profile's system prompt, or ``system`` when ``profile_system`` is False."""
         if profile_system:
-            system = self._require_profile().system
+            system = self.require_profile().system
         return [encode_chat_with_end(self.tokenizer, p, system) for p in prompts]
 
     def probe_activations(
@@ -327,7 +333,7 @@ class VLLMScans:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        probe_ids = encode_probe(self.tokenizer, probe or self._require_profile().probe)
+        probe_ids = encode_probe(self.tokenizer, probe or self.require_profile().probe)
         batch = uuid.uuid4().hex[:12]
         tags, prompts, params = [], [], []
         for i, (ids, uend) in enumerate(encoded):
@@ -353,14 +359,14 @@ class VLLMScans:
             out[name] = torch.stack(rows)
         return out
 
-    def _verdicts(self, prompts: Sequence[str], encoded: Sequence[tuple[list[int], int]]) -> list[Verdict]:
-        profile = self._require_profile()
+    def verdicts_of(self, prompts: Sequence[str], encoded: Sequence[tuple[list[int], int]]) -> list[Verdict]:
+        profile = self.require_profile()
         return decide(profile, self.probe_activations(encoded, profile.probe), prompts)
 
     def classify(self, prompts: str | Sequence[str], **_ignored: Any) -> list[Verdict]:
         """Score prompts (s(q) >= threshold: harmful), in the engine, in input order."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        return self._verdicts(prompts, self.encode(prompts))
+        return self.verdicts_of(prompts, self.encode(prompts))
 
     def request(
         self,
@@ -421,7 +427,7 @@ class VLLMScans:
         """Classify each prompt in the engine, then generate with per-request steering."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         encoded = self.encode(prompts)
-        verdicts = self._verdicts(prompts, encoded)
+        verdicts = self.verdicts_of(prompts, encoded)
         common = {"max_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
                   "min_tokens": min_new_tokens}  # fmt: skip
         requests = [
@@ -509,10 +515,12 @@ class VLLMScans:
         labels: Sequence[str] | None = None,
         on_verdicts: Callable[[list[Verdict], list[int]], None] | None = None,
         on_forward: Callable[[int], None] | None = None,
+        isolate_errors: bool = False,
     ) -> list[Any]:
         """``scans.decode.chat_batch`` on the engine (the server's worker calls it): the probe
         pass gives the verdicts, then every conversation is answered with its own sign and
-        sampling settings (``RowSettings``), streamed and cancellable per request."""
+        sampling settings (``RowSettings``), streamed and cancellable per request.
+        ``isolate_errors`` is not implemented on this backend (a failing request fails its batch)."""
         from ..decode import ChatResult, RowResult
 
         n = len(encoded)
@@ -520,7 +528,7 @@ class VLLMScans:
         labels = list(labels) if labels is not None else [""] * n
         if on_forward is not None:
             on_forward(n)  # the probe pass
-        verdicts = self._verdicts(labels, encoded)
+        verdicts = self.verdicts_of(labels, encoded)
         signs = [int(v.sign) if on else 0 for v, on in zip(verdicts, steer_rows)]
         if on_verdicts is not None:
             on_verdicts(verdicts, signs)

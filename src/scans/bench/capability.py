@@ -79,9 +79,7 @@ def next_token_logits(
 def _decide(methods: Sequence[Method], scans: Scans, pre: Prefill) -> dict[str, Any]:
     acts = None
     if any(m.needs_probe for m in methods):
-        acts = probe_pass(
-            scans.model, scans.tokenizer, pre, scans._require_profile().probe, scans.layers_path
-        )
+        acts = probe_pass(scans.model, scans.tokenizer, pre, scans.require_profile().probe, scans.layers_path)
     n = pre.batch.input_ids.shape[0]
     return {m.name: m.decide(acts, n) for m in methods}
 

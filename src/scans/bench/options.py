@@ -65,5 +65,5 @@ def load_splits(
 
 def build_methods(scans: Scans, names: str | Sequence[str]) -> list[Method]:
     """The named methods (``"all"`` or comma-separated) on ``scans``'s profile."""
-    profile = scans._require_profile()
+    profile = scans.require_profile()
     return [cls(profile, scans.n_layers, scans.layers_path) for cls in get_methods(names)]  # type: ignore[arg-type]

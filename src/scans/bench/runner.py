@@ -126,20 +126,19 @@ def write_meta(
     run_dir: Path, scans: Scans, splits: Sequence[Split], methods: Sequence[Method], config: BenchConfig
 ) -> dict[str, Any]:
     """Create or check the run's meta.json (a resumed run must use the same model and settings)."""
-    profile = scans._require_profile()
+    profile = scans.require_profile()
     meta_path = run_dir / META
-    backend = getattr(scans, "backend", "transformers")  # scans.backends.vllm.VLLMScans: "vllm"
-    vllm = backend == "vllm"
+    engine = scans.capabilities.engine_batching
     meta: dict[str, Any] = {
         "model": scans.name,
         "fingerprint": scans.fingerprint,
         "scans_version": __version__,
-        "backend": backend,
+        "backend": scans.backend,
         "max_new_tokens": config.max_new_tokens,
-        "batch_size": config.batch_size or (None if vllm else auto_batch_size(scans.model)),
+        "batch_size": config.batch_size or (None if engine else auto_batch_size(scans.model)),
         "seed": config.seed,
         "decoding": "greedy",
-        "dtype": scans.dtype if vllm else str(next(scans.model.parameters()).dtype).replace("torch.", ""),
+        "dtype": scans.dtype,
         "methods": [m.name for m in methods],
         "method_settings": {m.name: m.settings() for m in methods},
         "splits": {s.name: {"n": len(s), "label": s.label} for s in splits},
@@ -178,7 +177,7 @@ def save_profile_copy(run_dir: Path, scans: Scans) -> None:
     if not (target / "profile.json").exists():
         tmp = run_dir / "profile.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        scans._require_profile().save(tmp)
+        scans.require_profile().save(tmp)
         tmp.replace(target)
 
 
@@ -232,7 +231,7 @@ def run_generations(
         size = config.batch_size or auto_batch_size(model)
         buckets = batches_by_length(full.attention_mask.sum(-1).tolist(), size)
         # the unsteered answers of a plain group are the original's: reuse those already written
-        reuse_original = lead.group == ("plain", scans._require_profile().system)
+        reuse_original = lead.group == ("plain", scans.require_profile().system)
         names = ", ".join(m.name for m in members)
         for bucket in tqdm(buckets, desc=f"bench [{names}]", disable=not progress):
             rows = [todo[i] for i in bucket]
@@ -243,7 +242,7 @@ def run_generations(
                     m.needs_probe and any(not log.done(m.name, r) for r in rows) for m in members
                 )
                 acts = (
-                    probe_pass(model, tok, pre, scans._require_profile().probe, scans.layers_path)
+                    probe_pass(model, tok, pre, scans.require_profile().probe, scans.layers_path)
                     if needs_probe
                     else None
                 )

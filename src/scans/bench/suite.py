@@ -22,7 +22,7 @@ def lens_matrix(scans: Scans, n_tokens: int = 16) -> dict[str, Any]:
     """Logit lens of every layer's refusal vector on the refusal words the model promotes most:
     z-scored logits, layers x tokens (the report's heat map), with the steering band."""
     model, tok = scans.model, scans.tokenizer
-    profile = scans._require_profile()
+    profile = scans.require_profile()
     head = model.get_output_embeddings()
     norm = find_final_norm(model)
     ids = torch.tensor(refusal_token_ids(tok), dtype=torch.long)
@@ -49,12 +49,12 @@ def run_suite(scans: Scans, run_dir: str | Path, opts: SuiteOptions, progress: b
     from .judges import DEFAULT_JUDGE
     from .metrics import refusal_rates
 
-    if getattr(scans, "backend", "transformers") == "vllm":  # scans.backends.vllm.VLLMScans
+    if scans.capabilities.engine_batching:  # the engine schedules every request itself
         from .vllm_runner import run_suite_vllm
 
         return run_suite_vllm(scans, run_dir, opts, progress=progress)
     run_dir = Path(run_dir)
-    anchors = set(scans._require_profile().anchors.get("used_prompt_keys", []))
+    anchors = set(scans.require_profile().anchors.get("used_prompt_keys", []))
     splits = load_splits(opts, anchors)  # anchors are never benchmark prompts
     methods = build_methods(scans, opts.methods)
     capability = [m for m in build_methods(scans, opts.capability_methods)] if opts.capability_methods else []

@@ -65,7 +65,7 @@ def run_generations_vllm(
     run_dir.mkdir(parents=True, exist_ok=True)
     log = RunLog(run_dir)
     judges = _judges()
-    profile = engine._require_profile()
+    profile = engine.require_profile()
     items = split_items(splits)
     todo = [it for it in items if any(not log.done(m.name, it) for m in methods)]
     chunk = config.batch_size or DEFAULT_CHUNK
@@ -151,7 +151,7 @@ def run_suite_vllm(engine: Any, run_dir: str | Path, opts: Any, progress: bool =
     from .runner import save_profile_copy
 
     run_dir = Path(run_dir)
-    anchors = set(engine._require_profile().anchors.get("used_prompt_keys", []))
+    anchors = set(engine.require_profile().anchors.get("used_prompt_keys", []))
     splits = load_splits(opts, anchors)  # anchors are never benchmark prompts
     methods = build_methods(engine, opts.methods)
     check_methods([m.name for m in methods])
@@ -162,7 +162,7 @@ def run_suite_vllm(engine: Any, run_dir: str | Path, opts: Any, progress: bool =
     log, stats = run_generations_vllm(engine, splits, methods, run_dir, config, progress=progress)
     if stats["requests"]:  # a rerun with nothing left to do keeps the last measurement
         throughput = {
-            "backend": "vllm", "dtype": engine.dtype, "engine_load_s": engine.info.get("load_s"),
+            "backend": engine.backend, "dtype": engine.dtype, "engine_load_s": engine.info.get("load_s"),
             "max_new_tokens": config.max_new_tokens, "chunk": config.batch_size,
             "methods": [m.name for m in methods], **stats,
             "note": "rows: records written; requests: unique engine requests (methods share unsteered "

