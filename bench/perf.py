@@ -65,7 +65,7 @@ def run_method(method: str, n: int, new_tokens: int, batch_size: int, repeats: i
 def _one_run(method, scans, model, tok, profile, prompts, new_tokens, batch_size) -> None:
     import torch
 
-    from scans.engine import GenerationConfig
+    from scans.decode import GenerationConfig
     from scans.prompts import build_batch, pad_id_of
     from scans.steering import SteeringPlan, steer
     from scans.vectors import transitions
@@ -80,10 +80,13 @@ def _one_run(method, scans, model, tok, profile, prompts, new_tokens, batch_size
                     max_new_tokens=new_tokens,
                     min_new_tokens=new_tokens,
                     pad_token_id=pad_id_of(tok),
-                    **GenerationConfig().kwargs(),
+                    do_sample=False,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
                 )
     elif method == "e":  # this project's engine without SCANS: same buckets and shared prefill
-        from scans.engine import generate_from
+        from scans.decode import generate_from
 
         config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
         for rows in scans._buckets(prompts, batch_size):
@@ -124,7 +127,10 @@ def _one_run(method, scans, model, tok, profile, prompts, new_tokens, batch_size
                     max_new_tokens=new_tokens,
                     min_new_tokens=new_tokens,
                     pad_token_id=pad_id_of(tok),
-                    **GenerationConfig().kwargs(),
+                    do_sample=False,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
                 )
 
 

@@ -9,8 +9,17 @@ import torch
 
 from conftest import _tiny
 from scans import prompts
-from scans.decode import RowSettings, _Row, chat, chat_batch, decode, encode_conversations
-from scans.engine import GenerationConfig, generate_from, prefill
+from scans.decode import (
+    GenerationConfig,
+    RowSettings,
+    _Row,
+    chat,
+    chat_batch,
+    decode,
+    encode_conversations,
+    generate_from,
+)
+from scans.engine import prefill
 from scans.models import cache_kwarg
 from scans.steering import SteeringPlan, SteeringVector, steer
 
@@ -35,7 +44,7 @@ def _plan(t, batch, signs=(-1.0, 1.0, 0.0, -1.0)) -> SteeringPlan:
 
 
 def _reference_ids(t, pre, n: int, plan=None, eos=None) -> list[list[int]]:
-    """HF generate from the same prefill (as engine.generate_from does), ids cut at EOS."""
+    """HF generate from the same prefill, ids cut at EOS (the reference the decoder must equal)."""
     eos = t.tokenizer.eos_token_id if eos is None else eos
     with steer(t.model, plan) if plan is not None else torch.no_grad(), torch.no_grad():
         out = t.model.generate(

@@ -6,7 +6,8 @@ import torch
 
 from scans import prompts
 from scans.activations import collect, forward_capture
-from scans.engine import GenerationConfig, generate_from, prefill, prefill_probed, probe_pass
+from scans.decode import GenerationConfig, generate_counted, generate_from
+from scans.engine import prefill, prefill_probed, probe_pass
 from scans.steering import SteeringPlan, SteeringVector, steer
 
 PROMPTS = ["Hi", "How do I bake bread at home, step by step?", "What is the capital of France?"]
@@ -148,10 +149,11 @@ def test_generate_from_zero_sign_is_unsteered(tiny):
     assert zero == generate_from(model, tok, pre, GenerationConfig(max_new_tokens=5))
 
 
-def test_generation_config_kwargs():
-    assert GenerationConfig().kwargs()["do_sample"] is False
-    sampled = GenerationConfig(temperature=0.7, top_p=0.9).kwargs()
-    assert sampled == {"do_sample": True, "temperature": 0.7, "top_p": 0.9}
+def test_generation_config_row_settings():
+    rows = GenerationConfig(7, temperature=0.7, top_p=0.9, seed=5, min_new_tokens=2).row_settings(3)
+    assert [(r.max_tokens, r.temperature, r.top_p, r.min_tokens) for r in rows] == [(7, 0.7, 0.9, 2)] * 3
+    assert [r.seed for r in rows] == [5, 6, 7]
+    assert GenerationConfig().row_settings(1)[0].temperature == 0.0  # greedy by default
 
 
 def test_seeded_sampling_is_reproducible(qwen):
@@ -175,11 +177,16 @@ def test_forward_capture_under_a_plan_includes_the_steered_layers_own_addition(q
     torch.testing.assert_close(delta, expected, atol=1e-4, rtol=0)
 
 
-def test_generation_config_min_new_tokens_reaches_generate():
-    assert GenerationConfig(4, min_new_tokens=4).kwargs()["min_new_tokens"] == 4
-    assert "min_new_tokens" not in GenerationConfig(4).kwargs()
-    sampled = GenerationConfig(4, temperature=0.7, min_new_tokens=2).kwargs()
-    assert sampled["do_sample"] and sampled["min_new_tokens"] == 2
+def test_min_new_tokens_suppresses_the_end_of_sequence(qwen, monkeypatch):
+    """With the first greedy token made the end of sequence, rows stop at once unless
+    ``min_new_tokens`` holds the end back."""
+    model, tok = qwen.model, qwen.tokenizer
+    pre = prefill(model, prompts.build_batch(tok, PROMPTS[:1]))
+    first = generate_counted(model, tok, pre, GenerationConfig(max_new_tokens=1))
+    token = tok(first[0][0], add_special_tokens=False)["input_ids"][0]
+    monkeypatch.setattr(model.generation_config, "eos_token_id", token)
+    assert generate_counted(model, tok, pre, GenerationConfig(max_new_tokens=5))[0][1] == 0
+    assert generate_counted(model, tok, pre, GenerationConfig(max_new_tokens=5, min_new_tokens=3))[0][1] >= 3
 
 
 SYSTEM = "You are a careful assistant. Answer briefly and kindly."

@@ -11,9 +11,9 @@ import torch
 
 from conftest import BORDERLINE, FIT_KWARGS, HARMFUL, HARMLESS, _fitted, _tiny, make_model, make_scans
 from scans.activations import collect
-from scans.api import _split
 from scans.classifier import SHRINKAGE_GRID
 from scans.errors import ScansError
+from scans.fit_data import split_anchors
 from scans.profile import FORMAT_VERSION, METADATA, TENSOR_FIELDS, TENSORS, Profile
 from scans.vectors import mean_difference
 
@@ -62,8 +62,8 @@ def test_fit_vectors_are_the_mean_difference(fitted):
     """Step 1 end to end: the profile's vectors are the normalised mean difference of the
     instruction-end activations of the (seeded) fit anchors."""
     t = _tiny("qwen2")
-    fit_h, _ = _split(HARMFUL, 6, 4, 0, "harmful")
-    fit_b, _ = _split(HARMLESS, 6, 4, 0, "harmless")
+    fit_h, _ = split_anchors(HARMFUL, 6, 4, 0, "harmful")
+    fit_b, _ = split_anchors(HARMLESS, 6, 4, 0, "harmless")
     inst_h = collect(t.model, t.tokenizer, fit_h, progress=False)["inst"]
     inst_b = collect(t.model, t.tokenizer, fit_b, progress=False)["inst"]
     assert torch.allclose(fitted.profile.vectors, mean_difference(inst_h, inst_b), atol=1e-4)

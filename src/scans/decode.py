@@ -1,10 +1,11 @@
-"""Step-wise batched decoding from the shared prefill, with per-row settings.
+"""The one decoder: step-wise batched decoding from the shared prefill, with per-row settings.
 
 ``decode`` continues a ``Prefill`` (KV cache of all but the last prompt column) one token
-per step, like ``engine.generate_from`` but with its own loop, so that every row has its
-own temperature, top-p, seed, token budget and stop strings, streams text deltas, and
-leaves the batch (and the KV cache, and the steering plan) as soon as it is finished or
-cancelled. Greedy rows give exactly what ``model.generate`` gives.
+per step, so that every row has its own temperature, top-p, seed, token budget and stop
+strings, streams text deltas, and leaves the batch (and the KV cache, and the steering plan)
+as soon as it is finished or cancelled. Greedy rows give what ``model.generate`` gives.
+``generate_from`` (the API, the fit's refusal openings) and the bench runner, the server and
+``scans chat`` all decode here.
 
 ``chat_batch`` is the whole SCANS path for a batch of conversations: one prefill, the
 probe pass (verdicts), a per-row steering plan, and ``decode``.
@@ -55,6 +56,7 @@ class RowSettings:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    min_tokens: int = 0  # the end of sequence is suppressed until this many tokens
     stop: Sequence[str] = ()
     on_text: Callable[[str], None] | None = None  # called with each new piece of text
     cancelled: Callable[[], bool] | None = None  # checked before every step
@@ -197,6 +199,11 @@ def _concat_caches(a: Any, b: Any) -> None:
         la.values = torch.cat([la.values, lb.values], dim=0)
 
 
+def _plan_rows(plan: SteeringPlan | None, index: torch.Tensor) -> SteeringPlan | None:
+    """The plan of the given rows only (plans are never written to: a new one)."""
+    return None if plan is None else dataclasses.replace(plan, sign=plan.sign[index], start=plan.start[index])
+
+
 def _zero_plan_like(plan: SteeringPlan, rows: int) -> SteeringPlan:
     sign = torch.zeros((rows, *plan.sign.shape[1:]), dtype=plan.sign.dtype)
     return dataclasses.replace(plan, sign=sign, start=torch.zeros(rows, dtype=torch.long))
@@ -267,14 +274,11 @@ class DecodeBatch:
         cache = copy.deepcopy(pre.cache) if copy_cache else pre.cache
         mask = pre.batch.attention_mask.to(self.device)
         step_ids = pre.batch.input_ids[:, -1:].to(self.device)
-        if plan is not None:
-            plan = dataclasses.replace(plan, sign=plan.sign.clone(), start=plan.start.clone())
         if len(keep) < n:
             index = torch.tensor(keep, dtype=torch.long, device=self.device)
             cache.batch_select_indices(index)
             mask, step_ids = mask[index], step_ids[index]
-            if plan is not None:
-                plan.sign, plan.start = plan.sign[index.cpu()], plan.start[index.cpu()]
+            plan = _plan_rows(plan, index.cpu())
         if self.cache is None or not self.rows:
             self.cache, self.mask, self.step_ids, self.plan = cache, mask, step_ids, plan
         else:
@@ -313,11 +317,7 @@ class DecodeBatch:
                 index = torch.tensor(keep, dtype=torch.long, device=self.device)
                 self.cache.batch_select_indices(index)
                 self.mask, self.step_ids = self.mask[index], self.step_ids[index]
-                if self.plan is not None:
-                    self.plan.sign, self.plan.start = (
-                        self.plan.sign[index.cpu()],
-                        self.plan.start[index.cpu()],
-                    )
+                self.plan = _plan_rows(self.plan, index.cpu())
                 # columns that are padding in every remaining row (a long row left): cut them
                 first = int(self.mask.any(0).long().argmax())
                 if first > 0 and can_join(self.cache):
@@ -353,6 +353,10 @@ class DecodeBatch:
                 **{self.kwarg: self.cache},
             )
         logits = out.logits[:, -1]
+        early = [k for k, row in enumerate(self.rows) if len(row.ids) < row.settings.min_tokens]
+        if early and self.eos:
+            logits = logits.clone()
+            logits[torch.tensor(early)[:, None], torch.tensor(sorted(self.eos))[None, :]] = float("-inf")
         tokens = logits.argmax(-1).tolist()
         for k, row in enumerate(self.rows):
             try:
@@ -407,6 +411,47 @@ def decode(
             if r.error is not None:
                 raise r.error
     return results
+
+
+@dataclass
+class GenerationConfig:
+    """Settings of ``generate_from`` (greedy by default); every row gets the same."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    min_new_tokens: int = 0  # > 0 forces that many tokens (benchmarks compare equal work)
+
+    def row_settings(self, rows: int) -> list[RowSettings]:
+        """One ``RowSettings`` per row; sampled rows get seeds ``seed``, ``seed + 1``, ..."""
+        return [
+            RowSettings(
+                max_tokens=self.max_new_tokens,
+                temperature=self.temperature,
+                top_p=self.top_p,
+                seed=None if self.seed is None else self.seed + i,
+                min_tokens=self.min_new_tokens,
+            )
+            for i in range(rows)
+        ]
+
+
+@torch.no_grad()
+def generate_counted(
+    model: nn.Module, tokenizer: Any, pre: Prefill, config: GenerationConfig, plan: SteeringPlan | None = None
+) -> list[tuple[str, int]]:
+    """Continuations of the prefilled prompts (optionally under ``plan``), stripped, with the
+    number of new tokens of each row (its end of sequence not counted)."""
+    results = decode(model, tokenizer, pre, config.row_settings(pre.batch.input_ids.shape[0]), plan)
+    return [(r.text.strip(), len(r.token_ids)) for r in results]
+
+
+def generate_from(
+    model: nn.Module, tokenizer: Any, pre: Prefill, config: GenerationConfig, plan: SteeringPlan | None = None
+) -> list[str]:
+    """Continuations of the prefilled prompts, optionally under ``plan``."""
+    return [text for text, _ in generate_counted(model, tokenizer, pre, config, plan)]
 
 
 # ---------------------------------------------------------------- conversations with SCANS

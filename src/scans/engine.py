@@ -1,5 +1,6 @@
 """Shared prefill: one KV cache of each prompt (minus its instruction end) serves the
-probe pass (classification), the steered generation and the unsteered comparison.
+probe pass (classification), the steered generation and the unsteered comparison
+(decoding itself: :mod:`scans.decode`).
 
 Positions before the instruction end are never steered, so their keys and values are
 the same with and without steering. Prompts are left padded, so every row's instruction
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +19,8 @@ from torch import nn
 
 from .activations import forward_capture
 from .kvcache import new_cache, shared_prefix_cache
-from .models import cache_kwarg, model_device
-from .prompts import Batch, encode_probe, pad_id_of
-from .steering import SteeringPlan, steer
+from .models import model_device
+from .prompts import Batch, encode_probe
 
 CPU_BATCH_SIZE = 32
 
@@ -165,65 +164,3 @@ def prefill_probed(
     acts, _ = forward_capture(model, ids, mask, positions, cache=cache, layers_path=layers_path)
     cache.crop(-(len(probe_ids) + 1))  # negative: remove that many newest tokens
     return Prefill(batch, cache, acts.get("uend")), acts
-
-
-@dataclass
-class GenerationConfig:
-    """Decoding settings (greedy by default)."""
-
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    min_new_tokens: int = 0  # > 0 forces that many tokens (benchmarks compare equal work)
-
-    def kwargs(self) -> dict[str, Any]:
-        extra = {"min_new_tokens": self.min_new_tokens} if self.min_new_tokens else {}
-        if self.temperature and self.temperature > 0:
-            return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, **extra}
-        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None, **extra}
-
-
-@torch.no_grad()
-def generate_from(
-    model: nn.Module,
-    tokenizer: Any,
-    pre: Prefill,
-    config: GenerationConfig,
-    plan: SteeringPlan | None = None,
-) -> list[str]:
-    """Generate continuations of the prefilled prompts, optionally under ``plan``."""
-    return [text for text, _ in generate_counted(model, tokenizer, pre, config, plan)]
-
-
-@torch.no_grad()
-def generate_counted(
-    model: nn.Module,
-    tokenizer: Any,
-    pre: Prefill,
-    config: GenerationConfig,
-    plan: SteeringPlan | None = None,
-) -> list[tuple[str, int]]:
-    """Like :func:`generate_from`, with the number of new tokens of each row (up to its end of sequence)."""
-    if config.seed is not None:
-        torch.manual_seed(config.seed)
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    kwargs = {cache_kwarg(model): pre.fresh_cache()}
-    with steer(model, plan) if plan is not None else nullcontext():
-        out = model.generate(
-            input_ids=pre.batch.input_ids,
-            attention_mask=pre.batch.attention_mask,
-            max_new_tokens=config.max_new_tokens,
-            pad_token_id=pad_id_of(tokenizer),
-            eos_token_id=eos,
-            **config.kwargs(),
-            **kwargs,
-        )
-    new_tokens = out[:, pre.batch.input_ids.shape[1] :]
-    stops = torch.tensor(sorted({*(eos if isinstance(eos, list) else [eos]), pad_id_of(tokenizer)}))
-    ended = torch.isin(new_tokens.cpu(), stops).long()
-    counts = (ended.cumsum(-1) == 0).sum(-1).tolist()  # tokens before the first stop
-    texts = [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-    return list(zip(texts, counts))

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .activations import position_ids_of
-from .engine import GenerationConfig, Prefill, generate_from, prefill
+from .decode import GenerationConfig, generate_from
+from .engine import Prefill, prefill
 from .errors import ScansError
 from .judge import is_refusal
 from .models import cache_kwarg, find_final_norm, model_device

@@ -14,6 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import ScansError
+from .fit_diagnostics import FitDiagnostics
 from .steering import SteeringPlan, SteeringVector
 
 FORMAT_VERSION = 2
@@ -64,7 +65,7 @@ class Profile:
     anchors: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     version: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # the fit's diagnostics (FitDiagnostics.to_extra)
     # The decision rule of format 2 (see scans.verdict); None everywhere = the v1 rule.
     steer_threshold: float | None = (
         None  # s(q) below it (and the second signal under inst_threshold): steered away
@@ -97,6 +98,11 @@ class Profile:
             raise ScansError("contrast classifier without a contrast direction; fix: rerun `scans fit`")
         if self.alpha_mode not in ("relative", "absolute"):
             raise ScansError(f"alpha_mode {self.alpha_mode!r}; fix: use 'relative' or 'absolute'")
+
+    @property
+    def diagnostics(self) -> FitDiagnostics:
+        """The fit's diagnostics, read from ``extra`` (their JSON form)."""
+        return FitDiagnostics.from_extra(self.extra)
 
     @property
     def n_layers(self) -> int:

@@ -152,25 +152,6 @@ def print_fit(profile: Any, seconds: float | None, path: Any) -> None:
     print_decision(profile)
 
 
-def _fit_budget_args(max_loss: str, pool_size: str) -> tuple[float | None, int | None]:
-    """--max-harmful-loss and --pool-size, checked before the model loads (one-line errors)."""
-    loss: float | None = None
-    if max_loss.strip().lower() != "off":
-        try:
-            loss = float(max_loss)
-        except ValueError:
-            loss = -1.0
-        if not 0.0 < loss < 1.0:
-            raise ScansError(
-                f"--max-harmful-loss {max_loss}; fix: pass a fraction in (0, 1), e.g. 0.02, or off"
-            )
-    if pool_size.strip().lower() == "all":
-        return loss, None
-    if not pool_size.strip().isdigit():
-        raise ScansError(f"--pool-size {pool_size}; fix: pass a whole number of prompts or all")
-    return loss, int(pool_size)
-
-
 def print_decision(profile: Any) -> None:
     """The decision rule, its safety budget and what it steers (out of fold, on the pool)."""
     d = profile.decision
@@ -199,6 +180,7 @@ def print_decision(profile: Any) -> None:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from ..datafiles import read_prompts
+    from ..fit_config import FitConfig
 
     files = {k: getattr(args, k) for k in ("harmful", "harmless", "borderline")}
     if bool(files["harmful"]) != bool(files["harmless"]):
@@ -206,57 +188,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
     loaded = {
         k: read_prompts(v, text_column=args.text_column).prompts if v else None for k, v in files.items()
     }
-    if args.alpha is not None and args.alpha_abs is not None:
-        raise ScansError("--alpha and --alpha-abs both given; fix: pass one of them")
-    layers = parse_layers(args.layers)  # bad input fails before the model loads
-    max_loss, pool_size = _fit_budget_args(args.max_harmful_loss, args.pool_size)
-    pool = None
-    if args.pool:
-        from ..pool import check_pool, read_pool
-
-        pool = read_pool(
-            args.pool, text_column=args.text_column or "prompt", label_column=args.pool_label_column
-        )
-        check_pool(pool, f"--pool {args.pool}")
+    config = FitConfig.from_cli(args, parse_layers(args.layers))  # bad input fails before the model loads
     scans = common.load_scans(args, need_profile=False)
-    from ..api import DEFAULT_ALPHA
-
-    alpha, mode = (
-        (args.alpha_abs, "absolute")
-        if args.alpha_abs is not None
-        else (args.alpha if args.alpha is not None else DEFAULT_ALPHA, "relative")
-    )
-    if args.steer_window < 0:
-        raise ScansError(
-            f"--steer-window {args.steer_window}; fix: pass 1 (default), a larger window, or 0 for all positions"
-        )
     start = time.time()
     profile = scans.fit(
-        loaded["harmful"],
-        loaded["harmless"],
-        loaded["borderline"],
-        n_fit=args.n_fit,
-        n_heldout=args.n_heldout,
-        seed=args.seed,
-        layers=layers,
-        threshold=args.threshold,
-        alpha=alpha,
-        alpha_mode=mode,
-        classifier=args.classifier,
-        target_recall=args.target_recall,
-        harmful_policy=args.harmful_policy,
-        probe=args.probe,
-        steer_window=args.steer_window or None,
-        compare_classifiers=args.compare_classifiers,
-        system=args.system,
-        batch_size=args.batch_size,
-        progress=not args.quiet,
-        calibration=args.calibration,
-        shrinkage=args.shrinkage,
-        pack_linears=not args.no_pack,
-        pool=pool,
-        pool_size=pool_size,
-        max_harmful_loss=max_loss,
+        loaded["harmful"], loaded["harmless"], loaded["borderline"], config, progress=not args.quiet
     )
     path = scans.save(args.out)
     print_fit(profile, time.time() - start, path)

@@ -1,0 +1,198 @@
+"""``FitConfig``: every option of ``scans fit`` / ``Scans.fit``, checked once.
+
+The API (``Scans.fit(..., **options)``) and the command line (:meth:`FitConfig.from_cli`) build
+the same frozen dataclass, so both reject a bad value with the same one-line error. Checks that
+need the model (the steering layers' range) run in :mod:`scans.fit`, where the model is known.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .classifier import N_FOLDS
+from .errors import ScansError
+from .pool import PoolItem, check_pool, read_pool
+from .profile import CLASSIFIERS
+from .prompts import DEFAULT_PROBE
+
+DEFAULT_ALPHA = 0.05  # relative: coefficient = alpha * mean residual norm of the layer
+DEFAULT_TARGET_RECALL = 0.9  # calibrated threshold flags at least 90% of held-out harmful anchors
+DEFAULT_MAX_HARMFUL_LOSS = 0.02  # safety budget: at most 2% of harmful (and of severe) pool prompts steered
+DEFAULT_POOL_SIZE = 320  # taxonomy prompts added to the classifier's pool (None: all of the dev split)
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """The options of one fit (steps 1-3); the defaults are ``scans fit``'s."""
+
+    n_fit: int = 64
+    """Anchors per side (harmful, harmless) that build the refusal vectors (step 1)."""
+    n_heldout: int = 32
+    """More anchors per side, read only up to the end of the user's text: classifier and calibration."""
+    n_layer_eval: int = 16
+    """Fit anchors per side (the first ones) that measure the layer bands (step 2)."""
+    seed: int = 0
+    """Shuffles the anchors, samples the pool and splits the cross-validation folds."""
+    layers: tuple[int, ...] | None = None
+    """Steering layers; None: the band measured in step 2."""
+    threshold: float | None = None
+    """Classifier threshold; None: calibrated (the calibrated one is recorded either way)."""
+    alpha: float = DEFAULT_ALPHA
+    """Steering strength: in units of the layer's mean norm (``alpha_mode`` relative) or absolute."""
+    alpha_mode: str = "relative"
+    """``relative`` (coefficient ``alpha * norm_l``) or ``absolute`` (on the unit vectors)."""
+    classifier: str = "instruction"
+    """``instruction`` (end of the user's text), ``contrast`` (transitions) or ``cosine`` (the paper's)."""
+    target_recall: float | None = DEFAULT_TARGET_RECALL
+    """The calibrated threshold flags at least this share of the harmful calibration anchors."""
+    harmful_policy: str = "none"
+    """Prompts judged harmful: ``none`` (unsteered) or ``refuse`` (steered toward refusal, the paper)."""
+    steer_window: int | None = 1
+    """Positions steered from the instruction end; None: every later position too (the paper)."""
+    probe: str = DEFAULT_PROBE
+    """Affirmative assistant prefix whose activations give the transitions."""
+    system: str | None = None
+    """System prompt used while fitting and recorded for later use."""
+    batch_size: int | None = None
+    """Rows per forward pass; None: chosen for the device."""
+    compare_classifiers: bool = False
+    """Score the calibration anchors with every classifier (recorded in the diagnostics; slower)."""
+    calibration: str = "crossfit"
+    """``crossfit``: out-of-fold scores of all anchors calibrate; ``heldout``: the held-out anchors only."""
+    shrinkage: float | None = None
+    """Covariance shrinkage of the classifier direction in [0, 1]; None: chosen by cross-validation."""
+    pack_linears: bool = True
+    """On a CPU in float32, run the forward passes on prepacked weights (same math, faster)."""
+    pool: tuple[PoolItem, ...] | None = None
+    """Labelled prompts for the classifier; None: the shipped taxonomy's dev split with the shipped
+    anchors, else none."""
+    pool_size: int | None = DEFAULT_POOL_SIZE
+    """Pool prompts sampled (spread over label x severity x type); None: all of them."""
+    max_harmful_loss: float | None = DEFAULT_MAX_HARMFUL_LOSS
+    """Safety budget of the decision rule v2 (:mod:`scans.verdict`); None: the v1 rule."""
+
+    def __post_init__(self) -> None:
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(self.layers))
+        if self.pool is not None:
+            object.__setattr__(self, "pool", tuple(self.pool))
+        loss = self.max_harmful_loss
+        if loss is not None and not 0.0 < loss < 1.0:
+            raise ScansError(f"max harmful loss {loss}; fix: use a fraction in (0, 1), e.g. 0.02")
+        if self.pool_size is not None and self.pool_size < 0:
+            raise ScansError(f"pool size {self.pool_size}; fix: use 0 or more, or all")
+        if self.n_fit < 2 or self.n_heldout < 2:
+            raise ScansError(
+                "need at least 2 fit and 2 held-out anchors per side; fix: raise --n-fit/--n-heldout"
+            )
+        if self.classifier not in CLASSIFIERS:
+            raise ScansError(f"classifier {self.classifier!r}; fix: use one of {', '.join(CLASSIFIERS)}")
+        if self.calibration not in ("crossfit", "heldout"):
+            raise ScansError(f"calibration {self.calibration!r}; fix: use 'crossfit' or 'heldout'")
+        if self.shrinkage is not None and not 0.0 <= self.shrinkage <= 1.0:
+            raise ScansError(
+                f"shrinkage {self.shrinkage}; fix: use a value in [0, 1] (1 = plain mean difference) or auto"
+            )
+        n_cls_h = self.n_fit + (self.n_heldout if self.calibration == "crossfit" else 0)
+        if n_cls_h < N_FOLDS:
+            raise ScansError(
+                f"{n_cls_h} harmful anchors train the classifier, its {N_FOLDS}-fold cross-validation needs "
+                f"{N_FOLDS}; fix: raise --n-fit to {N_FOLDS} or use --calibration crossfit"
+            )
+        if self.harmful_policy not in ("refuse", "none"):
+            raise ScansError(f"harmful_policy {self.harmful_policy!r}; fix: use 'none' or 'refuse'")
+        if self.alpha_mode not in ("relative", "absolute"):
+            raise ScansError(f"alpha_mode {self.alpha_mode!r}; fix: use 'relative' or 'absolute'")
+        if self.steer_window is not None and self.steer_window < 1:
+            raise ScansError(
+                f"steer window {self.steer_window}; fix: use 1 (default), a larger window, or None for all positions"
+            )
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ScansError(f"batch size {self.batch_size}; fix: use a batch size of at least 1")
+
+    @property
+    def needs_transitions(self) -> bool:
+        """Whether every anchor's transition is read (a transition classifier, or all compared)."""
+        return self.compare_classifiers or self.classifier != "instruction"
+
+    @classmethod
+    def with_options(cls, config: FitConfig | None, options: Mapping[str, Any]) -> FitConfig:
+        """``config`` (default: the defaults) with keyword ``options`` replacing its fields;
+        an unknown option is a one-line error naming it."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = [key for key in options if key not in names]
+        if unknown:
+            raise ScansError(
+                f"unknown fit option {', '.join(map(repr, unknown))}; fix: use one of {', '.join(names)}"
+            )
+        base = config if config is not None else cls()
+        return dataclasses.replace(base, **options) if options else base
+
+    @classmethod
+    def from_cli(cls, args: argparse.Namespace, layers: Sequence[int] | None = None) -> FitConfig:
+        """The options of ``scans fit``'s parsed arguments (``layers``: ``--layers`` already
+        parsed), checked before the model loads; reads and checks ``--pool``."""
+        if args.alpha is not None and args.alpha_abs is not None:
+            raise ScansError("--alpha and --alpha-abs both given; fix: pass one of them")
+        if args.steer_window < 0:
+            raise ScansError(
+                f"--steer-window {args.steer_window}; fix: pass 1 (default), a larger window, or 0 for all positions"
+            )
+        max_loss, pool_size = parse_budget(args.max_harmful_loss, args.pool_size)
+        pool = None
+        if args.pool:
+            pool = read_pool(
+                args.pool, text_column=args.text_column or "prompt", label_column=args.pool_label_column
+            )
+            check_pool(pool, f"--pool {args.pool}")
+        alpha, mode = (
+            (args.alpha_abs, "absolute")
+            if args.alpha_abs is not None
+            else (args.alpha if args.alpha is not None else DEFAULT_ALPHA, "relative")
+        )
+        return cls(
+            n_fit=args.n_fit,
+            n_heldout=args.n_heldout,
+            seed=args.seed,
+            layers=layers,
+            threshold=args.threshold,
+            alpha=alpha,
+            alpha_mode=mode,
+            classifier=args.classifier,
+            target_recall=args.target_recall,
+            harmful_policy=args.harmful_policy,
+            steer_window=args.steer_window or None,
+            probe=args.probe,
+            system=args.system,
+            batch_size=args.batch_size,
+            compare_classifiers=args.compare_classifiers,
+            calibration=args.calibration,
+            shrinkage=args.shrinkage,
+            pack_linears=not args.no_pack,
+            pool=pool,
+            pool_size=pool_size,
+            max_harmful_loss=max_loss,
+        )
+
+
+def parse_budget(max_loss: str, pool_size: str) -> tuple[float | None, int | None]:
+    """``--max-harmful-loss`` (a fraction or ``off``) and ``--pool-size`` (a count or ``all``)."""
+    loss: float | None = None
+    if max_loss.strip().lower() != "off":
+        try:
+            loss = float(max_loss)
+        except ValueError:
+            loss = -1.0
+        if not 0.0 < loss < 1.0:
+            raise ScansError(
+                f"--max-harmful-loss {max_loss}; fix: pass a fraction in (0, 1), e.g. 0.02, or off"
+            )
+    if pool_size.strip().lower() == "all":
+        return loss, None
+    if not pool_size.strip().isdigit():
+        raise ScansError(f"--pool-size {pool_size}; fix: pass a whole number of prompts or all")
+    return loss, int(pool_size)

@@ -1,0 +1,179 @@
+"""The fit as a pipeline: ``FitConfig`` (checked once, for the API and the CLI), the anchors'
+split and activations, and the typed diagnostics stored as the profile's ``extra``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import BORDERLINE, FIT_KWARGS, HARMFUL, HARMLESS, _fitted, _tiny, make_scans
+from scans.activations import collect
+from scans.calibration import calibrate
+from scans.classifier import fit_classifier
+from scans.cli import build_parser
+from scans.errors import ScansError
+from scans.fit_config import DEFAULT_ALPHA, FitConfig
+from scans.fit_data import build_anchors, collect_activations
+from scans.fit_diagnostics import FitDiagnostics
+from scans.pool import PoolItem
+
+OPTIONS = {k: v for k, v in FIT_KWARGS.items() if k != "progress"}
+
+
+def test_defaults_are_the_cli_defaults():
+    """`scans fit` with no flags and `Scans.fit()` fit with the same options."""
+    assert FitConfig.from_cli(build_parser().parse_args(["fit"])) == FitConfig()
+    assert FitConfig().alpha == DEFAULT_ALPHA and FitConfig().max_harmful_loss == 0.02
+
+
+def test_cli_flags_map_to_the_fields():
+    args = build_parser().parse_args(
+        ["fit", "--alpha-abs", "2", "--steer-window", "0", "--max-harmful-loss", "off", "--pool-size", "all",
+         "--no-pack", "--shrinkage", "0.3", "--calibration", "heldout", "--n-fit", "8"]
+    )  # fmt: skip
+    config = FitConfig.from_cli(args, [3, 4])
+    assert (config.alpha, config.alpha_mode, config.steer_window) == (2.0, "absolute", None)
+    assert config.max_harmful_loss is None and config.pool_size is None and not config.pack_linears
+    assert (config.shrinkage, config.calibration, config.n_fit, config.layers) == (0.3, "heldout", 8, (3, 4))
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--alpha", "0.1", "--alpha-abs", "1"], "--alpha-abs"),
+        (["--steer-window", "-1"], "--steer-window"),
+        (["--max-harmful-loss", "2"], "--max-harmful-loss"),
+        (["--pool-size", "some"], "--pool-size"),
+        (["--n-fit", "1"], "--n-fit"),
+        (["--n-fit", "2", "--calibration", "heldout"], "4-fold"),
+    ],
+)
+def test_cli_checks_are_one_line(flags, words):
+    with pytest.raises(ScansError) as info:
+        FitConfig.from_cli(build_parser().parse_args(["fit", *flags]))
+    assert words in str(info.value) and "fix:" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("max_harmful_loss", 1.0), ("pool_size", -1), ("classifier", "knn"), ("calibration", "cv"),
+     ("shrinkage", 1.5), ("harmful_policy", "maybe"), ("alpha_mode", "loud"), ("steer_window", 0),
+     ("batch_size", 0), ("n_heldout", 1)],
+)  # fmt: skip
+def test_config_checks_each_field_once(field, value):
+    with pytest.raises(ScansError) as info:
+        FitConfig(**{field: value})
+    assert "fix:" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_config_is_frozen_and_holds_tuples():
+    pool = [PoolItem("a", False, False)]
+    config = FitConfig(layers=[2, 3], pool=pool)
+    assert config.layers == (2, 3) and config.pool == (pool[0],)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.n_fit = 3  # type: ignore[misc]
+
+
+def test_unknown_option_is_named():
+    t = _tiny("qwen2")
+    with pytest.raises(ScansError, match=r"unknown fit option 'n_fits'.*fix:.*n_fit"):
+        make_scans(t.model, t.tokenizer).fit(HARMFUL, HARMLESS, BORDERLINE, n_fits=3)
+
+
+def test_a_config_and_options_fit_the_same_profile(fitted):
+    t = _tiny("qwen2")
+    config = FitConfig(**{**OPTIONS, "n_fit": 5})
+    p = make_scans(t.model, t.tokenizer).fit(HARMFUL, HARMLESS, BORDERLINE, config, progress=False, n_fit=6)
+    assert torch.equal(p.vectors, fitted.profile.vectors) and p.threshold == fitted.profile.threshold
+    assert p.steer_threshold == fitted.profile.steer_threshold
+    assert {k: v for k, v in p.extra.items() if k != "timings_s"} == {
+        k: v for k, v in fitted.profile.extra.items() if k != "timings_s"
+    }
+
+
+def test_anchor_set_splits_and_labels():
+    pool = [PoolItem(f"p{i}", i % 2 == 0, i % 4 == 0) for i in range(20)]
+    config = FitConfig(**{**OPTIONS, "pool": pool, "pool_size": 16})
+    a = build_anchors(HARMFUL, HARMLESS, BORDERLINE, config)
+    assert (len(a.harmful), len(a.held_harmful), len(a.borderline), len(a.held_borderline)) == (6, 4, 6, 4)
+    assert not set(a.harmful) & set(a.held_harmful) and set(a.harmful) | set(a.held_harmful) <= set(HARMFUL)
+    assert len(a.pool) == 16
+    held = a.held_prompts()
+    assert len(held) == len(a.held_labels) == len(a.held_groups) == len(a.held_severe) == 12 + 16
+    assert list(a.held_labels[:4]) == [True] * 4 and not a.held_labels[4:12].any()
+    groups = {"pool-severe": (True, True), "pool-harmful": (True, False), "pool-benign": (False, False)}
+    assert [groups[g] for g in a.held_groups[12:]] == [(i.harmful, i.severe) for i in a.pool]
+    assert len(a.fit_labels) == len(a.fit_groups) == 18
+    record = a.record(n_layer_eval=4)
+    assert record["n_fit"] == 6 and record["n_heldout"] == 4 and len(record["used_prompt_keys"]) == 30 + 16
+
+
+def test_collected_activations_are_each_groups_own():
+    """The stitched groups hold the same rows as collecting each group on its own."""
+    t = _tiny("qwen2")
+    config = FitConfig(**OPTIONS)
+    a = build_anchors(HARMFUL, HARMLESS, BORDERLINE, config)
+    acts = collect_activations(
+        t.model, t.tokenizer, a, config, batch_size=8, layers_path=None, progress=False
+    )
+    assert acts.n_band == 4 and acts.band_harmful.batch.input_ids.shape[0] == 4
+    for group, prompts in ((acts.harmful, a.harmful), (acts.harmless, a.harmless)):
+        direct = collect(t.model, t.tokenizer, prompts, probe="Sure", progress=False)
+        for name in ("inst", "probe", "uend"):
+            assert torch.allclose(getattr(group, name), direct[name], atol=1e-4), name
+    direct = collect(t.model, t.tokenizer, a.held_prompts(), progress=False)
+    assert acts.held.probe is None and torch.allclose(acts.held.inst, direct["inst"], atol=1e-4)
+    fit = acts.fit
+    assert fit.uend.shape[0] == 18 and fit.probe is None  # the borderline rows have no probe read
+    assert torch.equal(fit.inst[:6], acts.harmful.inst) and torch.equal(fit.inst[12:], acts.borderline.inst)
+
+
+def test_diagnostics_round_trip_the_extra_keys(fitted):
+    extra = fitted.profile.extra
+    diagnostics = FitDiagnostics.from_extra(extra)
+    assert diagnostics.to_extra() == extra
+    assert diagnostics.layers_source == extra["layers_source"] and diagnostics.bands
+    assert diagnostics.heldout_auprc["instruction"] == extra["heldout_auprc_instruction"]
+    assert not diagnostics.other
+
+
+def test_diagnostics_read_an_older_extra():
+    """A profile from an older version: missing entries stay empty, unknown ones are kept."""
+    old = {
+        "bands": [{"start": 1, "end": 2, "drop": 0.5, "drift": 0.25}],
+        "layers_source": "user",
+        "legacy": 3,
+    }
+    d = FitDiagnostics.from_extra(old)
+    assert d.bands[0].score == 0.25 and d.bands[0].anchors == 0 and d.other == {"legacy": 3}
+    assert d.timings_s == {} and d.vector_separation_auprc is None
+    assert d.to_extra()["legacy"] == 3
+
+
+def test_profile_diagnostics_view():
+    p = _fitted("qwen2").profile
+    assert p.diagnostics.calibration_mode == "crossfit"
+    assert p.diagnostics.shrinkage == p.extra["shrinkage"]
+
+
+def test_classifier_and_threshold_restated(fitted):
+    """Step 3 restated without the pipeline: every anchor collected in one pass, the
+    instruction classifier cross-fitted on the fit + held-out rows, the threshold calibrated
+    on its out-of-fold scores."""
+    t = _tiny("qwen2")
+    p = fitted.profile
+    a = build_anchors(HARMFUL, HARMLESS, BORDERLINE, FitConfig(**OPTIONS))
+    rows = [*a.harmful, *a.harmless, *a.borderline, *a.held_prompts()]
+    uend = collect(t.model, t.tokenizer, rows, progress=False)["uend"]
+    labels = np.r_[a.fit_labels, a.held_labels]
+
+    def score(tensors, feats):
+        return dataclasses.replace(p, **tensors).scores(feats, feats).numpy()
+
+    fit = fit_classifier("instruction", uend, labels, score, p.cls_layers, None, seed=0)
+    assert fit.shrinkage == p.extra["shrinkage"]["instruction"]
+    assert torch.allclose(fit.tensors["contrast"], p.contrast, atol=1e-4)
+    assert calibrate(fit.oof_scores, labels, 0.9).threshold == pytest.approx(p.threshold, abs=1e-4)
