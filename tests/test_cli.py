@@ -203,14 +203,14 @@ def test_generate_json(loader, capsys):
 
 @pytest.fixture
 def chat_spy(monkeypatch):
-    """Record what `scans chat` hands to the server's path (decode.chat_batch), and the
+    """Record what `scans chat` hands to the server's path (the backend's chat_batch), and the
     output written to stdout by the time each answer's decoding returned."""
     import sys
 
-    import scans.decode as decode
+    from scans import Scans
 
     calls = []
-    real = decode.chat_batch
+    real = Scans.chat_batch
 
     def spy(scans, encoded, settings, **kwargs):
         results = real(scans, encoded, settings, **kwargs)
@@ -218,7 +218,7 @@ def chat_spy(monkeypatch):
         calls[-1]["stdout_at_return"] = sys.stdout.getvalue() if hasattr(sys.stdout, "getvalue") else None
         return results
 
-    monkeypatch.setattr(decode, "chat_batch", spy)
+    monkeypatch.setattr(Scans, "chat_batch", spy)
     return calls
 
 
@@ -233,7 +233,7 @@ def test_chat_keeps_the_history_and_streams(loader, chat_spy, monkeypatch):
     import io
     import sys
 
-    from scans.decode import encode_conversations
+    from scans.conversations import encode_conversations
 
     monkeypatch.setattr(sys, "stdout", io.StringIO())  # getvalue() while decoding
     assert _chat(["Hi", "", "How do I bake bread?", "/quit", "never read"], "--max-new-tokens", "6") == 0
@@ -269,7 +269,7 @@ def test_chat_commands_reset_off_on(loader, chat_spy, capsys):
     assert [c["steer_rows"] for c in chat_spy] == [[True], [False], [True]]
     assert [len(c["encoded"][0][0]) > 0 for c in chat_spy] == [True] * 3
     # /reset: the third turn is a conversation of one message, like the first
-    from scans.decode import encode_conversations
+    from scans.conversations import encode_conversations
 
     t = _tiny("qwen2")
     api = make_scans(t.model, t.tokenizer)

@@ -9,16 +9,8 @@ import torch
 
 from conftest import _tiny
 from scans import prompts
-from scans.decode import (
-    GenerationConfig,
-    RowSettings,
-    _Row,
-    chat,
-    chat_batch,
-    decode,
-    encode_conversations,
-    generate_from,
-)
+from scans.conversations import chat, chat_batch, encode_conversations
+from scans.decode import GenerationConfig, RowSettings, _Row, decode, generate_from
 from scans.engine import prefill
 from scans.models import cache_kwarg
 from scans.steering import SteeringPlan, SteeringVector, steer

@@ -15,14 +15,8 @@ import httpx
 import pytest
 
 import scans.decode
-from scans.decode import (
-    DecodeBatch,
-    RowSettings,
-    chat_batch,
-    encode_conversations,
-    prepare_batch,
-    row_result,
-)
+from scans.conversations import chat_batch, encode_conversations, prepare_batch
+from scans.decode import DecodeBatch, RowSettings, row_result
 from scans.prompts import encode_messages_with_end
 from test_server import AUTH, KEY, PROMPTS, Live, _direct, _post, _scans, _user, _wait
 

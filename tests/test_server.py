@@ -15,7 +15,8 @@ import openai
 import pytest
 
 from conftest import _fitted, _tiny, make_scans
-from scans.decode import RowSettings, chat
+from scans.conversations import chat
+from scans.decode import RowSettings
 from scans.serve import ServeConfig, create_app
 from scans.serve.server import make_server
 

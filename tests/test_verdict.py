@@ -14,7 +14,8 @@ from conftest import BORDERLINE, FIT_KWARGS, HARMFUL, HARMLESS, _fitted, _tiny, 
 from scans.bench.data import Split
 from scans.bench.options import build_methods
 from scans.bench.runner import GENERATIONS, BenchConfig, run_generations
-from scans.decode import RowSettings, chat_batch, encode_conversations
+from scans.conversations import chat_batch, encode_conversations
+from scans.decode import RowSettings
 from scans.errors import ScansError
 from scans.pool import PoolItem, parse_label, read_pool, sample_pool, shipped_taxonomy
 from scans.profile import Profile

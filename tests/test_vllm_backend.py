@@ -392,7 +392,8 @@ def test_serve_vllm_mixed_batch_same_as_alone(both):
         assert is_refusal(off) and not is_refusal(on) and is_refusal(b), (off, on, b)
         assert "\n" not in alone[4][0]
         # the same answers as the transformers backend's chat path
-        from scans.decode import RowSettings, chat
+        from scans.conversations import chat
+        from scans.decode import RowSettings
 
         ref = chat(hf, [_user(coke), _user(bomb), _user(coke)], RowSettings(max_tokens=24),
                    steer_rows=[True, True, False])  # fmt: skip

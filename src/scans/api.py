@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from .backend import Capabilities
-from .decode import ChatResult, GenerationConfig, RowSettings, chat_batch, generate_from
+from .conversations import ChatResult, chat_batch
+from .decode import GenerationConfig, RowSettings, generate_from
 from .embedded import cache_dir
 from .engine import Prefill, prefill, probe_pass
 from .errors import ScansError

@@ -26,6 +26,10 @@ How it works:
   vectors and captures go through ``LLM.collective_rpc("scans_...")`` by method name with
   plain data (no pickled code), so they reach every process that owns the model. With
   ``tensor_parallel_size=1`` the engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``).
+
+One module (over 400 lines) because it is the driver side of one engine object: building the
+engine, its plans and cache salts, the probe pass, requests and streaming all act on the same
+``LLM`` and its request bookkeeping; the worker side is ``vllm_worker``.
 """
 
 from __future__ import annotations
@@ -521,7 +525,8 @@ class VLLMScans:
         pass gives the verdicts, then every conversation is answered with its own sign and
         sampling settings (``RowSettings``), streamed and cancellable per request.
         ``isolate_errors`` is not implemented on this backend (a failing request fails its batch)."""
-        from ..decode import ChatResult, RowResult
+        from ..conversations import ChatResult
+        from ..decode import RowResult
 
         n = len(encoded)
         steer_rows = list(steer_rows) if steer_rows is not None else [True] * n

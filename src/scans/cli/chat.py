@@ -1,4 +1,4 @@
-"""``scans chat``: a streamed conversation on the server's decoding path (``decode.chat_batch``)."""
+"""``scans chat``: a streamed conversation on the server's path (the backend's ``chat_batch``)."""
 
 from __future__ import annotations
 
@@ -34,9 +34,9 @@ def add_chat_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_chat(args: argparse.Namespace, stdin: Any = None) -> int:
     """A conversation: history kept, every turn classified on its latest user message (the
-    server's path, ``decode.chat_batch``), the answer streamed as it is generated."""
-    from ..decode import RowSettings, chat_batch, encode_conversations
-    from ..prompts import context_length
+    server's path, the backend's ``chat_batch``), the answer streamed as it is generated."""
+    from ..conversations import encode_conversations
+    from ..decode import RowSettings
 
     if args.max_new_tokens < 1:
         raise ScansError(f"--max-new-tokens {args.max_new_tokens}; fix: pass 1 or more")
@@ -44,7 +44,7 @@ def cmd_chat(args: argparse.Namespace, stdin: Any = None) -> int:
     stdin = stdin or sys.stdin
     history: list[dict[str, str]] = []
     steering = True
-    context = context_length(scans.model) or 1 << 30
+    context = scans.max_model_len
     print(f"scans chat: the conversation is kept; each message is classified and steered. {CHAT_HELP}")
 
     def write(text: str) -> None:
@@ -69,8 +69,7 @@ def cmd_chat(args: argparse.Namespace, stdin: Any = None) -> int:
             return None
         settings = RowSettings(min(args.max_new_tokens, room), args.temperature, args.top_p, args.seed)
         settings.on_text = write
-        [result] = chat_batch(
-            scans,
+        [result] = scans.chat_batch(
             encoded,
             [settings],
             steer_rows=[steer],

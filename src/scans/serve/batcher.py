@@ -30,15 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..decode import (
-    FINISH_ERROR,
-    ChatResult,
-    DecodeBatch,
-    RowSettings,
-    can_join,
-    prepare_batch,
-    row_result,
-)
+from ..conversations import ChatResult, prepare_batch
+from ..decode import FINISH_ERROR, DecodeBatch, RowSettings, can_join, row_result
 
 log = logging.getLogger("scans.serve")
 MODES = ("continuous", "closed")
