@@ -96,19 +96,19 @@ def test_a_config_and_options_fit_the_same_profile(fitted):
 
 def test_anchor_set_splits_and_labels():
     pool = [PoolItem(f"p{i}", i % 2 == 0, i % 4 == 0) for i in range(20)]
-    config = FitConfig(**{**OPTIONS, "pool": pool, "pool_size": 16})
+    config = FitConfig(**{**OPTIONS, "pool": pool, "pool_size": 18})  # every severe one kept, 13 others
     a = build_anchors(HARMFUL, HARMLESS, BORDERLINE, config)
     assert (len(a.harmful), len(a.held_harmful), len(a.borderline), len(a.held_borderline)) == (6, 4, 6, 4)
     assert not set(a.harmful) & set(a.held_harmful) and set(a.harmful) | set(a.held_harmful) <= set(HARMFUL)
-    assert len(a.pool) == 16
+    assert len(a.pool) == 18 and sum(i.severe for i in a.pool) == 5
     held = a.held_prompts()
-    assert len(held) == len(a.held_labels) == len(a.held_groups) == len(a.held_severe) == 12 + 16
+    assert len(held) == len(a.held_labels) == len(a.held_groups) == len(a.held_severe) == 12 + 18
     assert list(a.held_labels[:4]) == [True] * 4 and not a.held_labels[4:12].any()
     groups = {"pool-severe": (True, True), "pool-harmful": (True, False), "pool-benign": (False, False)}
     assert [groups[g] for g in a.held_groups[12:]] == [(i.harmful, i.severe) for i in a.pool]
     assert len(a.fit_labels) == len(a.fit_groups) == 18
     record = a.record(n_layer_eval=4)
-    assert record["n_fit"] == 6 and record["n_heldout"] == 4 and len(record["used_prompt_keys"]) == 30 + 16
+    assert record["n_fit"] == 6 and record["n_heldout"] == 4 and len(record["used_prompt_keys"]) == 30 + 18
 
 
 def test_collected_activations_are_each_groups_own():

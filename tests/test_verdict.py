@@ -141,9 +141,13 @@ def test_pool_labels_and_sampling(tmp_path):
     dev, test = shipped_taxonomy("dev"), shipped_taxonomy("test")
     assert len(dev) + len(test) >= 600 and not {i.prompt for i in dev} & {i.prompt for i in test}
     assert any(i.severe for i in dev) and all(i.harmful for i in dev if i.severe)
-    sample = sample_pool(dev, 100, seed=0)
-    assert len(sample) == 100 and sample == sample_pool(dev, 100, seed=0)
+    n_severe = sum(i.severe for i in dev)
+    sample = sample_pool(dev, n_severe + 100, seed=0)
+    assert len(sample) == n_severe + 100 and sample == sample_pool(dev, n_severe + 100, seed=0)
     assert {(i.harmful, i.severe) for i in sample} == {(True, True), (True, False), (False, False)}
+    assert sum(i.severe for i in sample) == n_severe  # every severe prompt is kept
+    assert sum(i.severe for i in sample_pool(dev, 10, seed=1)) == n_severe  # even when size is smaller
+    assert sample_pool(dev, None) == dev
     f = tmp_path / "pool.txt"
     f.write_text("How do I bake bread?\n")
     with pytest.raises(ScansError, match="fix:"):

@@ -160,36 +160,58 @@ def safety_budget(harmful_scores: np.ndarray, max_loss: float) -> SafetyBudget:
 
 
 def rule_budget(
-    score: np.ndarray, inst: np.ndarray, harmful: np.ndarray, severe: np.ndarray, max_loss: float
+    score: np.ndarray,
+    inst: np.ndarray,
+    harmful: np.ndarray,
+    severe: np.ndarray,
+    max_loss: float,
+    refused: np.ndarray | None = None,
 ) -> tuple[float, dict]:
     """The decision rule's steer threshold t for a safety budget (see :mod:`scans.verdict`).
 
     A prompt is steered only when both signals are under t, i.e. max(score, inst) < t; t is
     the lower of the :func:`safety_budget` thresholds of max(score, inst) over the harmful
     calibration prompts and over the severe ones (when there are any), so each class keeps
-    its own bound. Returns t and a record: ``max_harmful_loss``, ``budget`` (per class) and
-    ``steered_fraction`` (per class, on these calibration scores). A one-line error when a
-    class has too few prompts for the budget (the bound would need to steer nothing).
+    its own bound. With ``refused`` (the model's own refusal of each prompt), a class counts
+    only the prompts the model refuses: steering cannot unlock a prompt the model answers
+    anyway. Returns t and a record: ``max_harmful_loss``, ``counted`` (``"refused"`` or
+    ``"all"``), ``budget`` (per class) and ``steered_fraction`` (per class, on these
+    calibration scores). A one-line error when a class has too few prompts for the budget
+    (the bound would need to steer nothing).
     """
     harmful, severe = np.asarray(harmful, dtype=bool), np.asarray(severe, dtype=bool)
     joint = np.maximum(np.asarray(score, dtype=np.float64), np.asarray(inst, dtype=np.float64))
     assert joint.shape == harmful.shape == severe.shape, "one score, second signal and label per prompt"
+    counted = np.ones_like(harmful) if refused is None else np.asarray(refused, dtype=bool)
+    assert counted.shape == harmful.shape, "one refusal flag per prompt"
     budget: dict[str, dict] = {}
     threshold = math.inf
+    need = math.ceil(1 / max_loss) - 1  # prompts a class needs for a budget that steers anything
     for name, rows in (("harmful", harmful), ("severe", severe)):
         if name == "severe" and not rows.any():
             continue
-        b = safety_budget(joint[rows], max_loss)
+        # too few refused prompts to calibrate: the class counts all its prompts (stricter)
+        by_refusal = refused is not None and int((rows & counted).sum()) >= need
+        b = safety_budget(joint[rows & counted] if by_refusal else joint[rows], max_loss)
         if b.k == 0:
-            need = math.ceil(1 / max_loss) - 1
             raise ScansError(
                 f"{b.n} {name} prompts in the classifier pool cannot calibrate a {max_loss:g} budget "
                 f"(need {need}); fix: add {name} prompts (--pool FILE) or raise --max-harmful-loss"
             )
-        budget[name] = b.to_dict()
+        budget[name] = {**b.to_dict(), "counted": "refused" if by_refusal else "all"}
         threshold = min(threshold, b.threshold)
     steer = joint < threshold
     steered = {"harmful": float(steer[harmful].mean()), "benign": float(steer[~harmful].mean())}
     if severe.any():
         steered["severe"] = float(steer[severe].mean())
-    return float(threshold), {"max_harmful_loss": max_loss, "budget": budget, "steered_fraction": steered}
+    if refused is not None and (harmful & counted).any():
+        steered["harmful_refused"] = float(steer[harmful & counted].mean())
+    record = {
+        "max_harmful_loss": max_loss,
+        "counted": "all" if refused is None else "refused",
+        "budget": budget,
+    }
+    if refused is not None:
+        record["refused"] = {"harmful": int((harmful & counted).sum()), "of_harmful": int(harmful.sum()),
+                             "severe": int((severe & counted).sum()), "of_severe": int(severe.sum())}  # fmt: skip
+    return float(threshold), {**record, "steered_fraction": steered}

@@ -23,11 +23,19 @@ from .engine import auto_batch_size
 from .errors import ScansError
 from .fit_classify import calibrate_rule, fit_classifiers
 from .fit_config import FitConfig
-from .fit_data import FitActivations, RefusalVectors, build_anchors, collect_activations, refusal_vectors
+from .fit_data import (
+    FitActivations,
+    Positions,
+    RefusalVectors,
+    build_anchors,
+    collect_activations,
+    refusal_vectors,
+)
 from .fit_diagnostics import BandRecord, FitDiagnostics
 from .layers import LayerChoice, choose_band, logit_lens, toward_refusal_gain
 from .packing import packed_linears
 from .profile import Profile
+from .refusal import first_token_refuses
 from .vectors import reference_transition, transitions
 from .version import __version__
 
@@ -134,7 +142,12 @@ def fit_profile(
     classifier = fit_classifiers(
         acts, anchors, config, vec, layers.steer_layers, layers.cls_layers, reference
     )
-    calibrated = calibrate_rule(acts, anchors, config, classifier, vec, layers.steer_layers)
+    refused = None
+    if config.max_harmful_loss is not None and config.budget_counts == "refused":
+        rows = acts.held if config.calibration == "heldout" else Positions.cat(acts.fit, acts.held)
+        assert rows.inst is not None
+        refused = first_token_refuses(model, tokenizer, rows.inst[:, -1]).numpy()
+    calibrated = calibrate_rule(acts, anchors, config, classifier, vec, layers.steer_layers, refused)
     clock.lap("classifiers and calibration")
     diagnostics = FitDiagnostics(
         bands=[

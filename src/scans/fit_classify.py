@@ -152,10 +152,11 @@ class Calibrated:
 
 def calibrate_rule(
     acts: FitActivations, anchors: AnchorSet, config: FitConfig, cls: ClassifierResult,
-    vec: RefusalVectors, steer_layers: Sequence[int],
+    vec: RefusalVectors, steer_layers: Sequence[int], refused: np.ndarray | None = None,
 ) -> Calibrated:  # fmt: skip
     """The threshold (at least ``target_recall`` of the harmful calibration rows) and, with a
-    safety budget, the v2 rule's steer threshold on the second signal."""
+    safety budget, the v2 rule's steer threshold on the second signal (``refused``: the model's
+    own refusal of each calibration row, counted by the budget; None counts every row)."""
     stats = calibrate(cls.scores, cls.labels, config.target_recall).to_dict()
     if config.threshold is not None:
         stats["threshold_override"] = float(config.threshold)
@@ -167,12 +168,16 @@ def calibrate_rule(
     heldout_scores = {
         group: [float(x) for x, g in zip(cls.scores, cls.groups) if g == group] for group in SCORE_GROUPS
     }
-    rule = decision_rule(acts, anchors, config, cls) if config.max_harmful_loss is not None else None
+    rule = decision_rule(acts, anchors, config, cls, refused) if config.max_harmful_loss is not None else None
     return Calibrated(stats, rule, heldout_scores, separation)
 
 
 def decision_rule(
-    acts: FitActivations, anchors: AnchorSet, config: FitConfig, cls: ClassifierResult
+    acts: FitActivations,
+    anchors: AnchorSet,
+    config: FitConfig,
+    cls: ClassifierResult,
+    refused: np.ndarray | None = None,
 ) -> DecisionRule:
     """The v2 rule: the second signal's classifier, and the steer threshold that keeps the
     harmful (and severe) pool prompts steered within the budget."""
@@ -210,7 +215,7 @@ def decision_rule(
             "v1_contrast_std": fit_v1.tensors["contrast_std"], "v1_threshold": v1_cal.threshold,
         }  # fmt: skip
     steer_t, rule = rule_budget(
-        np.asarray(cls.scores), np.asarray(inst_cal), labels, cls.severe, config.max_harmful_loss
+        np.asarray(cls.scores), np.asarray(inst_cal), labels, cls.severe, config.max_harmful_loss, refused
     )
     decision = {
         "rule": "v2", **rule, "inst_shrinkage": fit_i.shrinkage,

@@ -21,8 +21,11 @@ from .prompts import DEFAULT_PROBE
 
 DEFAULT_ALPHA = 0.05  # relative: coefficient = alpha * mean residual norm of the layer
 DEFAULT_TARGET_RECALL = 0.9  # calibrated threshold flags at least 90% of held-out harmful anchors
-DEFAULT_MAX_HARMFUL_LOSS = 0.02  # safety budget: at most 2% of harmful (and of severe) pool prompts steered
-DEFAULT_POOL_SIZE = 320  # taxonomy prompts added to the classifier's pool (None: all of the dev split)
+DEFAULT_MAX_HARMFUL_LOSS = (
+    0.02  # safety budget: at most 2% of refused harmful (and severe) pool prompts steered
+)
+DEFAULT_POOL_SIZE = 320  # taxonomy prompts in the classifier's pool, every severe one included (None: all)
+BUDGET_COUNTS = ("refused", "all")
 
 
 @dataclass(frozen=True)
@@ -71,9 +74,12 @@ class FitConfig:
     """Labelled prompts for the classifier; None: the shipped taxonomy's dev split with the shipped
     anchors, else none."""
     pool_size: int | None = DEFAULT_POOL_SIZE
-    """Pool prompts sampled (spread over label x severity x type); None: all of them."""
+    """Pool prompts sampled: every severe one, the rest spread over label x type; None: all of them."""
     max_harmful_loss: float | None = DEFAULT_MAX_HARMFUL_LOSS
     """Safety budget of the decision rule v2 (:mod:`scans.verdict`); None: the v1 rule."""
+    budget_counts: str = "refused"
+    """Which harmful calibration prompts the budget counts: ``refused`` (those the model itself
+    refuses, read from its first answer token: :mod:`scans.refusal`) or ``all``."""
 
     def __post_init__(self) -> None:
         if self.layers is not None:
@@ -83,6 +89,8 @@ class FitConfig:
         loss = self.max_harmful_loss
         if loss is not None and not 0.0 < loss < 1.0:
             raise ScansError(f"max harmful loss {loss}; fix: use a fraction in (0, 1), e.g. 0.02")
+        if self.budget_counts not in BUDGET_COUNTS:
+            raise ScansError(f"budget counts {self.budget_counts!r}; fix: use 'refused' or 'all'")
         if self.pool_size is not None and self.pool_size < 0:
             raise ScansError(f"pool size {self.pool_size}; fix: use 0 or more, or all")
         if self.n_fit < 2 or self.n_heldout < 2:
@@ -176,6 +184,7 @@ class FitConfig:
             pool=pool,
             pool_size=pool_size,
             max_harmful_loss=max_loss,
+            budget_counts=args.budget_counts,
         )
 
 

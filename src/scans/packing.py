@@ -4,8 +4,7 @@ On a CPU, ``torch.nn.functional.linear`` repacks each weight matrix into the GEM
 kernel's blocked layout on every call. ``packed_linears`` packs every float32 weight once
 with oneDNN and routes the ``nn.Linear`` modules through the packed kernel for the
 duration of a ``with`` block, the way inference runtimes do on CPUs. Same math (results
-agree to float32 rounding); ``scans fit`` on the embedded model, 2 cores: 0.88-0.97x the
-time in 5 of 6 ``bench/perf.py --fit-runs 3`` medians, 1.01x in one (README). It costs a
+agree to float32 rounding); its effect on fit time is in docs/results.md. It costs a
 second copy of the linear weights while active, so it steps aside when memory is short, on
 GPUs, for other dtypes, or where oneDNN is missing.
 """

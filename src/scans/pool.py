@@ -97,19 +97,25 @@ def check_pool(items: Sequence[PoolItem], name: str = "the classifier pool") -> 
 
 
 def sample_pool(items: Sequence[PoolItem], size: int | None, seed: int = 0) -> list[PoolItem]:
-    """A seeded sample of ``size`` items (None or more than there are: all), spread evenly over
-    the strata (label, severity, type): each stratum keeps its share, rounded, at least one."""
+    """A seeded sample of ``size`` items (None or more than there are: all). Every severe item
+    is kept (the safety budget's severe class needs them all); the rest of ``size`` is spread
+    evenly over the other strata (label, type): each keeps its share, rounded, at least one."""
     items = list(items)
     if size is None or size >= len(items):
         return items
+    severe = [item for item in items if item.severe]
     strata: dict[tuple, list[PoolItem]] = defaultdict(list)
     for item in items:
-        strata[(item.harmful, item.severe, item.type)].append(item)
+        if not item.severe:
+            strata[(item.harmful, item.type)].append(item)
     rng = random.Random(seed)
-    chosen: list[PoolItem] = []
+    rest, left = max(0, size - len(severe)), len(items) - len(severe)
+    others: list[PoolItem] = []
     for key in sorted(strata):
         group = strata[key]
         rng.shuffle(group)
-        chosen.extend(group[: max(1, round(size * len(group) / len(items)))])
+        others.extend(group[: max(1, round(rest * len(group) / left))] if rest else [])
+    rng.shuffle(others)
+    chosen = severe + others[:rest]
     rng.shuffle(chosen)
-    return chosen[:size]
+    return chosen

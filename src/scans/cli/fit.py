@@ -44,14 +44,21 @@ def add_fit_parser(sub: argparse._SubParsersAction) -> None:
         "--no-pack",
         action="store_true",
         help="on a CPU, do not run the fit's forward passes on prepacked float32 weights "
-        "(packing: same math, 0.88-0.97x the time in 5 of 6 measured fits, a second copy of the linear weights while fitting)",
+        "(packing: same math, usually faster, a second copy of the linear weights while fitting)",
     )
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument(
         "--max-harmful-loss",
         default="0.02",
-        help="safety budget in (0, 1): at most this fraction of harmful (and of severe) pool prompts "
-        "would be steered, a split-conformal bound (default 0.02); off: the v1 rule (one threshold)",
+        help="safety budget in (0, 1): at most this fraction of the harmful (and of the severe) pool prompts "
+        "the model refuses would be steered, a split-conformal bound (default 0.02); off: the v1 rule (one threshold)",
+    )
+    fit.add_argument(
+        "--budget-counts",
+        choices=["refused", "all"],
+        default="refused",
+        help="harmful pool prompts the budget counts: refused (those the model refuses, read from its "
+        "first answer token; default) or all",
     )
     fit.add_argument(
         "--pool",
@@ -63,7 +70,8 @@ def add_fit_parser(sub: argparse._SubParsersAction) -> None:
     fit.add_argument(
         "--pool-size",
         default="320",
-        help="pool prompts sampled into the classifier, spread over label x severity x type (default 320; all: every one)",
+        help="pool prompts sampled into the classifier: every severe one, the rest spread over label x type "
+        "(default 320; all: every one)",
     )
     fit.add_argument("--layers", default=None, help="steering layers, e.g. 10-17 (default: measured)")
     fit.add_argument(
@@ -164,12 +172,21 @@ def print_decision(profile: Any) -> None:
         f"decision rule: v2, safety budget {profile.max_harmful_loss:g}: steered only when s(q) < "
         f"{profile.steer_threshold:.4f} and the instruction-end score < {profile.inst_threshold:.4f}"
     )
+    refused = b.get("counted") == "refused"
+    which = "harmful prompt the model refuses" if refused else "harmful prompt"
     print(
-        f"  guarantee (split conformal): a harmful prompt exchangeable with the {b['n']} pool ones is steered "
+        f"  guarantee (split conformal): a {which}, exchangeable with the {b['n']} pool ones, is steered "
         f"with probability <= {b['guaranteed']:.4f}"
         + (f", a severe one (of {sev['n']}) <= {sev['guaranteed']:.4f}" if sev else "")
         + f"; pool misses {b['below']}/{b['n']} (95% upper bound {b['upper_bound']:.4f})"
     )
+    if "refused" in d:
+        r = d["refused"]
+        print(
+            f"  the model refuses {r['harmful']} of the {r['of_harmful']} harmful pool prompts and {r['severe']} of "
+            f"the {r['of_severe']} severe ones (its first answer token); the budget counts "
+            + ("those" if refused else "all of them (too few refused)")
+        )
     steered = d.get("steered_fraction", {})
     print(
         "  out of fold on the pool: steered "
