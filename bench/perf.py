@@ -65,7 +65,7 @@ def run_method(method: str, n: int, new_tokens: int, batch_size: int, repeats: i
 def _one_run(method, scans, model, tok, profile, prompts, new_tokens, batch_size) -> None:
     import torch
 
-    from scans.decode import GenerationConfig
+    from scans.decode import RowSettings
     from scans.prompts import build_batch, pad_id_of
     from scans.steering import SteeringPlan, steer
     from scans.vectors import transitions
@@ -88,7 +88,7 @@ def _one_run(method, scans, model, tok, profile, prompts, new_tokens, batch_size
     elif method == "e":  # this project's engine without SCANS: same buckets and shared prefill
         from scans.decode import generate_from
 
-        config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+        config = RowSettings(max_tokens=new_tokens, min_tokens=new_tokens)
         for rows in scans._buckets(prompts, batch_size):
             generate_from(model, tok, scans.prefill_prompts([prompts[i] for i in rows]), config)
     elif method == "b":

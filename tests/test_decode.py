@@ -10,7 +10,7 @@ import torch
 from conftest import _tiny
 from scans import prompts
 from scans.conversations import chat, chat_batch, encode_conversations
-from scans.decode import GenerationConfig, RowSettings, _Row, decode, generate_from
+from scans.decode import RowSettings, _Row, decode, generate_from
 from scans.engine import prefill
 from scans.models import cache_kwarg
 from scans.steering import SteeringPlan, SteeringVector, steer
@@ -61,7 +61,7 @@ def test_greedy_equals_generate(tiny, steered):
     plan = _plan(tiny, batch) if steered else None
     got = decode(tiny.model, tiny.tokenizer, pre, [RowSettings(max_tokens=10) for _ in PROMPTS], plan)
     assert [g.token_ids for g in got] == _reference_ids(tiny, pre, 10, plan)
-    texts = generate_from(tiny.model, tiny.tokenizer, pre, GenerationConfig(10), plan)
+    texts = generate_from(tiny.model, tiny.tokenizer, pre, RowSettings(10), plan)
     assert [g.text.strip() for g in got] == texts
     assert all(g.finish_reason == "length" for g in got)
 

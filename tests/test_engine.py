@@ -6,7 +6,7 @@ import torch
 
 from scans import prompts
 from scans.activations import collect, forward_capture
-from scans.decode import GenerationConfig, generate_counted, generate_from
+from scans.decode import RowSettings, generate_counted, generate_from
 from scans.engine import prefill, prefill_probed, probe_pass
 from scans.steering import SteeringPlan, SteeringVector, steer
 
@@ -58,7 +58,7 @@ def test_prefill_probed_matches_prefill_then_probe_pass(tiny):
     assert both.cache.get_seq_length() == pre.cache.get_seq_length()
     for a, b in zip(both.cache.layers, pre.cache.layers):
         assert torch.allclose(a.keys, b.keys, atol=1e-5) and torch.allclose(a.values, b.values, atol=1e-5)
-    config = GenerationConfig(max_new_tokens=6)
+    config = RowSettings(max_tokens=6)
     plan = _plan(pre.batch)
     assert generate_from(model, tok, both, config) == generate_from(model, tok, pre, config)
     assert generate_from(model, tok, both, config, plan) == generate_from(model, tok, pre, config, plan)
@@ -121,7 +121,7 @@ def test_generate_from_prefix_matches_plain_generate(tiny):
     batch = prompts.build_batch(tok, PROMPTS)
     pre = prefill(model, batch)
     seq_before = pre.cache.get_seq_length()
-    got = generate_from(model, tok, pre, GenerationConfig(max_new_tokens=6))
+    got = generate_from(model, tok, pre, RowSettings(max_tokens=6))
     assert got == _plain_generate(model, tok, batch, 6)
     assert pre.cache.get_seq_length() == seq_before
     assert any(got), "the tiny model should produce some text"
@@ -132,12 +132,12 @@ def test_generate_from_prefix_matches_steered_generate(tiny):
     batch = prompts.build_batch(tok, PROMPTS)
     plan = _plan(batch)
     pre = prefill(model, batch)
-    got = generate_from(model, tok, pre, GenerationConfig(max_new_tokens=6), plan)
+    got = generate_from(model, tok, pre, RowSettings(max_tokens=6), plan)
     with steer(model, plan):
         ref = _plain_generate(model, tok, batch, 6)
     assert got == ref
     # and the plan made a difference, so the comparison means something
-    unsteered = generate_from(model, tok, pre, GenerationConfig(max_new_tokens=6))
+    unsteered = generate_from(model, tok, pre, RowSettings(max_tokens=6))
     assert got != unsteered
 
 
@@ -145,21 +145,14 @@ def test_generate_from_zero_sign_is_unsteered(tiny):
     model, tok = tiny.model, tiny.tokenizer
     batch = prompts.build_batch(tok, PROMPTS)
     pre = prefill(model, batch)
-    zero = generate_from(model, tok, pre, GenerationConfig(max_new_tokens=5), _plan(batch, (0, 0, 0)))
-    assert zero == generate_from(model, tok, pre, GenerationConfig(max_new_tokens=5))
-
-
-def test_generation_config_row_settings():
-    rows = GenerationConfig(7, temperature=0.7, top_p=0.9, seed=5, min_new_tokens=2).row_settings(3)
-    assert [(r.max_tokens, r.temperature, r.top_p, r.min_tokens) for r in rows] == [(7, 0.7, 0.9, 2)] * 3
-    assert [r.seed for r in rows] == [5, 6, 7]
-    assert GenerationConfig().row_settings(1)[0].temperature == 0.0  # greedy by default
+    zero = generate_from(model, tok, pre, RowSettings(max_tokens=5), _plan(batch, (0, 0, 0)))
+    assert zero == generate_from(model, tok, pre, RowSettings(max_tokens=5))
 
 
 def test_seeded_sampling_is_reproducible(qwen):
     model, tok = qwen.model, qwen.tokenizer
     pre = prefill(model, prompts.build_batch(tok, PROMPTS))
-    config = GenerationConfig(max_new_tokens=5, temperature=1.5, seed=123)
+    config = RowSettings(max_tokens=5, temperature=1.5, seed=123)
     assert generate_from(model, tok, pre, config) == generate_from(model, tok, pre, config)
 
 
@@ -182,11 +175,11 @@ def test_min_new_tokens_suppresses_the_end_of_sequence(qwen, monkeypatch):
     ``min_new_tokens`` holds the end back."""
     model, tok = qwen.model, qwen.tokenizer
     pre = prefill(model, prompts.build_batch(tok, PROMPTS[:1]))
-    first = generate_counted(model, tok, pre, GenerationConfig(max_new_tokens=1))
+    first = generate_counted(model, tok, pre, RowSettings(max_tokens=1))
     token = tok(first[0][0], add_special_tokens=False)["input_ids"][0]
     monkeypatch.setattr(model.generation_config, "eos_token_id", token)
-    assert generate_counted(model, tok, pre, GenerationConfig(max_new_tokens=5))[0][1] == 0
-    assert generate_counted(model, tok, pre, GenerationConfig(max_new_tokens=5, min_new_tokens=3))[0][1] >= 3
+    assert generate_counted(model, tok, pre, RowSettings(max_tokens=5))[0][1] == 0
+    assert generate_counted(model, tok, pre, RowSettings(max_tokens=5, min_tokens=3))[0][1] >= 3
 
 
 SYSTEM = "You are a careful assistant. Answer briefly and kindly."
@@ -232,7 +225,7 @@ def test_prefill_with_shared_prefix_matches_plain(tiny):
     a, b = probe_pass(model, tok, shared, "Sure"), probe_pass(model, tok, plain, "Sure")
     for name in ("inst", "probe", "uend"):
         assert torch.allclose(a[name], b[name], atol=1e-4), name
-    config = GenerationConfig(max_new_tokens=8)
+    config = RowSettings(max_tokens=8)
     assert generate_from(model, tok, shared, config) == generate_from(model, tok, plain, config)
     steered = [generate_from(model, tok, p, config, _plan(p.batch)) for p in (shared, plain)]
     assert steered[0] == steered[1]
@@ -252,7 +245,7 @@ def test_prefill_select_matches_prefilling_the_rows(tiny):
     model, tok = tiny.model, tiny.tokenizer
     pre = prefill(model, prompts.build_batch(tok, PROMPTS, system=SYSTEM))
     sub = pre.select([2, 0])
-    config = GenerationConfig(max_new_tokens=6)
+    config = RowSettings(max_tokens=6)
     full = generate_from(model, tok, pre, config)
     assert generate_from(model, tok, sub, config) == [full[2], full[0]]
     assert pre.cache.get_seq_length() == sub.cache.get_seq_length()

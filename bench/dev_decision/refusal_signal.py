@@ -11,7 +11,7 @@ import time
 import torch
 
 from scans.activations import forward_capture
-from scans.decode import GenerationConfig, generate_from
+from scans.decode import RowSettings, generate_from
 from scans.engine import prefill
 from scans.judge import is_refusal
 from scans.models import load_model
@@ -34,7 +34,7 @@ def main(inp: str, out: str, bs: int = 48, tokens: int = 12) -> None:
         last = torch.full((len(idx),), batch.input_ids.shape[1] - 1)
         _, logits = forward_capture(model, batch.input_ids, batch.attention_mask, {"inst": last}, logits_at="inst")
         lp = torch.log_softmax(logits.float(), -1).cpu()
-        texts = generate_from(model, tok, prefill(model, batch), GenerationConfig(max_new_tokens=tokens))
+        texts = generate_from(model, tok, prefill(model, batch), RowSettings(max_tokens=tokens))
         for k, i in enumerate(idx):
             answers[i], first[i], logp[i] = texts[k], int(lp[k].argmax()), lp[k]
         print(f"{b + len(idx)}/{n} {time.time() - start:.0f}s", flush=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from .backend import Capabilities
-from .conversations import ChatResult, chat_batch
-from .decode import GenerationConfig, RowSettings, generate_from
+from .conversations import chat_batch
+from .decode import RowSettings, generate_from
 from .embedded import cache_dir
 from .engine import Prefill, prefill, probe_pass
 from .errors import ScansError
@@ -235,7 +235,7 @@ class Scans:
     ) -> list[Generation]:
         """Classify each prompt, then generate with per-row steering (one shared prefill)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        config = GenerationConfig(max_new_tokens, temperature, top_p, seed, min_new_tokens)
+        config = RowSettings(max_new_tokens, temperature, top_p, seed, min_new_tokens)
         results: list[Generation | None] = [None] * len(prompts)
         buckets = self._buckets(prompts, batch_size)
         for rows in progress_bar(buckets, "generate", progress and len(buckets) > 1):
@@ -249,18 +249,6 @@ class Scans:
                 results[i] = Generation(p, v, s_, u)
         return [g for g in results if g is not None]
 
-    def chat_batch(
-        self,
-        encoded: Sequence[tuple[list[int], int]],
-        settings: Sequence[RowSettings],
-        *,
-        steer_rows: Sequence[bool] | None = None,
-        labels: Sequence[str] | None = None,
-        on_verdicts: Callable[[list[Verdict], list[int]], None] | None = None,
-        on_forward: Callable[[int], None] | None = None,
-        isolate_errors: bool = False,
-    ) -> list[ChatResult]:
-        """Classify and answer encoded conversations in one shared prefill
-        (:func:`scans.decode.chat_batch`): the server's and ``scans chat``'s path."""
-        return chat_batch(self, encoded, settings, steer_rows=steer_rows, labels=labels, on_verdicts=on_verdicts,
-                          on_forward=on_forward, isolate_errors=isolate_errors)  # fmt: skip
+    # the server's and ``scans chat``'s path: classify and answer encoded conversations in one
+    # shared prefill (the function's ``scans`` argument is this session)
+    chat_batch = chat_batch

@@ -117,15 +117,18 @@ def _check_file(path: Path, name: str) -> None:
         raise _error(f"{name} is empty; fix: put prompts in it or pass another file")
 
 
+def _unreadable(exc: Exception, name: str) -> Exception:
+    """The one-line error for a file that is not UTF-8 or cannot be read."""
+    if isinstance(exc, UnicodeDecodeError):
+        return _error(f"{name} is not UTF-8 text ({_first_line(exc)}); fix: re-save the file as UTF-8")
+    return _error(f"cannot read {name}: {_first_line(exc)}; fix: check the file's permissions")
+
+
 def _read_text(path: Path, name: str) -> str:
     try:
         text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise _error(
-            f"{name} is not UTF-8 text ({_first_line(exc)}); fix: re-save the file as UTF-8"
-        ) from exc
-    except OSError as exc:
-        raise _error(f"cannot read {name}: {_first_line(exc)}; fix: check the file's permissions") from exc
+    except (UnicodeDecodeError, OSError) as exc:
+        raise _unreadable(exc, name) from exc
     if not text.strip():
         raise _error(f"{name} is empty; fix: put prompts in it or pass another file")
     return text
@@ -248,12 +251,8 @@ def _read_delimited(path: Path, name: str, sep: str) -> _Table:
             f"fix: quote fields that contain the separator or newlines, and give every row the same "
             f"number of fields"
         ) from exc
-    except UnicodeDecodeError as exc:
-        raise _error(
-            f"{name} is not UTF-8 text ({_first_line(exc)}); fix: re-save the file as UTF-8"
-        ) from exc
-    except OSError as exc:
-        raise _error(f"cannot read {name}: {_first_line(exc)}; fix: check the file's permissions") from exc
+    except (UnicodeDecodeError, OSError) as exc:
+        raise _unreadable(exc, name) from exc
     return _frame_table(frame)
 
 

@@ -4,7 +4,7 @@
 per step, so that every row has its own temperature, top-p, seed, token budget and stop
 strings, streams text deltas, and leaves the batch (and the KV cache, and the steering plan)
 as soon as it is finished or cancelled. Greedy rows give what ``model.generate`` gives.
-``generate_from`` (the API, the fit's refusal openings) and the bench runner, the server and
+``generate_from`` (the API, the fit's refusal openings: one ``RowSettings`` for every row) and the bench runner, the server and
 ``scans chat`` all decode here.
 
 The whole SCANS path for a batch of conversations (prefill, verdicts, plan, ``decode``) is
@@ -396,42 +396,21 @@ def decode(
     return results
 
 
-@dataclass
-class GenerationConfig:
-    """Settings of ``generate_from`` (greedy by default); every row gets the same."""
-
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    min_new_tokens: int = 0  # > 0 forces that many tokens (benchmarks compare equal work)
-
-    def row_settings(self, rows: int) -> list[RowSettings]:
-        """One ``RowSettings`` per row; sampled rows get seeds ``seed``, ``seed + 1``, ..."""
-        return [
-            RowSettings(
-                max_tokens=self.max_new_tokens,
-                temperature=self.temperature,
-                top_p=self.top_p,
-                seed=None if self.seed is None else self.seed + i,
-                min_tokens=self.min_new_tokens,
-            )
-            for i in range(rows)
-        ]
-
-
 @torch.no_grad()
 def generate_counted(
-    model: nn.Module, tokenizer: Any, pre: Prefill, config: GenerationConfig, plan: SteeringPlan | None = None
+    model: nn.Module, tokenizer: Any, pre: Prefill, settings: RowSettings, plan: SteeringPlan | None = None
 ) -> list[tuple[str, int]]:
     """Continuations of the prefilled prompts (optionally under ``plan``), stripped, with the
-    number of new tokens of each row (its end of sequence not counted)."""
-    results = decode(model, tokenizer, pre, config.row_settings(pre.batch.input_ids.shape[0]), plan)
+    number of new tokens of each row (its end of sequence not counted). Every row decodes with
+    ``settings``; sampled rows get seeds ``seed``, ``seed + 1``, ..."""
+    rows = pre.batch.input_ids.shape[0]
+    seeds = [None if settings.seed is None else settings.seed + i for i in range(rows)]
+    results = decode(model, tokenizer, pre, [dataclasses.replace(settings, seed=s) for s in seeds], plan)
     return [(r.text.strip(), len(r.token_ids)) for r in results]
 
 
 def generate_from(
-    model: nn.Module, tokenizer: Any, pre: Prefill, config: GenerationConfig, plan: SteeringPlan | None = None
+    model: nn.Module, tokenizer: Any, pre: Prefill, settings: RowSettings, plan: SteeringPlan | None = None
 ) -> list[str]:
     """Continuations of the prefilled prompts, optionally under ``plan``."""
-    return [text for text, _ in generate_counted(model, tokenizer, pre, config, plan)]
+    return [text for text, _ in generate_counted(model, tokenizer, pre, settings, plan)]

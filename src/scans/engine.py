@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from .activations import forward_capture
+from .activations import forward_capture, position_ids_of
 from .kvcache import new_cache, shared_prefix_cache
-from .models import model_device
+from .models import cache_kwarg, model_device
 from .prompts import Batch, encode_probe
+from .steering import SteeringPlan, steer
 
 CPU_BATCH_SIZE = 32
 
@@ -164,3 +166,21 @@ def prefill_probed(
     acts, _ = forward_capture(model, ids, mask, positions, cache=cache, layers_path=layers_path)
     cache.crop(-(len(probe_ids) + 1))  # negative: remove that many newest tokens
     return Prefill(batch, cache, acts.get("uend")), acts
+
+
+@torch.no_grad()
+def continue_hidden(
+    model: nn.Module, pre: Prefill, ids: torch.Tensor, mask: torch.Tensor, plan: SteeringPlan | None = None
+) -> torch.Tensor:
+    """Final hidden states (B, T, D) of ``ids`` run after a private copy of the prefix cache,
+    optionally under ``plan``; ``mask`` covers the cached columns and ``ids``."""
+    base = getattr(model, "base_model", model)
+    with steer(model, plan) if plan is not None else nullcontext():
+        out = base(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids_of(mask)[:, -ids.shape[1] :],
+            use_cache=True,
+            **{cache_kwarg(base): pre.fresh_cache()},
+        )
+    return out.last_hidden_state

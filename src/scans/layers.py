@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,15 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .activations import position_ids_of
-from .decode import GenerationConfig, generate_from
-from .engine import Prefill, prefill
+from .decode import RowSettings, generate_from
+from .engine import Prefill, continue_hidden, prefill
 from .errors import ScansError
 from .judge import is_refusal
-from .models import cache_kwarg, find_final_norm, model_device
+from .models import find_final_norm, model_device
 from .progress import progress_bar
 from .prompts import build_batch
-from .steering import SteeringPlan, SteeringVector, steer
+from .steering import SteeringPlan, SteeringVector
 
 REFUSAL_WORDS = (
     "sorry",
@@ -109,7 +107,7 @@ def refusal_opening(
 
     Returns its first ``n_tokens`` ids, its text, and the fraction of prompts refused.
     """
-    texts = generate_from(model, tokenizer, pre, GenerationConfig(max_new_tokens=6))
+    texts = generate_from(model, tokenizer, pre, RowSettings(max_tokens=6))
     refused = [t for t in texts if is_refusal(t)]
     openings = Counter()
     for text in refused:
@@ -137,16 +135,7 @@ def suffix_logprobs(
     suffix = torch.tensor(list(suffix_ids), dtype=torch.long, device=device).expand(batch_size, -1)
     ids = torch.cat([pre.batch.input_ids[:, -1:], suffix[:, :-1]], dim=1)
     mask = torch.cat([pre.batch.attention_mask, torch.ones_like(suffix[:, :-1])], dim=1)
-    base = getattr(model, "base_model", model)
-    with steer(model, plan) if plan is not None else nullcontext():
-        out = base(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=position_ids_of(mask)[:, -ids.shape[1] :],
-            use_cache=True,
-            **{cache_kwarg(base): pre.fresh_cache()},
-        )
-    logits = model.get_output_embeddings()(out.last_hidden_state).float()
+    logits = model.get_output_embeddings()(continue_hidden(model, pre, ids, mask, plan)).float()
     if suffix.shape[1]:  # log softmax at the targets only: logit - logsumexp
         total = (logits.gather(-1, suffix[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)).sum(-1)
     else:

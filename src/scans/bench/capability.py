@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from contextlib import nullcontext
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ..activations import forward_capture, position_ids_of
+from ..activations import forward_capture
 from ..api import Scans
-from ..engine import Prefill, prefill, probe_pass
-from ..models import cache_kwarg, model_device
+from ..engine import Prefill, continue_hidden, prefill, probe_pass
+from ..models import model_device
 from ..progress import progress_bar
 from ..prompts import build_batch, context_length
-from ..steering import SteeringPlan, steer
+from ..steering import SteeringPlan
 from .data import MMLUQuestion, MMLUSubject
 from .methods import Method
 from .runner import group_methods
@@ -147,16 +146,8 @@ def answer_nll(
         tail_mask[i, : len(ids)] = 1
     ids = torch.cat([batch.input_ids[:, -1:].cpu(), tail], dim=1).to(device)
     mask = torch.cat([batch.attention_mask.cpu(), tail_mask], dim=1).to(device)
-    base = getattr(model, "base_model", model)
-    with steer(model, plan) if plan is not None else nullcontext():
-        out = base(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=position_ids_of(mask)[:, -ids.shape[1] :],
-            use_cache=True,
-            **{cache_kwarg(base): pre.fresh_cache()},
-        )
-    logits = model.get_output_embeddings()(out.last_hidden_state[:, :-1]).float()
+    hidden = continue_hidden(model, pre, ids, mask, plan)
+    logits = model.get_output_embeddings()(hidden[:, :-1]).float()
     logp = F.log_softmax(logits, dim=-1).cpu()
     token_logp = logp.gather(-1, tail[:, :, None])[..., 0] * tail_mask
     return (-token_logp.sum(-1)).tolist(), tail_mask.sum(-1).tolist()
