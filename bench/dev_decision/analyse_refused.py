@@ -1,7 +1,7 @@
 """Dev only: the safety budget counted over all harmful pool prompts vs over those the model refuses."""
 import numpy as np, torch
 from sklearn.model_selection import StratifiedGroupKFold
-import protocol4 as A
+import analyse_judge as A  # the 4-fold protocol of the two-signal rule (its main does not run on import)
 r = torch.load("refusal.pt", weights_only=False)
 ref_by_id = {row["id"]: bool(x) for row, x in zip(r["rows"], r["refused"])}
 first_by_id = {row["id"]: int(f) for row, f in zip(r["rows"], r["first"])}
