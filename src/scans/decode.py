@@ -9,6 +9,10 @@ as soon as it is finished or cancelled. Greedy rows give what ``model.generate``
 
 The whole SCANS path for a batch of conversations (prefill, verdicts, plan, ``decode``) is
 :mod:`scans.conversations`.
+
+One module (a little over 400 lines) because the per-row state (incremental detokenisation,
+stop strings, streaming), the batch that rows join and leave (cache, mask and plan rows kept
+aligned) and the loop that drives them change together.
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """The HTTP front end: FastAPI app, OpenAI-compatible endpoints, limits, auth, metrics, drain
-(the uvicorn server that runs it: :mod:`scans.serve.server`)."""
+(the uvicorn server that runs it: :mod:`scans.serve.server`).
+
+One module (about 400 lines) because the endpoints share one app state: the batcher, the
+limits, the tokenizer pool and the drain.
+"""
 
 from __future__ import annotations
 
