@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -173,11 +174,12 @@ def rule_budget(
     the lower of the :func:`safety_budget` thresholds of max(score, inst) over the harmful
     calibration prompts and over the severe ones (when there are any), so each class keeps
     its own bound. With ``refused`` (the model's own refusal of each prompt), a class counts
-    only the prompts the model refuses: steering cannot unlock a prompt the model answers
-    anyway. Returns t and a record: ``max_harmful_loss``, ``counted`` (``"refused"`` or
-    ``"all"``), ``budget`` (per class) and ``steered_fraction`` (per class, on these
-    calibration scores). A one-line error when a class has too few prompts for the budget
-    (the bound would need to steer nothing).
+    only the prompts the model refuses (steering cannot unlock a prompt the model answers
+    anyway), unless the model refuses too few of them to calibrate the budget: then all of
+    them. Returns t and a record: ``max_harmful_loss``, ``budget`` (per class, with what it
+    ``counted``), ``refused`` (counts, with ``refused`` only) and ``steered_fraction`` (per
+    class, on these calibration scores). A one-line error when a class has too few prompts
+    for the budget (the bound would need to steer nothing).
     """
     harmful, severe = np.asarray(harmful, dtype=bool), np.asarray(severe, dtype=bool)
     joint = np.maximum(np.asarray(score, dtype=np.float64), np.asarray(inst, dtype=np.float64))
@@ -206,11 +208,7 @@ def rule_budget(
         steered["severe"] = float(steer[severe].mean())
     if refused is not None and (harmful & counted).any():
         steered["harmful_refused"] = float(steer[harmful & counted].mean())
-    record = {
-        "max_harmful_loss": max_loss,
-        "counted": "all" if refused is None else "refused",
-        "budget": budget,
-    }
+    record: dict[str, Any] = {"max_harmful_loss": max_loss, "budget": budget}
     if refused is not None:
         record["refused"] = {"harmful": int((harmful & counted).sum()), "of_harmful": int(harmful.sum()),
                              "severe": int((severe & counted).sum()), "of_severe": int(severe.sum())}  # fmt: skip

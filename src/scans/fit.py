@@ -25,7 +25,6 @@ from .fit_classify import calibrate_rule, fit_classifiers
 from .fit_config import FitConfig
 from .fit_data import (
     FitActivations,
-    Positions,
     RefusalVectors,
     build_anchors,
     collect_activations,
@@ -144,9 +143,15 @@ def fit_profile(
     )
     refused = None
     if config.max_harmful_loss is not None and config.budget_counts == "refused":
-        rows = acts.held if config.calibration == "heldout" else Positions.cat(acts.fit, acts.held)
-        assert rows.inst is not None
-        refused = first_token_refuses(model, tokenizer, rows.inst[:, -1]).numpy()
+        # the calibration rows, in the classifier's order; only the last layer is read
+        groups = (
+            [acts.held]
+            if config.calibration == "heldout"
+            else [acts.harmful, acts.harmless, acts.borderline, acts.held]
+        )
+        assert all(g.inst is not None for g in groups)
+        last = torch.cat([g.inst[:, -1] for g in groups])  # type: ignore[index]
+        refused = first_token_refuses(model, tokenizer, last).numpy()
     calibrated = calibrate_rule(acts, anchors, config, classifier, vec, layers.steer_layers, refused)
     clock.lap("classifiers and calibration")
     diagnostics = FitDiagnostics(

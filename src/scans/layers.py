@@ -23,7 +23,7 @@ from .decode import RowSettings, generate_from
 from .engine import Prefill, continue_hidden, prefill
 from .errors import ScansError
 from .judge import is_refusal
-from .models import find_final_norm, model_device
+from .models import model_device, unembed
 from .progress import progress_bar
 from .prompts import build_batch
 from .steering import SteeringPlan, SteeringVector
@@ -70,14 +70,8 @@ def logit_lens(
     model: nn.Module, tokenizer: Any, vectors: torch.Tensor, top_k: int = 8
 ) -> tuple[list[float], list[list[str]]]:
     """Per-layer refusal score (mean z-score of refusal-token logits) and top tokens."""
-    device = model_device(model)
-    head = model.get_output_embeddings()
-    norm = find_final_norm(model)
     refusal = torch.tensor(refusal_token_ids(tokenizer), dtype=torch.long)
-    x = vectors.to(device, head.weight.dtype)
-    if norm is not None:
-        x = norm(x)
-    logits = head(x).float().cpu()  # (L, V): every layer's vector in one product
+    logits = unembed(model, vectors)  # (L, V): every layer's vector in one product
     logits = logits[:, : len(tokenizer)] if logits.shape[1] > len(tokenizer) else logits
     z = (logits - logits.mean(-1, keepdim=True)) / logits.std(-1, keepdim=True).clamp_min(1e-8)
     scores = z[:, refusal].mean(-1).tolist() if len(refusal) else [0.0] * len(vectors)

@@ -88,6 +88,18 @@ def find_final_norm(model: nn.Module) -> nn.Module | None:
     return None
 
 
+@torch.no_grad()
+def unembed(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """Next-token logits (..., V), float32 on the CPU, of last-layer block outputs (or of
+    directions in that space): the final norm, then the unembedding, in the model's dtype."""
+    head = model.get_output_embeddings()
+    x = hidden.to(model_device(model), head.weight.dtype)
+    norm = find_final_norm(model)
+    if norm is not None:
+        x = norm(x)
+    return head(x).float().cpu()
+
+
 def cpu_has_fast_bf16() -> bool:
     """True when the CPU has native bf16 matmuls (AVX512-BF16 or AMX)."""
     capability = torch.backends.cpu.get_cpu_capability().upper()

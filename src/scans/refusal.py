@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .judge import REFUSAL_PHRASES
-from .models import find_final_norm, model_device
+from .models import unembed
 
 OPENERS = ("i ", "i'", "as ", "sorry", "my ")  # refusal phrases that can open an answer
 
@@ -35,21 +35,12 @@ def refusal_first_ids(tokenizer: Any) -> set[int]:
     return ids
 
 
-@torch.no_grad()
 def first_tokens(model: nn.Module, last: torch.Tensor, batch: int = 256) -> torch.Tensor:
     """(N,) greedy first answer tokens from the last layer's block outputs ``last`` (N, D) at
-    the instruction end (final norm, then the unembedding)."""
+    the instruction end (:func:`scans.models.unembed`, ``batch`` rows at a time)."""
     assert last.dim() == 2 and torch.isfinite(last).all(), "want finite (N, D) block outputs"
-    head = model.get_output_embeddings()
-    norm = find_final_norm(model)
-    device = model_device(model)
-    out = [torch.zeros(0, dtype=torch.long)]
-    for i in range(0, len(last), batch):
-        x = last[i : i + batch].to(device, head.weight.dtype)
-        if norm is not None:
-            x = norm(x)
-        out.append(head(x).float().argmax(-1).cpu())
-    return torch.cat(out)
+    out = [unembed(model, last[i : i + batch]).argmax(-1) for i in range(0, len(last), batch)]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
 def first_token_refuses(model: nn.Module, tokenizer: Any, last: torch.Tensor) -> torch.Tensor:
