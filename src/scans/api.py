@@ -145,7 +145,7 @@ class Scans:
         e.g. ``fit(n_fit=32, seed=1)``. Each side is shuffled with ``seed``; ``n_fit`` per side
         build the vectors (harmful vs harmless); the next ``n_heldout`` per side are read only
         up to the end of the user's text. The classifier (harmful vs harmless + borderline, a
-        shrunk contrast direction, ``shrinkage`` None = chosen by 4-fold cross-validation) is
+        shrunk contrast direction, ``shrinkage`` 0.1 by default, None = chosen by 4-fold cross-validation) is
         fitted on the pool of both; with ``calibration="crossfit"`` the threshold is calibrated
         on out-of-fold scores (every anchor scored by a classifier that never saw it); with
         ``"heldout"`` the ``n_heldout`` anchors are kept out of the classifier and calibrate it.

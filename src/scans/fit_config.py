@@ -25,6 +25,7 @@ DEFAULT_MAX_HARMFUL_LOSS = (
     0.02  # safety budget: at most 2% of refused harmful (and severe) pool prompts steered
 )
 DEFAULT_POOL_SIZE = 320  # taxonomy prompts in the classifier's pool, every severe one included (None: all)
+DEFAULT_SHRINKAGE = 0.1  # covariance shrinkage of the classifier directions (auto: cross-validated)
 BUDGET_COUNTS = ("refused", "all")
 
 
@@ -66,8 +67,9 @@ class FitConfig:
     """Score the calibration anchors with every classifier (recorded in the diagnostics; slower)."""
     calibration: str = "crossfit"
     """``crossfit``: out-of-fold scores of all anchors calibrate; ``heldout``: the held-out anchors only."""
-    shrinkage: float | None = None
-    """Covariance shrinkage of the classifier direction in [0, 1]; None: chosen by cross-validation."""
+    shrinkage: float | None = DEFAULT_SHRINKAGE
+    """Covariance shrinkage of the classifier directions in [0, 1]; None: chosen by cross-validated
+    AUPRC from :data:`scans.classifier.SHRINKAGE_GRID`."""
     pack_linears: bool = True
     """On a CPU in float32, run the forward passes on prepacked weights (same math, faster)."""
     pool: tuple[PoolItem, ...] | None = None
@@ -75,6 +77,8 @@ class FitConfig:
     anchors, else none."""
     pool_size: int | None = DEFAULT_POOL_SIZE
     """Pool prompts sampled: every severe one, the rest spread over label x type; None: all of them."""
+    pool_seed: int = 0
+    """Seed of the pool sample (``seed`` moves only the cross-fitting folds)."""
     max_harmful_loss: float | None = DEFAULT_MAX_HARMFUL_LOSS
     """Safety budget of the decision rule v2 (:mod:`scans.verdict`); None: the v1 rule."""
     budget_counts: str = "refused"
@@ -183,6 +187,7 @@ class FitConfig:
             pack_linears=not args.no_pack,
             pool=pool,
             pool_size=pool_size,
+            pool_seed=args.pool_seed,
             max_harmful_loss=max_loss,
             budget_counts=args.budget_counts,
         )

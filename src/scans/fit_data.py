@@ -138,7 +138,7 @@ def build_anchors(
     pool = config.pool
     if pool is None:
         pool = shipped_taxonomy("dev") if harmful is None and harmless is None else []
-    pool_items = sample_pool(pool, config.pool_size, config.seed)
+    pool_items = sample_pool(pool, config.pool_size, config.pool_seed)
     if pool and config.max_harmful_loss is not None:
         check_pool(pool_items, f"the classifier pool ({len(pool_items)} sampled prompts)")
     if harmful is None or harmless is None:

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from ..errors import ScansError
+from ..fit_config import DEFAULT_SHRINKAGE
 from . import common
 from .common import add_model_args, add_profile_arg, batch_size_arg, parse_layers, shrinkage_arg
 
@@ -36,9 +37,9 @@ def add_fit_parser(sub: argparse._SubParsersAction) -> None:
     fit.add_argument(
         "--shrinkage",
         type=shrinkage_arg,
-        default=None,
-        help="covariance shrinkage of the classifier direction, 0-1 (1 = plain mean difference), "
-        "or auto (default: chosen by cross-validation)",
+        default=DEFAULT_SHRINKAGE,
+        help="covariance shrinkage of the classifier directions, 0-1 (1 = plain mean difference; "
+        f"default {DEFAULT_SHRINKAGE:g}), or auto (chosen by cross-validated AUPRC)",
     )
     fit.add_argument(
         "--no-pack",
@@ -72,6 +73,12 @@ def add_fit_parser(sub: argparse._SubParsersAction) -> None:
         default="320",
         help="pool prompts sampled into the classifier: every severe one, the rest spread over label x type "
         "(default 320; all: every one)",
+    )
+    fit.add_argument(
+        "--pool-seed",
+        type=int,
+        default=0,
+        help="seed of the pool sample (default 0; --seed moves only the cross-fitting folds)",
     )
     fit.add_argument("--layers", default=None, help="steering layers, e.g. 10-17 (default: measured)")
     fit.add_argument(
