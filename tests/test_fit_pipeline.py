@@ -177,3 +177,12 @@ def test_classifier_and_threshold_restated(fitted):
     assert fit.shrinkage == p.extra["shrinkage"]["instruction"]
     assert torch.allclose(fit.tensors["contrast"], p.contrast, atol=1e-4)
     assert calibrate(fit.oof_scores, labels, 0.9).threshold == pytest.approx(p.threshold, abs=1e-4)
+
+
+def test_the_pool_sample_follows_pool_seed_not_seed():
+    """``--seed`` moves the anchors' split and the folds; the pool sample has its own seed."""
+    def pool_of(**kw):
+        return [i.prompt for i in build_anchors(None, None, None, FitConfig(pool_size=200, **kw)).pool]
+
+    assert pool_of(seed=0) == pool_of(seed=1) == pool_of(seed=2, pool_seed=0)
+    assert pool_of(pool_seed=1) != pool_of(pool_seed=0)
