@@ -181,6 +181,7 @@ def test_classifier_and_threshold_restated(fitted):
 
 def test_the_pool_sample_follows_pool_seed_not_seed():
     """``--seed`` moves the anchors' split and the folds; the pool sample has its own seed."""
+
     def pool_of(**kw):
         return [i.prompt for i in build_anchors(None, None, None, FitConfig(pool_size=200, **kw)).pool]
 
