@@ -334,6 +334,9 @@ def test_fit_and_info_happy_path(loader, capsys, tmp_path, monkeypatch):
     profile = Profile.load(out_dir)
     assert profile.steer_layers == [1] and profile.threshold == 0.25
     assert profile.anchors["n_fit"] == 6
+    name, bind = min(profile.decision["budget"].items(), key=lambda kv: kv[1]["threshold"])
+    note = f"lowest of {bind['n']} {name} calibration scores, so it moves with --seed"
+    assert bind["k"] <= 5 and note in out, out  # a threshold resting on few scores is flagged
 
     def load_saved(args, need_profile=True):
         t = _tiny("qwen2")

@@ -167,6 +167,15 @@ def print_fit(profile: Any, seconds: float | None, path: Any) -> None:
     print_decision(profile)
 
 
+FEW_BELOW = 5  # a steer threshold resting on this few calibration scores gets a note
+
+
+def ordinal(k: int) -> str:
+    """1st, 2nd, 3rd, 4th ..."""
+    suffix = "th" if 10 <= k % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th")
+    return f"{k}{suffix}"
+
+
 def print_decision(profile: Any) -> None:
     """The decision rule, its safety budget and what it steers (out of fold, on the pool)."""
     d = profile.decision
@@ -187,6 +196,15 @@ def print_decision(profile: Any) -> None:
         + (f", a severe one (of {sev['n']}) <= {sev['guaranteed']:.4f}" if sev else "")
         + f"; pool misses {b['below']}/{b['n']} (95% upper bound {b['upper_bound']:.4f})"
     )
+    binding = min(d["budget"].items(), key=lambda kv: kv[1].get("threshold", float("inf")))
+    name, bind = binding
+    if bind.get("k") is not None and bind["k"] <= FEW_BELOW:
+        print(
+            f"  note: the steer threshold is the {ordinal(bind['k'])} lowest of {bind['n']} {name} calibration "
+            f"scores, so it moves with --seed; more {name} pool prompts"
+            + (" that the model refuses" if bind.get("counted") == "refused" else "")
+            + " steady it (--pool-size all, or --pool FILE)"
+        )
     if "refused" in d:
         r = d["refused"]
         print(
