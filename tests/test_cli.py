@@ -337,6 +337,7 @@ def test_fit_and_info_happy_path(loader, capsys, tmp_path, monkeypatch):
     name, bind = min(profile.decision["budget"].items(), key=lambda kv: kv[1]["threshold"])
     note = f"lowest of {bind['n']} {name} calibration scores, so it moves with --seed"
     assert bind["k"] <= 5 and note in out, out  # a threshold resting on few scores is flagged
+    assert profile.decision["pool"]["seed"] == 0  # the pool sample's seed is recorded
 
     def load_saved(args, need_profile=True):
         t = _tiny("qwen2")

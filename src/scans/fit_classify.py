@@ -220,7 +220,8 @@ def decision_rule(
     decision = {
         "rule": "v2", **rule, "inst_shrinkage": fit_i.shrinkage,
         "inst_auprc": average_precision(np.asarray(inst_cal), labels),
-        "pool": {"size": len(pool), "harmful": sum(i.harmful for i in pool), "severe": sum(i.severe for i in pool)},
+        "pool": {"size": len(pool), "harmful": sum(i.harmful for i in pool), "severe": sum(i.severe for i in pool),
+                 "seed": config.pool_seed},
     }  # fmt: skip
     return DecisionRule(
         steer_t, config.max_harmful_loss, fit_i.tensors["contrast"], fit_i.tensors["contrast_mean"],

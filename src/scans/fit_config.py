@@ -78,7 +78,7 @@ class FitConfig:
     pool_size: int | None = DEFAULT_POOL_SIZE
     """Pool prompts sampled: every severe one, the rest spread over label x type; None: all of them."""
     pool_seed: int = 0
-    """Seed of the pool sample (``seed`` moves only the cross-fitting folds)."""
+    """Seed of the pool sample (``seed`` moves the anchors' split and the cross-fitting folds, not the pool sample)."""
     max_harmful_loss: float | None = DEFAULT_MAX_HARMFUL_LOSS
     """Safety budget of the decision rule v2 (:mod:`scans.verdict`); None: the v1 rule."""
     budget_counts: str = "refused"

@@ -78,7 +78,7 @@ def add_fit_parser(sub: argparse._SubParsersAction) -> None:
         "--pool-seed",
         type=int,
         default=0,
-        help="seed of the pool sample (default 0; --seed moves only the cross-fitting folds)",
+        help="seed of the pool sample (default 0; --seed moves the anchors' split and the cross-fitting folds, not the pool sample)",
     )
     fit.add_argument("--layers", default=None, help="steering layers, e.g. 10-17 (default: measured)")
     fit.add_argument(
@@ -196,8 +196,7 @@ def print_decision(profile: Any) -> None:
         + (f", a severe one (of {sev['n']}) <= {sev['guaranteed']:.4f}" if sev else "")
         + f"; pool misses {b['below']}/{b['n']} (95% upper bound {b['upper_bound']:.4f})"
     )
-    binding = min(d["budget"].items(), key=lambda kv: kv[1].get("threshold", float("inf")))
-    name, bind = binding
+    name, bind = min(d["budget"].items(), key=lambda kv: kv[1].get("threshold", float("inf")))
     if bind.get("k") is not None and bind["k"] <= FEW_BELOW:
         print(
             f"  note: the steer threshold is the {ordinal(bind['k'])} lowest of {bind['n']} {name} calibration "
