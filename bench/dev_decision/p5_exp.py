@@ -36,12 +36,19 @@ def make_logreg(feats, layers, C=0.05):
         return lambda idx: m.decision_function((np.concatenate([F[f][idx][:, layers].reshape(len(idx), -1) for f in feats], 1) - mu) / sd)
     return fit
 
+INNER_GROUPED = True
+INNER_SEED = 0
+REPEATS = 1
+TS = []
 def signals(fitters, tr, te):
-    inner = StratifiedGroupKFold(n_splits=4, shuffle=True, random_state=0)
+    inner = StratifiedGroupKFold(n_splits=4, shuffle=True, random_state=INNER_SEED)
     oof = np.zeros((len(fitters), len(tr))); ev = np.zeros((len(fitters), len(te)))
+    g = groups[tr] if INNER_GROUPED else np.arange(len(tr))
     for j, fz in enumerate(fitters):
-        for ia, ib in inner.split(tr, y[tr], groups[tr]):
-            oof[j, ib] = fz(tr[ia])(tr[ib])
+        for r in range(REPEATS):
+            inner = StratifiedGroupKFold(n_splits=4, shuffle=True, random_state=INNER_SEED + 100 * r)
+            for ia, ib in inner.split(tr, y[tr], g):
+                oof[j, ib] += fz(tr[ia])(tr[ib]) / REPEATS
         ev[j] = fz(tr)(te)
     # standardise each signal on its OOF harmful/benign midpoint so max() compares like with like
     return oof, ev
@@ -55,7 +62,7 @@ def run(name, fitters, comb=np.max, eps=0.02, seeds=(1, 2, 3)):
             tr = np.r_[old, dev[a]]; te = dev[b]
             oof, ev = signals(fitters, tr, te); o, e = comb(oof, 0), comb(ev, 0)
             t = min(A.conformal(o[y[tr] & ref[tr]], eps), A.conformal(o[sev[tr] & ref[tr]], eps))
-            st[te] = e < t; sc[te] = e
+            st[te] = e < t; sc[te] = e; TS.append(t)
         d = dev; yd, s, rf = y[d], st[d], ref[d]
         out.append((roc_auc_score(yd, sc[d]), roc_auc_score(yd[rf], sc[d][rf]), s[~yd & rf].mean(), s[~yd].mean(), s[yd & rf].mean(), (s & yd & rf & sev[d]).sum()))
     o = np.array(out)
@@ -113,3 +120,36 @@ if __name__ == "__main__" and "v01" in sys.argv[1:]:
     run("lam .1 max(uend,inst,mean)", [make_lda("uend", lam=0.1), make_lda("inst", lam=0.1), make_lda("mean", lam=0.1)])
     run("lam .1 layers 8-23", [make_lda("uend", layers=list(range(8, 24)), lam=0.1), make_lda("inst", layers=list(range(8, 24)), lam=0.1)])
     run("lam .1 eps .03", [make_lda("uend", lam=0.1), make_lda("inst", lam=0.1)], eps=0.03)
+if __name__ == "__main__" and "ungrouped" in sys.argv[1:]:
+    from sklearn.model_selection import StratifiedKFold
+    _sgkf = StratifiedGroupKFold
+    class _Ungrouped(StratifiedKFold):
+        def split(self, X, y=None, groups=None):
+            return super().split(X, y)
+    globals()["StratifiedGroupKFold"] = _Ungrouped  # inner (and outer) folds ignore the pairs
+    pass
+if __name__ == "__main__" and "inner" in sys.argv[1:]:
+    for grouped in (True, False):
+        for iseed in (0, 1, 2):
+            INNER_GROUPED, INNER_SEED, TS[:] = grouped, iseed, []
+            run(f"lam .1 inner folds grouped={grouped} seed {iseed}", [make_lda("uend", lam=0.1), make_lda("inst", lam=0.1)], seeds=(1,))
+            print("   thresholds", np.round(TS, 3), flush=True)
+if __name__ == "__main__" and "repeat" in sys.argv[1:]:
+    REPEATS = 3
+    for iseed in (0, 1, 2):
+        INNER_SEED, TS[:] = iseed, []
+        run(f"lam .1 OOF averaged over 3 fold splits, seed {iseed}", [make_lda("uend", lam=0.1), make_lda("inst", lam=0.1)], seeds=(1,))
+        print("   thresholds", np.round(TS, 3), flush=True)
+if __name__ == "__main__" and "spread" in sys.argv[1:]:
+    allts = []
+    for iseed in range(8):
+        INNER_SEED, TS[:] = iseed, []
+        run(f"lam .1 inner seed {iseed}", [make_lda("uend", lam=0.1), make_lda("inst", lam=0.1)], seeds=(1,))
+        allts.append(list(TS))
+    A_ = np.array(allts)  # (8 inner seeds, 4 outer folds)
+    print("per-fold thresholds over 8 inner fold seeds:\n", np.round(A_.T, 3))
+    print("sd single", np.round(A_.std(0, ddof=1), 3))
+    rng = np.random.default_rng(0)
+    for R in (3, 5):
+        med = np.array([[np.median(rng.choice(A_[:, f], R, replace=False)) for f in range(A_.shape[1])] for _ in range(2000)])
+        print(f"sd of the median of {R} splits", np.round(med.std(0), 3))
