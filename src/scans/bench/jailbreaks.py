@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import codecs
 import json
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import ScansError
@@ -22,6 +23,25 @@ JAILBREAK_FAMILIES = (
 _LEET = {"a": "4", "e": "3", "i": "1", "o": "0", "s": "5", "t": "7"}
 _UNLEET = {v: k for k, v in _LEET.items()}
 
+# encoding -> (encode, decode)
+_CODECS: dict[str, tuple[Callable[[str], str], Callable[[str], str]]] = {
+    "base64": (
+        lambda t: base64.b64encode(t.encode("utf-8")).decode("ascii"),
+        lambda t: base64.b64decode(t.encode("ascii")).decode("utf-8"),
+    ),
+    "rot13": (lambda t: codecs.encode(t, "rot13"), lambda t: codecs.decode(t, "rot13")),
+    "leetspeak": (
+        lambda t: "".join(_LEET.get(c, c) for c in t),
+        lambda t: "".join(_UNLEET.get(c, c) for c in t),
+    ),
+}
+
+
+def _codec(encoding: str) -> tuple[Callable[[str], str], Callable[[str], str]]:
+    if encoding not in _CODECS:
+        raise ValueError(f"unknown encoding {encoding!r} (base64, rot13 or leetspeak)")
+    return _CODECS[encoding]
+
 
 def encode(text: str, encoding: str | None) -> str:
     """``text`` as a template receives it: unchanged (None), ``base64``, ``rot13`` or ``leetspeak``.
@@ -29,28 +49,12 @@ def encode(text: str, encoding: str | None) -> str:
     Leetspeak replaces the lowercase letters a, e, i, o, s, t with 4, 3, 1, 0, 5, 7; it decodes
     exactly because no request contains those digits (checked when the requests are read).
     """
-    if encoding is None:
-        return text
-    if encoding == "base64":
-        return base64.b64encode(text.encode("utf-8")).decode("ascii")
-    if encoding == "rot13":
-        return codecs.encode(text, "rot13")
-    if encoding == "leetspeak":
-        return "".join(_LEET.get(c, c) for c in text)
-    raise ValueError(f"unknown encoding {encoding!r} (base64, rot13 or leetspeak)")
+    return text if encoding is None else _codec(encoding)[0](text)
 
 
 def decode(text: str, encoding: str | None) -> str:
     """Inverse of :func:`encode`."""
-    if encoding is None:
-        return text
-    if encoding == "base64":
-        return base64.b64decode(text.encode("ascii")).decode("utf-8")
-    if encoding == "rot13":
-        return codecs.decode(text, "rot13")
-    if encoding == "leetspeak":
-        return "".join(_UNLEET.get(c, c) for c in text)
-    raise ValueError(f"unknown encoding {encoding!r} (base64, rot13 or leetspeak)")
+    return text if encoding is None else _codec(encoding)[1](text)
 
 
 def _packaged_jsonl(name: str) -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from ..errors import ScansError
-from ..fit_config import DEFAULT_SHRINKAGE
+from ..fit_config import DEFAULT_SHRINKAGE, FitConfig
 from . import common
 from .common import add_model_args, add_profile_arg, batch_size_arg, parse_layers, shrinkage_arg
 
@@ -221,7 +221,6 @@ def print_decision(profile: Any) -> None:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from ..datafiles import read_prompts
-    from ..fit_config import FitConfig
 
     files = {k: getattr(args, k) for k in ("harmful", "harmless", "borderline")}
     if bool(files["harmful"]) != bool(files["harmless"]):
