@@ -78,13 +78,13 @@ def contrast_directions(
     shrinkages: Sequence[float],
     layers: Sequence[int] | None = None,
 ) -> list[torch.Tensor]:
-    """:func:`contrast_direction` for several shrinkage values, one decomposition per layer.
+    """:func:`contrast_direction` for several shrinkage values, all layers batched.
 
-    With the centred rows C, the pooled covariance is S = C^T C / (n - 2) = V diag(e) V^T
-    over its nonzero eigenvalues e, so Sigma(lambda)^-1 d = V diag(1 / ((1 - lambda) e + b))
-    V^T d + (d - V V^T d) / b with b = lambda tr(S) / D (the second term is dropped when
-    b = 0: a pseudo-inverse). V and e come from one batched symmetric eigendecomposition of
-    the smaller of C C^T (n x n) and C^T C (D x D) for all layers at once.
+    With the centred rows C (n x D per layer), S = C^T C / (n - 2) and
+    Sigma(lambda) = a C^T C + b I with a = (1 - lambda) / (n - 2), b = lambda tr(S) / D. For
+    lambda in (0, 1) one Cholesky solve in the smaller space: Sigma^-1 d directly (D <= n) or,
+    by the Woodbury identity, (d - C^T (b/a I + C C^T)^-1 C d) / b (n < D). lambda = 0 is the
+    pseudo-inverse, from the eigendecomposition of :func:`principal_axes`.
     """
     assert all(0.0 <= lam <= 1.0 for lam in shrinkages), f"shrinkage must lie in [0, 1], got {shrinkages}"
     mean_diff = mean_difference(positive, negative).double()
@@ -103,24 +103,39 @@ def contrast_directions(
     centred = torch.cat(
         [pos - pos.mean(1, keepdim=True), neg - neg.mean(1, keepdim=True)], dim=1
     )  # (L', n, D)
-    axes, e = principal_axes(centred)  # (L', D, k), (L', k)
-    e = e / (n - 2)
-    scale = e.sum(-1, keepdim=True) / d.shape[-1]  # tr(S) / D
-    coef = (axes * d.unsqueeze(-1)).sum(1)  # V^T d, (L', k)
-    inside = (axes * coef.unsqueeze(1)).sum(-1)  # V V^T d, (L', D)
+    dim = d.shape[-1]
+    small = n < dim
+    gram = centred @ centred.transpose(-1, -2) if small else centred.transpose(-1, -2) @ centred
+    scale = gram.diagonal(dim1=-2, dim2=-1).sum(-1) / (n - 2) / dim  # tr(S) / D, (L',)
+    eye = torch.eye(gram.shape[-1], dtype=gram.dtype)
     for i, lam in enumerate(shrinkages):
         if lam >= 1.0:
             continue
-        b = lam * scale
-        denom = (1.0 - lam) * e + b
-        inv = torch.where(denom > 0, 1.0 / denom.clamp_min(1e-300), torch.zeros_like(denom))
-        w = (axes * (coef * inv).unsqueeze(1)).sum(-1)
-        if lam > 0:
-            w = w + (d - inside) / b
+        if lam == 0.0:
+            w = _pseudo_inverse_direction(centred, d, n)
+        else:
+            a, b = (1.0 - lam) / (n - 2), lam * scale
+            if small:  # Woodbury in the n x n space
+                rhs = (centred @ d.unsqueeze(-1))  # C d, (L', n, 1)
+                inner = gram + (b / a)[:, None, None] * eye
+                solved = torch.cholesky_solve(rhs, torch.linalg.cholesky(inner))
+                w = (d - (centred.transpose(-1, -2) @ solved).squeeze(-1)) / b[:, None]
+            else:
+                sigma = a * gram + b[:, None, None] * eye
+                w = torch.cholesky_solve(d.unsqueeze(-1), torch.linalg.cholesky(sigma)).squeeze(-1)
         norm = w.norm(dim=-1, keepdim=True)
         assert torch.isfinite(w).all() and (norm > 0).all(), "degenerate contrast direction"
         out[i][idx] = w / norm
     return [d.float() for d in out]
+
+
+def _pseudo_inverse_direction(centred: torch.Tensor, d: torch.Tensor, n: int) -> torch.Tensor:
+    """S^+ d (unnormalised) for the unshrunk LDA, S = C^T C / (n - 2) over its nonzero eigenvalues."""
+    axes, e = principal_axes(centred)  # (L', D, k), (L', k)
+    e = e / (n - 2)
+    inv = torch.where(e > 0, 1.0 / e.clamp_min(1e-300), torch.zeros_like(e))
+    coef = (axes * d.unsqueeze(-1)).sum(1)  # V^T d, (L', k)
+    return (axes * (coef * inv).unsqueeze(1)).sum(-1)
 
 
 def principal_axes(centred: torch.Tensor, rtol: float = 1e-10) -> tuple[torch.Tensor, torch.Tensor]:
