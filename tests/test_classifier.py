@@ -73,7 +73,7 @@ def _score(tensors: dict, feats: torch.Tensor) -> np.ndarray:
 
 def test_out_of_fold_scores_never_see_their_own_row():
     x, y = _data()
-    fit = fit_classifier("instruction", x, y, _score, range(L), shrinkage=0.3, k=4, seed=2)
+    fit = fit_classifier("instruction", x, y, range(L), shrinkage=0.3, k=4, seed=2)
     folds = stratified_folds(y, 4, seed=2)
     for f in range(4):
         train, test = folds != f, folds == f
@@ -85,9 +85,44 @@ def test_out_of_fold_scores_never_see_their_own_row():
     assert fit.cv_auprc == {0.3: pytest.approx(average_precision(fit.oof_scores, y))}
 
 
+def test_several_splits_average_each_rows_out_of_fold_scores():
+    """``splits`` S: each row's score is the mean over S k-fold splits of the score from the fold
+    model that did not see it; the first split is the single-split one."""
+    x, y = _data()
+    one = fit_classifier("instruction", x, y, range(L), shrinkage=0.3, k=4, seed=2)
+    fit = fit_classifier("instruction", x, y, range(L), shrinkage=0.3, k=4, seed=2, splits=3)
+    expected = np.zeros(len(y))
+    for split in range(3):
+        folds = stratified_folds(y, 4, seed=2 if split == 0 else [2, split])
+        for f in range(4):
+            train, test = folds != f, folds == f
+            t = classifier_tensors("instruction", x[torch.as_tensor(train)], y[train], [0.3], range(L))[0]
+            expected[test] += _score(t, x[torch.as_tensor(test)]) / 3
+    np.testing.assert_allclose(fit.oof_scores, expected, rtol=1e-6, atol=1e-9)
+    assert not np.allclose(fit.oof_scores, one.oof_scores)  # the other splits move the scores
+    assert torch.equal(fit.tensors["contrast"], one.tensors["contrast"])  # the final fit is the same
+    with pytest.raises(AssertionError, match="at least one"):
+        fit_classifier("instruction", x, y, range(L), shrinkage=0.3, splits=0)
+
+
+@pytest.mark.parametrize("dim", [6, 80])  # more rows than dimensions, and fewer
+def test_the_gram_path_gives_the_fold_by_fold_scores(monkeypatch, dim):
+    """Cross-fitting from one Gram matrix per layer equals fitting every fold's direction."""
+    from scans import classifier
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(50, L, dim, generator=g)
+    y = np.r_[np.ones(20), np.zeros(30)].astype(bool)
+    x[torch.as_tensor(y), :, :2] += 1.0
+    fast = fit_classifier("instruction", x, y, [0, 2], shrinkage=0.2, seed=4, splits=3)
+    monkeypatch.setattr(classifier, "GRAM_MAX_ROWS", 0)  # every fold fitted directly
+    slow = fit_classifier("instruction", x, y, [0, 2], shrinkage=0.2, seed=4, splits=3)
+    np.testing.assert_allclose(fast.oof_scores, slow.oof_scores, rtol=1e-5, atol=1e-6)
+
+
 def test_auto_shrinkage_picks_the_best_cross_validated_value():
     x, y = _data(40, 60)
-    fit = fit_classifier("instruction", x, y, _score, range(L), shrinkage=None, k=4, seed=0)
+    fit = fit_classifier("instruction", x, y, range(L), shrinkage=None, k=4, seed=0)
     assert set(fit.cv_auprc) == set(SHRINKAGE_GRID)
     assert fit.cv_auprc[fit.shrinkage] == max(fit.cv_auprc.values())
     # the nuisance dimension fools the mean difference; whitening sees through it

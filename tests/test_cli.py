@@ -94,6 +94,13 @@ def test_fit_alpha_and_alpha_abs(loader, capsys):
     assert "--alpha" in _error_line(capsys)
 
 
+def test_fit_crossfit_splits_below_one(loader, capsys):
+    assert cli.main(["fit", "--crossfit-splits", "0"]) == 2
+    line = _error_line(capsys)
+    assert "crossfit splits 0" in line and "fix:" in line
+    assert loader == []  # rejected before the model loads
+
+
 def test_classify_missing_file(loader, capsys, tmp_path):
     missing = tmp_path / "missing.txt"
     assert cli.main(["classify", "--file", str(missing)]) == 2
@@ -303,6 +310,7 @@ def test_chat_bad_max_new_tokens(loader, capsys):
 
 def test_fit_and_info_happy_path(loader, capsys, tmp_path, monkeypatch):
     from conftest import BORDERLINE, HARMFUL, HARMLESS
+    from scans.fit_config import DEFAULT_CROSSFIT_SPLITS
     from scans.profile import Profile
 
     files = {}
@@ -338,6 +346,8 @@ def test_fit_and_info_happy_path(loader, capsys, tmp_path, monkeypatch):
     note = f"lowest of {bind['n']} {name} calibration scores, so it moves with --seed"
     assert bind["k"] <= 5 and note in out, out  # a threshold resting on few scores is flagged
     assert profile.decision["pool"]["seed"] == 0  # the pool sample's seed is recorded
+    assert profile.decision["crossfit_splits"] == DEFAULT_CROSSFIT_SPLITS
+    assert f"the mean over {DEFAULT_CROSSFIT_SPLITS} cross-fitting splits" in out
 
     def load_saved(args, need_profile=True):
         t = _tiny("qwen2")

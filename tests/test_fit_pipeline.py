@@ -15,7 +15,7 @@ from scans.calibration import calibrate
 from scans.classifier import fit_classifier
 from scans.cli import build_parser
 from scans.errors import ScansError
-from scans.fit_config import DEFAULT_ALPHA, DEFAULT_SHRINKAGE, FitConfig
+from scans.fit_config import DEFAULT_ALPHA, DEFAULT_CROSSFIT_SPLITS, DEFAULT_SHRINKAGE, FitConfig
 from scans.fit_data import build_anchors, collect_activations
 from scans.fit_diagnostics import FitDiagnostics
 from scans.pool import PoolItem
@@ -170,10 +170,9 @@ def test_classifier_and_threshold_restated(fitted):
     uend = collect(t.model, t.tokenizer, rows, progress=False)["uend"]
     labels = np.r_[a.fit_labels, a.held_labels]
 
-    def score(tensors, feats):
-        return dataclasses.replace(p, **tensors).scores(feats, feats).numpy()
-
-    fit = fit_classifier("instruction", uend, labels, score, p.cls_layers, DEFAULT_SHRINKAGE, seed=0)
+    fit = fit_classifier(
+        "instruction", uend, labels, p.cls_layers, DEFAULT_SHRINKAGE, seed=0, splits=DEFAULT_CROSSFIT_SPLITS
+    )
     assert fit.shrinkage == p.extra["shrinkage"]["instruction"]
     assert torch.allclose(fit.tensors["contrast"], p.contrast, atol=1e-4)
     assert calibrate(fit.oof_scores, labels, 0.9).threshold == pytest.approx(p.threshold, abs=1e-4)

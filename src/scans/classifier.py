@@ -1,25 +1,32 @@
 """Step 3's classifier fitted without hand tuning: the shrinkage of the contrast direction
 is chosen by k-fold cross-validation, and the out-of-fold scores (each anchor scored by a
 classifier that never saw it) calibrate the threshold, so no anchor is spent on a
-separate held-out set.
+separate held-out set. With several cross-fitting splits (``splits``), each row's
+out-of-fold score is the mean over the splits, which steadies the calibration against the
+fold assignment.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from .calibration import average_precision
-from .vectors import contrast_directions, projection_stats, reference_transition
+from .vectors import (
+    classifier_scores,
+    contrast_directions,
+    crossfit_contrast_scores,
+    projection_stats,
+    reference_transition,
+)
 
 # 1.0 is the plain mean difference; smaller values whiten more (regularised LDA)
 SHRINKAGE_GRID = (0.1, 0.3, 0.6, 1.0)
 N_FOLDS = 4
-
-Scorer = Callable[[dict[str, torch.Tensor], torch.Tensor], np.ndarray]
+GRAM_MAX_ROWS = 4096  # cross-fitting from one Gram matrix per layer up to this many rows
 
 
 @dataclass
@@ -32,7 +39,7 @@ class ClassifierFit:
     cv_auprc: dict[float, float] = field(default_factory=dict)  # per candidate shrinkage
 
 
-def stratified_folds(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+def stratified_folds(labels: np.ndarray, k: int, seed: int | Sequence[int]) -> np.ndarray:
     """Fold index (0..k-1) of every row; each class is spread evenly over the folds."""
     labels = np.asarray(labels, dtype=bool)
     assert min(labels.sum(), (~labels).sum()) >= k, f"{k}-fold cross-validation needs {k} rows per class"
@@ -69,28 +76,46 @@ def fit_classifier(
     kind: str,
     features: torch.Tensor,
     labels: np.ndarray,
-    score: Scorer,
     layers: Sequence[int],
     shrinkage: float | None = None,
     k: int = N_FOLDS,
     seed: int = 0,
+    splits: int = 1,
 ) -> ClassifierFit:
     """Fit on all rows; ``shrinkage`` None = the grid value with the best out-of-fold AUPRC
-    (ties go to more shrinkage). The out-of-fold scores of the chosen value are returned."""
+    (ties go to more shrinkage). The out-of-fold scores (:func:`scans.vectors.classifier_scores`
+    over ``layers``) of the chosen value are returned, each row's the mean over ``splits``
+    k-fold splits (the first split's folds come from ``seed`` alone, the others from
+    ``(seed, split)``)."""
     labels = np.asarray(labels, dtype=bool)
     assert features.shape[0] == len(labels), "one label per feature row"
-    folds = stratified_folds(labels, k, seed)
+    assert splits >= 1, f"need at least one cross-fitting split, got {splits}"
     candidates: Sequence[float | None] = (
         [None] if kind == "cosine" else (SHRINKAGE_GRID if shrinkage is None else [shrinkage])
     )
-    oof = {lam: np.empty(len(labels)) for lam in candidates}
-    for fold in range(k):
-        train, test = folds != fold, folds == fold
-        tensor_sets = classifier_tensors(
-            kind, features[torch.as_tensor(train)], labels[train], candidates, layers
-        )
-        for lam, tensors in zip(candidates, tensor_sets):
-            oof[lam][test] = score(tensors, features[torch.as_tensor(test)])
+    # the fold fits read only the classifier's layers: slice and convert them once
+    sub = features[:, torch.as_tensor(list(layers), dtype=torch.long)].double()
+    local = range(sub.shape[1])
+    oof = {lam: np.zeros(len(labels)) for lam in candidates}
+    folds = [stratified_folds(labels, k, seed if split == 0 else [seed, split]) for split in range(splits)]
+    shrunk = all(lam is not None and 0.0 < lam < 1.0 for lam in candidates)
+    if kind != "cosine" and shrunk and len(labels) <= GRAM_MAX_ROWS:  # the Gram path, same scores
+        for lam in candidates:
+            assert lam is not None
+            oof[lam] = crossfit_contrast_scores(
+                sub, torch.as_tensor(labels), [torch.as_tensor(f) for f in folds], lam
+            ).numpy()
+    else:
+        for split_folds in folds:
+            for fold in range(k):
+                train, test = split_folds != fold, split_folds == fold
+                tensor_sets = classifier_tensors(
+                    kind, sub[torch.as_tensor(train)], labels[train], candidates, local
+                )
+                for lam, tensors in zip(candidates, tensor_sets):
+                    oof[lam][test] += (
+                        classifier_scores(kind, tensors, sub[torch.as_tensor(test)], local).numpy() / splits
+                    )
     assert all(np.isfinite(v).all() for v in oof.values()), "non-finite out-of-fold scores"
     results = {lam: (average_precision(v, labels), v) for lam, v in oof.items()}
     best = max(candidates, key=lambda lam: (results[lam][0], lam if lam is not None else 1.0))

@@ -138,9 +138,7 @@ def fit_profile(
         layers = choose_layers(model, tokenizer, vec, acts, config, clock, progress)
     assert acts.harmful.inst is not None and acts.harmful.probe is not None
     reference = reference_transition(transitions(acts.harmful.inst, acts.harmful.probe))
-    classifier = fit_classifiers(
-        acts, anchors, config, vec, layers.steer_layers, layers.cls_layers, reference
-    )
+    classifier = fit_classifiers(acts, anchors, config, layers.cls_layers, reference)
     refused = None
     if config.max_harmful_loss is not None and config.budget_counts == "refused":
         # the calibration rows, in the classifier's order; only the last layer is read

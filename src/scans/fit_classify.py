@@ -3,7 +3,7 @@ and of the v2 decision rule's safety budget."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,31 +15,8 @@ from .classifier import fit_classifier
 from .fit_config import FitConfig
 from .fit_data import AnchorSet, FitActivations, RefusalVectors
 from .fit_diagnostics import SCORE_GROUPS
-from .profile import CLASSIFIERS, Profile
-from .vectors import transitions
-
-Score = Callable[[dict[str, torch.Tensor], torch.Tensor], np.ndarray]
-
-
-@dataclass(frozen=True)
-class Scorer:
-    """Scores rows with a classifier's tensors, as the fitted profile will."""
-
-    vectors: torch.Tensor
-    norms: torch.Tensor
-    steer_layers: list[int]
-    cls_layers: list[int]
-    alpha: float
-    reference: torch.Tensor
-
-    def __call__(self, name: str) -> Score:
-        def score(tensors: dict[str, torch.Tensor], feats: torch.Tensor) -> np.ndarray:
-            p = Profile("fit", "", self.vectors, norms=self.norms, steer_layers=self.steer_layers,
-                        cls_layers=self.cls_layers, alpha=self.alpha, threshold=0.0, classifier=name,
-                        **{"reference": self.reference, **tensors})  # fmt: skip
-            return p.scores(feats, feats).numpy()
-
-        return score
+from .profile import CLASSIFIERS
+from .vectors import classifier_scores, transitions
 
 
 @dataclass(frozen=True)
@@ -56,17 +33,19 @@ class ClassifierResult:
     shrinkage: dict[str, float | None]
     cv_auprc: dict[str, dict[str, float]]
     heldout_auprc: dict[str, float]
-    scorer: Scorer
+    cls_layers: list[int]
 
 
 def fit_classifiers(
-    acts: FitActivations, anchors: AnchorSet, config: FitConfig, vec: RefusalVectors,
-    steer_layers: list[int], cls_layers: list[int], reference: torch.Tensor,
-) -> ClassifierResult:  # fmt: skip
+    acts: FitActivations,
+    anchors: AnchorSet,
+    config: FitConfig,
+    cls_layers: list[int],
+    reference: torch.Tensor,
+) -> ClassifierResult:
     """Fit the configured classifier (every one with ``compare_classifiers``) on the fit rows,
     with the held-out rows and the pool too when cross-fitting."""
     fit, held = acts.fit, acts.held
-    scorer = Scorer(vec.vectors, vec.norms, steer_layers, cls_layers, config.alpha, reference)
     every = config.needs_transitions
     if every:
         assert (
@@ -88,14 +67,15 @@ def fit_classifiers(
         train, test = features[name]
         if crossfit:  # held-out anchors join the pool; out-of-fold scores calibrate
             rows = torch.cat([train, test])
-            fits[name] = fit_classifier(name, rows, np.r_[fit_labels, held_labels], scorer(name),
-                                        cls_layers, config.shrinkage, seed=config.seed)  # fmt: skip
+            fits[name] = fit_classifier(name, rows, np.r_[fit_labels, held_labels], cls_layers, config.shrinkage,
+                                        seed=config.seed, splits=config.crossfit_splits)  # fmt: skip
             scores[name] = fits[name].oof_scores
         else:
             fits[name] = fit_classifier(
-                name, train, fit_labels, scorer(name), cls_layers, config.shrinkage, seed=config.seed
+                name, train, fit_labels, cls_layers, config.shrinkage, seed=config.seed
             )
-            scores[name] = scorer(name)(fits[name].tensors, test)
+            scores[name] = classifier_scores(name, {"reference": reference, **fits[name].tensors}, test,
+                                             cls_layers).numpy()  # fmt: skip
     if crossfit:
         labels, groups = np.r_[fit_labels, held_labels], anchors.fit_groups + anchors.held_groups
         severe = np.array([False] * len(fit_labels) + anchors.held_severe)
@@ -110,7 +90,7 @@ def fit_classifiers(
         shrinkage={name: f.shrinkage for name, f in fits.items()},
         cv_auprc={name: {f"{k:g}": v for k, v in f.cv_auprc.items()} for name, f in fits.items()},
         heldout_auprc={name: average_precision(s, labels) for name, s in scores.items()},
-        scorer=scorer,
+        cls_layers=cls_layers,
     )
 
 
@@ -184,31 +164,22 @@ def decision_rule(
     assert config.max_harmful_loss is not None
     fit, held = acts.fit, acts.held
     assert fit.inst is not None and held.inst is not None
-    score_inst, cls_layers, shrinkage, seed = (
-        cls.scorer("instruction"),
-        cls.scorer.cls_layers,
-        config.shrinkage,
-        config.seed,
-    )
+    cls_layers, shrinkage, seed = cls.cls_layers, config.shrinkage, config.seed
     labels, pool = cls.labels, anchors.pool
     crossfit = config.calibration == "crossfit"
     if crossfit:
-        fit_i = fit_classifier("instruction", torch.cat([fit.inst, held.inst]), labels, score_inst,
-                               cls_layers, shrinkage, seed=seed)  # fmt: skip
+        fit_i = fit_classifier("instruction", torch.cat([fit.inst, held.inst]), labels, cls_layers, shrinkage,
+                               seed=seed, splits=config.crossfit_splits)  # fmt: skip
         inst_cal = fit_i.oof_scores
     else:
-        fit_i = fit_classifier(
-            "instruction", fit.inst, anchors.fit_labels, score_inst, cls_layers, shrinkage, seed=seed
-        )
-        inst_cal = score_inst(fit_i.tensors, held.inst)
+        fit_i = fit_classifier("instruction", fit.inst, anchors.fit_labels, cls_layers, shrinkage, seed=seed)
+        inst_cal = classifier_scores("instruction", fit_i.tensors, held.inst, cls_layers).numpy()
     v1: dict[str, Any] = {}
     if crossfit and pool and config.classifier == "instruction":
         # the previous rule's classifier: the same anchors without the taxonomy prompts
         old = np.arange(len(labels)) < len(labels) - len(pool)
         uend_all = torch.cat([fit.uend, held.uend])[torch.as_tensor(old)]
-        fit_v1 = fit_classifier(
-            "instruction", uend_all, labels[old], score_inst, cls_layers, shrinkage, seed=seed
-        )
+        fit_v1 = fit_classifier("instruction", uend_all, labels[old], cls_layers, shrinkage, seed=seed)
         v1_cal = calibrate(fit_v1.oof_scores, labels[old], config.target_recall)
         v1 = {
             "v1_contrast": fit_v1.tensors["contrast"], "v1_contrast_mean": fit_v1.tensors["contrast_mean"],
@@ -219,6 +190,7 @@ def decision_rule(
     )
     decision = {
         "rule": "v2", **rule, "inst_shrinkage": fit_i.shrinkage,
+        "crossfit_splits": config.crossfit_splits if crossfit else None,
         "inst_auprc": average_precision(np.asarray(inst_cal), labels),
         "pool": {"size": len(pool), "harmful": sum(i.harmful for i in pool), "severe": sum(i.severe for i in pool),
                  "seed": config.pool_seed},

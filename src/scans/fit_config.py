@@ -26,6 +26,7 @@ DEFAULT_MAX_HARMFUL_LOSS = (
 )
 DEFAULT_POOL_SIZE = 320  # taxonomy prompts in the classifier's pool, every severe one included (None: all)
 DEFAULT_SHRINKAGE = 0.1  # covariance shrinkage of the classifier directions (auto: cross-validated)
+DEFAULT_CROSSFIT_SPLITS = 8  # k-fold splits whose out-of-fold scores are averaged for the calibration
 BUDGET_COUNTS = ("refused", "all")
 
 
@@ -70,6 +71,9 @@ class FitConfig:
     shrinkage: float | None = DEFAULT_SHRINKAGE
     """Covariance shrinkage of the classifier directions in [0, 1]; None: chosen by cross-validated
     AUPRC from :data:`scans.classifier.SHRINKAGE_GRID`."""
+    crossfit_splits: int = DEFAULT_CROSSFIT_SPLITS
+    """``crossfit``: k-fold splits of the classifier rows; each row's out-of-fold score (which
+    calibrates the thresholds) is its mean over the splits, so the thresholds move less with ``seed``."""
     pack_linears: bool = True
     """On a CPU in float32, run the forward passes on prepacked weights (same math, faster)."""
     pool: tuple[PoolItem, ...] | None = None
@@ -109,6 +113,8 @@ class FitConfig:
             raise ScansError(
                 f"shrinkage {self.shrinkage}; fix: use a value in [0, 1] (1 = plain mean difference) or auto"
             )
+        if self.crossfit_splits < 1:
+            raise ScansError(f"crossfit splits {self.crossfit_splits}; fix: use 1 or more")
         n_cls_h = self.n_fit + (self.n_heldout if self.calibration == "crossfit" else 0)
         if n_cls_h < N_FOLDS:
             raise ScansError(
@@ -184,6 +190,7 @@ class FitConfig:
             compare_classifiers=args.compare_classifiers,
             calibration=args.calibration,
             shrinkage=args.shrinkage,
+            crossfit_splits=args.crossfit_splits,
             pack_linears=not args.no_pack,
             pool=pool,
             pool_size=pool_size,

@@ -134,18 +134,21 @@ class Profile:
     def scores(self, tau: torch.Tensor, uend: torch.Tensor | None = None) -> torch.Tensor:
         """Harmfulness scores s(q), (N,), from transitions tau (N, L, D) and, for the
         ``instruction`` classifier, the block outputs at the end of the user's text."""
-        from .vectors import contrast_scores, transition_scores
+        from .vectors import classifier_scores
 
         if self.classifier == "cosine":
-            return transition_scores(tau, self.reference, self.cls_layers)
+            return classifier_scores("cosine", {"reference": self.reference}, tau, self.cls_layers)
         assert self.contrast is not None and self.contrast_mean is not None and self.contrast_std is not None
         features = tau
         if self.classifier == "instruction":
             assert uend is not None, "the instruction classifier needs the uend activations"
             features = uend
-        return contrast_scores(
-            features, self.contrast, self.contrast_mean, self.contrast_std, self.cls_layers
-        )
+        tensors = {
+            "contrast": self.contrast,
+            "contrast_mean": self.contrast_mean,
+            "contrast_std": self.contrast_std,
+        }
+        return classifier_scores(self.classifier, tensors, features, self.cls_layers)
 
     def v1(self) -> Profile:
         """This profile with the previous rule's classifier and threshold, and without the v2 rule

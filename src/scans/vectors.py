@@ -7,7 +7,7 @@ Step 3:  tau_l(q) = h_l(inst) - h_l(probe);  r_l = mean_harmful tau_l
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -116,7 +116,7 @@ def contrast_directions(
         else:
             a, b = (1.0 - lam) / (n - 2), lam * scale
             if small:  # Woodbury in the n x n space
-                rhs = (centred @ d.unsqueeze(-1))  # C d, (L', n, 1)
+                rhs = centred @ d.unsqueeze(-1)  # C d, (L', n, 1)
                 inner = gram + (b / a)[:, None, None] * eye
                 solved = torch.cholesky_solve(rhs, torch.linalg.cholesky(inner))
                 w = (d - (centred.transpose(-1, -2) @ solved).squeeze(-1)) / b[:, None]
@@ -156,7 +156,7 @@ def principal_axes(centred: torch.Tensor, rtol: float = 1e-10) -> tuple[torch.Te
 
 def projection_stats(x: torch.Tensor, direction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and standard deviation (L,) of the projections of (N, L, D) onto ``direction``."""
-    proj = (x.double() * direction.double().unsqueeze(0)).sum(-1)
+    proj = torch.einsum("nld,ld->nl", x.double(), direction.double())
     return proj.mean(0).float(), proj.std(0).clamp_min(1e-8).float()
 
 
@@ -170,6 +170,69 @@ def contrast_scores(
     """Mean over ``layers`` of the standardised projection of tau_l onto the contrast
     direction, (N,). Positive = closer to the harmful anchors than to the benign ones."""
     idx = torch.as_tensor(list(layers), dtype=torch.long)
-    proj = (tau.double()[:, idx] * direction.double()[idx].unsqueeze(0)).sum(-1)
+    proj = torch.einsum("nld,ld->nl", tau[:, idx].double(), direction.double()[idx])
     z = (proj - mean.double()[idx]) / std.double()[idx]
     return z.mean(-1).float()
+
+
+def classifier_scores(
+    kind: str, tensors: Mapping[str, torch.Tensor], features: torch.Tensor, layers: Sequence[int]
+) -> torch.Tensor:
+    """A classifier's scores (N,) of (N, L, D) features over ``layers``: ``cosine`` the paper's
+    :func:`transition_scores` with ``reference``, else (``instruction``, ``contrast``)
+    :func:`contrast_scores` with ``contrast``, ``contrast_mean`` and ``contrast_std``."""
+    if kind == "cosine":
+        return transition_scores(features, tensors["reference"], layers)
+    return contrast_scores(
+        features, tensors["contrast"], tensors["contrast_mean"], tensors["contrast_std"], layers
+    )
+
+
+def _centre_rows(y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Q m for (L, n, ...) ``m``: each row minus its class's mean over the rows (``y``: class per row)."""
+    shape = (1, -1, *([1] * (m.dim() - 2)))
+    pos, neg = m[:, y].mean(1, keepdim=True), m[:, ~y].mean(1, keepdim=True)
+    return m - torch.where(y.view(shape), pos, neg)
+
+
+def crossfit_contrast_scores(
+    features: torch.Tensor, labels: torch.Tensor, folds: Sequence[torch.Tensor], shrinkage: float
+) -> torch.Tensor:
+    """Out-of-fold scores (N,) of the shrunk contrast classifier, averaged over fold splits,
+    from one Gram matrix per layer instead of a direction per fold (the fast path of cross-fitting).
+
+    ``features`` (N, L, D) are the classifier's layers only; ``folds`` holds one (N,) fold index
+    per split; ``shrinkage`` lies in (0, 1). Each fold's direction is w = X_T^T g over its training
+    rows T (the Woodbury form of :func:`contrast_directions`: with m = +1/n_pos, -1/n_neg and the
+    per-class centring projector Q, g = (m - Q beta) / b, beta = (b/a I + Q K Q)^-1 Q K m), so every
+    projection the score needs (:func:`projection_stats` on T, :func:`contrast_scores` on the
+    fold) is a product with K = X X^T. Agrees with fitting each fold directly up to rounding."""
+    assert 0.0 < shrinkage < 1.0, f"the Gram path needs a shrinkage in (0, 1), got {shrinkage}"
+    _check(features, "features")
+    x = features.double().transpose(0, 1)  # (L, N, D)
+    gram = x @ x.transpose(-1, -2)  # (L, N, N)
+    y = torch.as_tensor(labels, dtype=torch.bool)
+    dim = x.shape[-1]
+    out = torch.zeros(x.shape[1], dtype=torch.float64)
+    for split in folds:
+        for fold in split.unique().tolist():
+            tr, te = torch.nonzero(split != fold).squeeze(1), torch.nonzero(split == fold).squeeze(1)
+            k_tt, k_st, yt = gram[:, tr][:, :, tr], gram[:, te][:, :, tr], y[tr]
+            n, n_pos = len(tr), int(yt.sum())
+            assert 0 < n_pos < n and n > 2, "each training fold needs both classes"
+
+            m = torch.where(yt, 1.0 / n_pos, -1.0 / (n - n_pos)).double()  # d = X_T^T m
+            qkq = _centre_rows(yt, _centre_rows(yt, k_tt).transpose(-1, -2))  # Q K Q = C C^T
+            a = (1.0 - shrinkage) / (n - 2)
+            b = shrinkage * qkq.diagonal(dim1=-2, dim2=-1).sum(-1) / (n - 2) / dim  # lambda tr(S) / D
+            cd = _centre_rows(yt, (k_tt @ m).unsqueeze(-1))  # C d, (L, n, 1)
+            inner = qkq + (b / a)[:, None, None] * torch.eye(n, dtype=torch.float64)
+            beta = torch.cholesky_solve(cd, torch.linalg.cholesky(inner))
+            g = (m.unsqueeze(-1) - _centre_rows(yt, beta)).squeeze(-1) / b[:, None]  # w = X_T^T g, (L, n)
+            norm = torch.einsum("ln,lnm,lm->l", g, k_tt, g).sqrt()
+            assert torch.isfinite(norm).all() and (norm > 0).all(), "degenerate contrast direction"
+            proj_t = torch.einsum("lnm,lm->ln", k_tt, g) / norm[:, None]
+            proj_s = torch.einsum("lnm,lm->ln", k_st, g) / norm[:, None]
+            mean, std = proj_t.mean(1), proj_t.std(1).clamp_min(1e-8)
+            out[te] += ((proj_s - mean[:, None]) / std[:, None]).mean(0) / len(folds)
+    return out

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from ..errors import ScansError
-from ..fit_config import DEFAULT_SHRINKAGE, FitConfig
+from ..fit_config import DEFAULT_CROSSFIT_SPLITS, DEFAULT_SHRINKAGE, FitConfig
 from . import common
 from .common import add_model_args, add_profile_arg, batch_size_arg, parse_layers, shrinkage_arg
 
@@ -40,6 +40,13 @@ def add_fit_parser(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_SHRINKAGE,
         help="covariance shrinkage of the classifier directions, 0-1 (1 = plain mean difference; "
         f"default {DEFAULT_SHRINKAGE:g}), or auto (chosen by cross-validated AUPRC)",
+    )
+    fit.add_argument(
+        "--crossfit-splits",
+        type=int,
+        default=DEFAULT_CROSSFIT_SPLITS,
+        help="k-fold splits of the classifier rows whose out-of-fold scores are averaged to calibrate the "
+        f"thresholds (default {DEFAULT_CROSSFIT_SPLITS}; more: thresholds that move less with --seed, a slower fit)",
     )
     fit.add_argument(
         "--no-pack",
@@ -196,13 +203,19 @@ def print_decision(profile: Any) -> None:
         + (f", a severe one (of {sev['n']}) <= {sev['guaranteed']:.4f}" if sev else "")
         + f"; pool misses {b['below']}/{b['n']} (95% upper bound {b['upper_bound']:.4f})"
     )
+    splits = d.get("crossfit_splits")
+    if splits:
+        over = (
+            f"the mean over {splits} cross-fitting splits" if splits > 1 else "from one cross-fitting split"
+        )
+        print(f"  calibration scores: each prompt's out-of-fold score, {over}")
     name, bind = min(d["budget"].items(), key=lambda kv: kv[1].get("threshold", float("inf")))
     if bind.get("k") is not None and bind["k"] <= FEW_BELOW:
         print(
             f"  note: the steer threshold is the {ordinal(bind['k'])} lowest of {bind['n']} {name} calibration "
             f"scores, so it moves with --seed; more {name} pool prompts"
             + (" that the model refuses" if bind.get("counted") == "refused" else "")
-            + " steady it (--pool-size all, or --pool FILE)"
+            + " (--pool-size all, or --pool FILE) or more --crossfit-splits steady it"
         )
     if "refused" in d:
         r = d["refused"]
