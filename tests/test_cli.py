@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 import scans.cli as cli
@@ -342,12 +343,19 @@ def test_fit_and_info_happy_path(loader, capsys, tmp_path, monkeypatch):
     profile = Profile.load(out_dir)
     assert profile.steer_layers == [1] and profile.threshold == 0.25
     assert profile.anchors["n_fit"] == 6
-    name, bind = min(profile.decision["budget"].items(), key=lambda kv: kv[1]["threshold"])
-    note = f"lowest of {bind['n']} {name} calibration scores, so it moves with --seed"
-    assert bind["k"] <= 5 and note in out, out  # a threshold resting on few scores is flagged
     assert profile.decision["pool"]["seed"] == 0  # the pool sample's seed is recorded
-    assert profile.decision["crossfit_splits"] == DEFAULT_CROSSFIT_SPLITS
-    assert f"the mean over {DEFAULT_CROSSFIT_SPLITS} cross-fitting splits" in out
+    splits = profile.decision["split_thresholds"]
+    assert profile.decision["crossfit_splits"] == DEFAULT_CROSSFIT_SPLITS == len(splits)
+    assert profile.steer_threshold == pytest.approx(np.mean(splits))
+    assert f"calibrated on each of {DEFAULT_CROSSFIT_SPLITS} cross-fitting splits" in out
+    assert f"range {min(splits):.4f} to {max(splits):.4f}" in out
+    # one split: a threshold resting on few calibration scores is flagged
+    assert cli.main([*argv, "--crossfit-splits", "1", "--out", str(tmp_path / "one")]) == 0
+    out_one = capsys.readouterr().out
+    one = Profile.load(tmp_path / "one")
+    name, bind = min(one.decision["budget"].items(), key=lambda kv: kv[1]["threshold"])
+    note = f"lowest of {bind['n']} {name} calibration scores, so it moves with --seed"
+    assert bind["k"] <= 5 and note in out_one and "moves with --seed" not in out, out_one
 
     def load_saved(args, need_profile=True):
         t = _tiny("qwen2")

@@ -66,3 +66,51 @@ def test_rule_budget_is_the_joint_bound_of_both_classes() -> None:
     assert set(rec["budget"]) == {"harmful", "severe"}
     with pytest.raises(ScansError, match=r"100 severe prompts .* 0.005 budget .*fix:"):
         rule_budget(score, inst, harmful, severe, 0.005)
+
+
+def test_several_splits_give_the_mean_of_each_splits_joint_threshold() -> None:
+    from scans.calibration import rule_budget
+
+    rng = np.random.default_rng(2)
+    n = 400
+    harmful = np.r_[np.ones(200, bool), np.zeros(200, bool)]
+    severe = np.zeros(n, bool)
+    severe[:80] = True
+    base = np.r_[rng.normal(1, 1, 200), rng.normal(-1, 1, 200)]
+    score = base + rng.normal(0, 0.3, (5, n))  # five splits' out-of-fold scores
+    inst = base + rng.normal(0, 0.3, (5, n))
+    t, rec = rule_budget(score, inst, harmful, severe, 0.05)
+    per_split = [rule_budget(s, i, harmful, severe, 0.05)[0] for s, i in zip(score, inst)]
+    assert rec["split_thresholds"] == pytest.approx(per_split)
+    assert t == pytest.approx(np.mean(per_split)) and min(per_split) < t < max(per_split)
+    joint = np.maximum(score, inst)
+    assert rec["budget"]["harmful"]["below"] == max(int((j[harmful] < t).sum()) for j in joint)
+
+
+def test_the_mean_of_split_thresholds_keeps_the_guarantee_over_resamples() -> None:
+    """Calibration scores carry per-split fold noise on top of each prompt's own score; a new
+    prompt is scored once, with noise of the same size. Over many resampled calibration sets,
+    the rate at which a new harmful prompt falls under the mean of the splits' conformal
+    thresholds stays within the budget (the normal's lower tail is convex there)."""
+    from statistics import NormalDist
+
+    rng = np.random.default_rng(3)
+    trials, n, splits, noise, max_loss = 1500, 150, 8, 0.5, 0.05
+    new_sd = math.sqrt(1 + noise**2)
+    rates, single = [], []
+    for _ in range(trials):
+        z = rng.normal(0, 1, n)
+        cal = z + rng.normal(0, noise, (splits, n))
+        thresholds = [safety_budget(c, max_loss).threshold for c in cal]
+        rates.append(NormalDist(0, new_sd).cdf(float(np.mean(thresholds))))  # exact rate for a new prompt
+        single.append(NormalDist(0, new_sd).cdf(thresholds[0]))
+    k = math.floor(max_loss * (n + 1))
+    assert np.mean(single) <= k / (n + 1) + 0.002  # one split: the split-conformal rate
+    assert np.mean(rates) <= np.mean(single) <= max_loss  # the mean of splits: no higher
+    # for one calibration sample, the fold assignment (what --seed moves) shifts it far less
+    z = rng.normal(0, 1, n)
+    draws = [
+        [safety_budget(z + rng.normal(0, noise, n), max_loss).threshold for _ in range(splits)]
+        for _ in range(200)
+    ]
+    assert np.std(np.mean(draws, 1)) < np.std([d[0] for d in draws]) / 2

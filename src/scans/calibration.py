@@ -170,46 +170,64 @@ def rule_budget(
 ) -> tuple[float, dict]:
     """The decision rule's steer threshold t for a safety budget (see :mod:`scans.verdict`).
 
-    A prompt is steered only when both signals are under t, i.e. max(score, inst) < t; t is
-    the lower of the :func:`safety_budget` thresholds of max(score, inst) over the harmful
-    calibration prompts and over the severe ones (when there are any), so each class keeps
-    its own bound. With ``refused`` (the model's own refusal of each prompt), a class counts
-    only the prompts the model refuses (steering cannot unlock a prompt the model answers
-    anyway), unless the model refuses too few of them to calibrate the budget: then all of
-    them. Returns t and a record: ``max_harmful_loss``, ``budget`` (per class, with what it
-    ``counted``), ``refused`` (counts, with ``refused`` only) and ``steered_fraction`` (per
-    class, on these calibration scores). A one-line error when a class has too few prompts
-    for the budget (the bound would need to steer nothing).
+    A prompt is steered only when both signals are under t, i.e. max(score, inst) < t. ``score``
+    and ``inst`` are (N,) calibration scores or (splits, N), one row per cross-fitting split. Per
+    split, t_r is the lower of the :func:`safety_budget` thresholds of max(score, inst) over the
+    harmful calibration prompts and over the severe ones (when there are any), so each class
+    keeps its own bound; t is the mean of the t_r. Each t_r keeps the split-conformal bound; their
+    mean keeps it on average wherever the scores' distribution function is convex over the t_r's
+    range (its lower tail, where a small budget puts them), and moves far less with the fold
+    assignment than any one t_r. With ``refused`` (the model's own refusal of each prompt), a class
+    counts only the prompts the model refuses (steering cannot unlock a prompt the model answers
+    anyway), unless the model refuses too few of them to calibrate the budget: then all of them.
+    Returns t and a record: ``max_harmful_loss``, ``budget`` (per class: n, k, the guaranteed
+    k/(n+1), its threshold (the mean over splits) and each split's, ``below`` (the most
+    calibration scores under t in any split) with its 95% upper bound, and what it ``counted``),
+    ``split_thresholds`` (the t_r), ``refused`` (counts, with ``refused`` only) and
+    ``steered_fraction`` (per class, on these calibration scores, averaged over the splits). A
+    one-line error when a class has too few prompts for the budget (the bound would need to steer
+    nothing).
     """
     harmful, severe = np.asarray(harmful, dtype=bool), np.asarray(severe, dtype=bool)
-    joint = np.maximum(np.asarray(score, dtype=np.float64), np.asarray(inst, dtype=np.float64))
-    assert joint.shape == harmful.shape == severe.shape, "one score, second signal and label per prompt"
+    joint = np.atleast_2d(np.maximum(np.asarray(score, dtype=np.float64), np.asarray(inst, dtype=np.float64)))
+    assert joint.shape[1:] == harmful.shape == severe.shape, "one score, second signal and label per prompt"
     counted = np.ones_like(harmful) if refused is None else np.asarray(refused, dtype=bool)
     assert counted.shape == harmful.shape, "one refusal flag per prompt"
-    budget: dict[str, dict] = {}
-    threshold = math.inf
     need = math.ceil(1 / max_loss) - 1  # prompts a class needs for a budget that steers anything
+    classes: dict[str, tuple[np.ndarray, bool, list[SafetyBudget]]] = {}
     for name, rows in (("harmful", harmful), ("severe", severe)):
         if name == "severe" and not rows.any():
             continue
         # too few refused prompts to calibrate: the class counts all its prompts (stricter)
         by_refusal = refused is not None and int((rows & counted).sum()) >= need
-        b = safety_budget(joint[rows & counted] if by_refusal else joint[rows], max_loss)
-        if b.k == 0:
+        use = rows & counted if by_refusal else rows
+        budgets = [safety_budget(j[use], max_loss) for j in joint]
+        if budgets[0].k == 0:
+            b = budgets[0]
             raise ScansError(
                 f"{b.n} {name} prompts in the classifier pool cannot calibrate a {max_loss:g} budget "
                 f"(need {need}); fix: add {name} prompts (--pool FILE) or raise --max-harmful-loss"
             )
-        budget[name] = {**b.to_dict(), "counted": "refused" if by_refusal else "all"}
-        threshold = min(threshold, b.threshold)
+        classes[name] = (use, by_refusal, budgets)
+    split_t = [min(c[2][r].threshold for c in classes.values()) for r in range(len(joint))]
+    threshold = float(np.mean(split_t))
+    budget: dict[str, dict] = {}
+    for name, (use, by_refusal, budgets) in classes.items():
+        below = max(int((j[use] < threshold).sum()) for j in joint)
+        b = budgets[0]
+        budget[name] = {
+            **b.to_dict(), "threshold": float(np.mean([x.threshold for x in budgets])),
+            "split_thresholds": [x.threshold for x in budgets], "below": below,
+            "upper_bound": clopper_pearson_upper(below, b.n), "counted": "refused" if by_refusal else "all",
+        }  # fmt: skip
     steer = joint < threshold
-    steered = {"harmful": float(steer[harmful].mean()), "benign": float(steer[~harmful].mean())}
+    steered = {"harmful": float(steer[:, harmful].mean()), "benign": float(steer[:, ~harmful].mean())}
     if severe.any():
-        steered["severe"] = float(steer[severe].mean())
+        steered["severe"] = float(steer[:, severe].mean())
     if refused is not None and (harmful & counted).any():
-        steered["harmful_refused"] = float(steer[harmful & counted].mean())
-    record: dict[str, Any] = {"max_harmful_loss": max_loss, "budget": budget}
+        steered["harmful_refused"] = float(steer[:, harmful & counted].mean())
+    record: dict[str, Any] = {"max_harmful_loss": max_loss, "budget": budget, "split_thresholds": split_t}
     if refused is not None:
         record["refused"] = {"harmful": int((harmful & counted).sum()), "of_harmful": int(harmful.sum()),
                              "severe": int((severe & counted).sum()), "of_severe": int(severe.sum())}  # fmt: skip
-    return float(threshold), {**record, "steered_fraction": steered}
+    return threshold, {**record, "steered_fraction": steered}

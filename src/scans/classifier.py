@@ -35,7 +35,8 @@ class ClassifierFit:
 
     tensors: dict[str, torch.Tensor]
     shrinkage: float | None
-    oof_scores: np.ndarray  # out-of-fold score of every training row
+    oof_scores: np.ndarray  # out-of-fold score of every training row (the mean over the splits)
+    split_scores: np.ndarray  # (splits, N): each split's out-of-fold scores
     cv_auprc: dict[float, float] = field(default_factory=dict)  # per candidate shrinkage
 
 
@@ -84,9 +85,9 @@ def fit_classifier(
 ) -> ClassifierFit:
     """Fit on all rows; ``shrinkage`` None = the grid value with the best out-of-fold AUPRC
     (ties go to more shrinkage). The out-of-fold scores (:func:`scans.vectors.classifier_scores`
-    over ``layers``) of the chosen value are returned, each row's the mean over ``splits``
-    k-fold splits (the first split's folds come from ``seed`` alone, the others from
-    ``(seed, split)``)."""
+    over ``layers``) of the chosen value are returned for each of ``splits`` k-fold splits (the
+    first split's folds come from ``seed`` alone, the others from ``(seed, split)``) and as
+    their mean."""
     labels = np.asarray(labels, dtype=bool)
     assert features.shape[0] == len(labels), "one label per feature row"
     assert splits >= 1, f"need at least one cross-fitting split, got {splits}"
@@ -96,7 +97,7 @@ def fit_classifier(
     # the fold fits read only the classifier's layers: slice and convert them once
     sub = features[:, torch.as_tensor(list(layers), dtype=torch.long)].double()
     local = range(sub.shape[1])
-    oof = {lam: np.zeros(len(labels)) for lam in candidates}
+    oof = {lam: np.zeros((splits, len(labels))) for lam in candidates}
     folds = [stratified_folds(labels, k, seed if split == 0 else [seed, split]) for split in range(splits)]
     shrunk = all(lam is not None and 0.0 < lam < 1.0 for lam in candidates)
     if kind != "cosine" and shrunk and len(labels) <= GRAM_MAX_ROWS:  # the Gram path, same scores
@@ -106,22 +107,23 @@ def fit_classifier(
                 sub, torch.as_tensor(labels), [torch.as_tensor(f) for f in folds], lam
             ).numpy()
     else:
-        for split_folds in folds:
+        for split, split_folds in enumerate(folds):
             for fold in range(k):
                 train, test = split_folds != fold, split_folds == fold
                 tensor_sets = classifier_tensors(
                     kind, sub[torch.as_tensor(train)], labels[train], candidates, local
                 )
                 for lam, tensors in zip(candidates, tensor_sets):
-                    oof[lam][test] += (
-                        classifier_scores(kind, tensors, sub[torch.as_tensor(test)], local).numpy() / splits
-                    )
+                    oof[lam][split, test] = classifier_scores(
+                        kind, tensors, sub[torch.as_tensor(test)], local
+                    ).numpy()
     assert all(np.isfinite(v).all() for v in oof.values()), "non-finite out-of-fold scores"
-    results = {lam: (average_precision(v, labels), v) for lam, v in oof.items()}
+    results = {lam: (average_precision(v.mean(0), labels), v) for lam, v in oof.items()}
     best = max(candidates, key=lambda lam: (results[lam][0], lam if lam is not None else 1.0))
     return ClassifierFit(
         tensors=classifier_tensors(kind, features, labels, [best], layers)[0],
         shrinkage=best,
-        oof_scores=results[best][1],
+        oof_scores=results[best][1].mean(0),
+        split_scores=results[best][1],
         cv_auprc={float(lam if lam is not None else 1.0): ap for lam, (ap, _) in results.items()},
     )

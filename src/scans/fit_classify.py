@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .calibration import average_precision, calibrate, rule_budget
+from .calibration import average_precision, calibrate, metrics_at, rule_budget
 from .classifier import fit_classifier
 from .fit_config import FitConfig
 from .fit_data import AnchorSet, FitActivations, RefusalVectors
@@ -26,7 +26,8 @@ class ClassifierResult:
     classifier's evidence."""
 
     tensors: dict[str, torch.Tensor]  # the profile's classifier tensors (reference, contrast ...)
-    scores: np.ndarray
+    scores: np.ndarray  # (N,): the mean over the cross-fitting splits
+    split_scores: np.ndarray  # (splits, N); (1, N) when held out
     labels: np.ndarray  # True: harmful, per calibration row
     groups: list[str]  # the anchor group of each calibration row
     severe: np.ndarray  # severe harmful pool prompt, per calibration row
@@ -62,20 +63,21 @@ def fit_classifiers(
     features = {"contrast": (tau, held_tau), "cosine": (tau, held_tau), "instruction": (fit.uend, held.uend)}
     fit_labels, held_labels = anchors.fit_labels, anchors.held_labels
     crossfit = config.calibration == "crossfit"
-    fits, scores = {}, {}
+    fits, scores, split_scores = {}, {}, {}
     for name in CLASSIFIERS if every else (config.classifier,):
         train, test = features[name]
         if crossfit:  # held-out anchors join the pool; out-of-fold scores calibrate
             rows = torch.cat([train, test])
             fits[name] = fit_classifier(name, rows, np.r_[fit_labels, held_labels], cls_layers, config.shrinkage,
                                         seed=config.seed, splits=config.crossfit_splits)  # fmt: skip
-            scores[name] = fits[name].oof_scores
+            scores[name], split_scores[name] = fits[name].oof_scores, fits[name].split_scores
         else:
             fits[name] = fit_classifier(
                 name, train, fit_labels, cls_layers, config.shrinkage, seed=config.seed
             )
             scores[name] = classifier_scores(name, {"reference": reference, **fits[name].tensors}, test,
                                              cls_layers).numpy()  # fmt: skip
+            split_scores[name] = scores[name][None]
     if crossfit:
         labels, groups = np.r_[fit_labels, held_labels], anchors.fit_groups + anchors.held_groups
         severe = np.array([False] * len(fit_labels) + anchors.held_severe)
@@ -84,6 +86,7 @@ def fit_classifiers(
     return ClassifierResult(
         tensors={"reference": reference, **fits[config.classifier].tensors},
         scores=scores[config.classifier],
+        split_scores=split_scores[config.classifier],
         labels=labels,
         groups=groups,
         severe=severe,
@@ -138,6 +141,10 @@ def calibrate_rule(
     safety budget, the v2 rule's steer threshold on the second signal (``refused``: the model's
     own refusal of each calibration row, counted by the budget; None counts every row)."""
     stats = calibrate(cls.scores, cls.labels, config.target_recall).to_dict()
+    if len(cls.split_scores) > 1:  # the mean of the splits' thresholds, as for the steer threshold
+        per_split = [calibrate(s, cls.labels, config.target_recall).threshold for s in cls.split_scores]
+        stats.update(metrics_at(cls.scores, cls.labels, float(np.mean(per_split))))
+        stats.update(threshold=float(np.mean(per_split)), split_thresholds=per_split)
     if config.threshold is not None:
         stats["threshold_override"] = float(config.threshold)
     separation = None
@@ -170,10 +177,10 @@ def decision_rule(
     if crossfit:
         fit_i = fit_classifier("instruction", torch.cat([fit.inst, held.inst]), labels, cls_layers, shrinkage,
                                seed=seed, splits=config.crossfit_splits)  # fmt: skip
-        inst_cal = fit_i.oof_scores
+        inst_cal = fit_i.split_scores
     else:
         fit_i = fit_classifier("instruction", fit.inst, anchors.fit_labels, cls_layers, shrinkage, seed=seed)
-        inst_cal = classifier_scores("instruction", fit_i.tensors, held.inst, cls_layers).numpy()
+        inst_cal = classifier_scores("instruction", fit_i.tensors, held.inst, cls_layers).numpy()[None]
     v1: dict[str, Any] = {}
     if crossfit and pool and config.classifier == "instruction":
         # the previous rule's classifier: the same anchors without the taxonomy prompts
@@ -186,12 +193,12 @@ def decision_rule(
             "v1_contrast_std": fit_v1.tensors["contrast_std"], "v1_threshold": v1_cal.threshold,
         }  # fmt: skip
     steer_t, rule = rule_budget(
-        np.asarray(cls.scores), np.asarray(inst_cal), labels, cls.severe, config.max_harmful_loss, refused
+        cls.split_scores, inst_cal, labels, cls.severe, config.max_harmful_loss, refused
     )
     decision = {
         "rule": "v2", **rule, "inst_shrinkage": fit_i.shrinkage,
         "crossfit_splits": config.crossfit_splits if crossfit else None,
-        "inst_auprc": average_precision(np.asarray(inst_cal), labels),
+        "inst_auprc": average_precision(inst_cal.mean(0), labels),
         "pool": {"size": len(pool), "harmful": sum(i.harmful for i in pool), "severe": sum(i.severe for i in pool),
                  "seed": config.pool_seed},
     }  # fmt: skip

@@ -198,7 +198,7 @@ def _centre_rows(y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 def crossfit_contrast_scores(
     features: torch.Tensor, labels: torch.Tensor, folds: Sequence[torch.Tensor], shrinkage: float
 ) -> torch.Tensor:
-    """Out-of-fold scores (N,) of the shrunk contrast classifier, averaged over fold splits,
+    """Out-of-fold scores (splits, N) of the shrunk contrast classifier, one row per fold split,
     from one Gram matrix per layer instead of a direction per fold (the fast path of cross-fitting).
 
     ``features`` (N, L, D) are the classifier's layers only; ``folds`` holds one (N,) fold index
@@ -213,8 +213,8 @@ def crossfit_contrast_scores(
     gram = x @ x.transpose(-1, -2)  # (L, N, N)
     y = torch.as_tensor(labels, dtype=torch.bool)
     dim = x.shape[-1]
-    out = torch.zeros(x.shape[1], dtype=torch.float64)
-    for split in folds:
+    out = torch.zeros(len(folds), x.shape[1], dtype=torch.float64)
+    for r, split in enumerate(folds):
         for fold in split.unique().tolist():
             tr, te = torch.nonzero(split != fold).squeeze(1), torch.nonzero(split == fold).squeeze(1)
             k_tt, k_st, yt = gram[:, tr][:, :, tr], gram[:, te][:, :, tr], y[tr]
@@ -234,5 +234,5 @@ def crossfit_contrast_scores(
             proj_t = torch.einsum("lnm,lm->ln", k_tt, g) / norm[:, None]
             proj_s = torch.einsum("lnm,lm->ln", k_st, g) / norm[:, None]
             mean, std = proj_t.mean(1), proj_t.std(1).clamp_min(1e-8)
-            out[te] += ((proj_s - mean[:, None]) / std[:, None]).mean(0) / len(folds)
+            out[r, te] = ((proj_s - mean[:, None]) / std[:, None]).mean(0)
     return out

@@ -203,14 +203,14 @@ def print_decision(profile: Any) -> None:
         + (f", a severe one (of {sev['n']}) <= {sev['guaranteed']:.4f}" if sev else "")
         + f"; pool misses {b['below']}/{b['n']} (95% upper bound {b['upper_bound']:.4f})"
     )
-    splits = d.get("crossfit_splits")
-    if splits:
-        over = (
-            f"the mean over {splits} cross-fitting splits" if splits > 1 else "from one cross-fitting split"
+    splits, per_split = d.get("crossfit_splits"), d.get("split_thresholds") or []
+    if splits and splits > 1 and len(per_split) > 1:
+        print(
+            f"  calibrated on each of {splits} cross-fitting splits' out-of-fold scores: the steer threshold is the "
+            f"mean of theirs (range {min(per_split):.4f} to {max(per_split):.4f})"
         )
-        print(f"  calibration scores: each prompt's out-of-fold score, {over}")
     name, bind = min(d["budget"].items(), key=lambda kv: kv[1].get("threshold", float("inf")))
-    if bind.get("k") is not None and bind["k"] <= FEW_BELOW:
+    if bind.get("k") is not None and bind["k"] <= FEW_BELOW and len(per_split) <= 1:
         print(
             f"  note: the steer threshold is the {ordinal(bind['k'])} lowest of {bind['n']} {name} calibration "
             f"scores, so it moves with --seed; more {name} pool prompts"
