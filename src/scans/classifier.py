@@ -1,9 +1,9 @@
 """Step 3's classifier fitted without hand tuning: the shrinkage of the contrast direction
 is chosen by k-fold cross-validation, and the out-of-fold scores (each anchor scored by a
 classifier that never saw it) calibrate the threshold, so no anchor is spent on a
-separate held-out set. With several cross-fitting splits (``splits``), each row's
-out-of-fold score is the mean over the splits, which steadies the calibration against the
-fold assignment.
+separate held-out set. With several cross-fitting splits (``splits``), every split's
+out-of-fold scores are returned: the calibration sets a threshold per split and keeps their
+mean (:func:`scans.calibration.rule_budget`), which steadies it against the fold assignment.
 """
 
 from __future__ import annotations

@@ -26,7 +26,9 @@ DEFAULT_MAX_HARMFUL_LOSS = (
 )
 DEFAULT_POOL_SIZE = 320  # taxonomy prompts in the classifier's pool, every severe one included (None: all)
 DEFAULT_SHRINKAGE = 0.1  # covariance shrinkage of the classifier directions (auto: cross-validated)
-DEFAULT_CROSSFIT_SPLITS = 8  # k-fold splits whose out-of-fold scores are averaged for the calibration
+DEFAULT_CROSSFIT_SPLITS = (
+    8  # k-fold splits, each calibrating its own thresholds (the profile keeps their mean)
+)
 BUDGET_COUNTS = ("refused", "all")
 
 
@@ -72,8 +74,8 @@ class FitConfig:
     """Covariance shrinkage of the classifier directions in [0, 1]; None: chosen by cross-validated
     AUPRC from :data:`scans.classifier.SHRINKAGE_GRID`."""
     crossfit_splits: int = DEFAULT_CROSSFIT_SPLITS
-    """``crossfit``: k-fold splits of the classifier rows; each row's out-of-fold score (which
-    calibrates the thresholds) is its mean over the splits, so the thresholds move less with ``seed``."""
+    """``crossfit``: k-fold splits of the classifier rows; each split calibrates its own thresholds
+    on its out-of-fold scores and the profile keeps their mean, so they move less with ``seed``."""
     pack_linears: bool = True
     """On a CPU in float32, run the forward passes on prepacked weights (same math, faster)."""
     pool: tuple[PoolItem, ...] | None = None

@@ -45,8 +45,9 @@ def add_fit_parser(sub: argparse._SubParsersAction) -> None:
         "--crossfit-splits",
         type=int,
         default=DEFAULT_CROSSFIT_SPLITS,
-        help="k-fold splits of the classifier rows whose out-of-fold scores are averaged to calibrate the "
-        f"thresholds (default {DEFAULT_CROSSFIT_SPLITS}; more: thresholds that move less with --seed, a slower fit)",
+        help="k-fold splits of the classifier rows; each calibrates its own thresholds on its out-of-fold scores "
+        f"and the profile keeps their mean (default {DEFAULT_CROSSFIT_SPLITS}; more: thresholds that move less "
+        "with --seed, a slower fit)",
     )
     fit.add_argument(
         "--no-pack",
