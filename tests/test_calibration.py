@@ -152,3 +152,17 @@ def test_calibrate_threshold_is_permutation_invariant():
         calibrate(scores[list(p)], labels[list(p)]).threshold for p in itertools.permutations(range(6))
     }
     assert len(thresholds) == 1
+
+
+def test_several_splits_calibrate_to_the_mean_of_their_thresholds():
+    rng = np.random.default_rng(4)
+    labels = np.r_[np.ones(40), np.zeros(50)].astype(bool)
+    base = np.r_[rng.normal(1, 1, 40), rng.normal(-1, 1, 50)]
+    splits = base + rng.normal(0, 0.3, (4, 90))
+    cal = calibrate(splits, labels, target_recall=0.9)
+    per_split = [calibrate(s, labels, target_recall=0.9).threshold for s in splits]
+    assert cal.split_thresholds == pytest.approx(per_split)
+    assert cal.threshold == pytest.approx(np.mean(per_split))
+    assert cal.recall == pytest.approx(metrics_at(splits.mean(0), labels, cal.threshold)["recall"])
+    assert cal.auprc == pytest.approx(average_precision(splits.mean(0), labels))
+    assert "split_thresholds" not in calibrate(splits[0], labels).to_dict()  # one split: as before

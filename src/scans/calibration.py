@@ -25,9 +25,13 @@ class Calibration:
     n_harmful: int
     n_harmless: int
     target_recall: float | None = None
+    split_thresholds: list[float] | None = None  # each cross-fitting split's, when there are several
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["split_thresholds"] is None:
+            del d["split_thresholds"]
+        return d
 
 
 def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -69,14 +73,8 @@ def metrics_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict
     }
 
 
-def calibrate(scores: np.ndarray, labels: np.ndarray, target_recall: float | None = None) -> Calibration:
-    """Pick the threshold on held-out labelled scores (label True = harmful).
-
-    Without ``target_recall``: the threshold with the best balanced accuracy. With it: the
-    best balanced accuracy among thresholds that still flag at least that fraction of
-    the harmful prompts (a safety floor). Candidates are midpoints between consecutive
-    distinct scores; ties go to the middle candidate of the best ones.
-    """
+def best_threshold(scores: np.ndarray, labels: np.ndarray, target_recall: float | None = None) -> float:
+    """The threshold of :func:`calibrate` on one set of labelled scores (1-D)."""
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels, dtype=bool)
     assert scores.shape == labels.shape and scores.ndim == 1, "scores and labels must be 1-D"
@@ -90,19 +88,37 @@ def calibrate(scores: np.ndarray, labels: np.ndarray, target_recall: float | Non
         recall_ok = np.array([m["recall"] >= target_recall - 1e-12 for m in stats])
         bal = np.where(recall_ok, bal, -1.0)
     best = np.flatnonzero(bal >= bal.max() - 1e-12)
-    threshold = float(candidates[best[len(best) // 2]])
-    m = metrics_at(scores, labels, threshold)
+    return float(candidates[best[len(best) // 2]])
+
+
+def calibrate(scores: np.ndarray, labels: np.ndarray, target_recall: float | None = None) -> Calibration:
+    """Pick the threshold on held-out labelled scores (label True = harmful).
+
+    Without ``target_recall``: the threshold with the best balanced accuracy. With it: the
+    best balanced accuracy among thresholds that still flag at least that fraction of
+    the harmful prompts (a safety floor). Candidates are midpoints between consecutive
+    distinct scores; ties go to the middle candidate of the best ones. ``scores`` (splits, N),
+    one row per cross-fitting split: each split's threshold, then their mean (kept in
+    ``split_thresholds``), as :func:`rule_budget` does; the metrics and AUPRC are those of the
+    splits' mean scores.
+    """
+    per_split = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+    thresholds = [best_threshold(s, labels, target_recall) for s in per_split]
+    mean_scores, labels = per_split.mean(0), np.asarray(labels, dtype=bool)
+    threshold = float(np.mean(thresholds))
+    m = metrics_at(mean_scores, labels, threshold)
     return Calibration(
         threshold=threshold,
         accuracy=m["accuracy"],
         balanced_accuracy=m["balanced_accuracy"],
-        auprc=average_precision(scores, labels),
+        auprc=average_precision(mean_scores, labels),
         precision=m["precision"],
         recall=m["recall"],
         f1=m["f1"],
         n_harmful=int(labels.sum()),
         n_harmless=int((~labels).sum()),
         target_recall=target_recall,
+        split_thresholds=thresholds if len(thresholds) > 1 else None,
     )
 
 

@@ -35,9 +35,13 @@ class ClassifierFit:
 
     tensors: dict[str, torch.Tensor]
     shrinkage: float | None
-    oof_scores: np.ndarray  # out-of-fold score of every training row (the mean over the splits)
-    split_scores: np.ndarray  # (splits, N): each split's out-of-fold scores
+    split_scores: np.ndarray  # (splits, N): each split's out-of-fold score of every training row
     cv_auprc: dict[float, float] = field(default_factory=dict)  # per candidate shrinkage
+
+    @property
+    def oof_scores(self) -> np.ndarray:
+        """Each row's out-of-fold score, the mean over the splits (N,)."""
+        return self.split_scores.mean(0)
 
 
 def stratified_folds(labels: np.ndarray, k: int, seed: int | Sequence[int]) -> np.ndarray:
@@ -123,7 +127,6 @@ def fit_classifier(
     return ClassifierFit(
         tensors=classifier_tensors(kind, features, labels, [best], layers)[0],
         shrinkage=best,
-        oof_scores=results[best][1].mean(0),
         split_scores=results[best][1],
         cv_auprc={float(lam if lam is not None else 1.0): ap for lam, (ap, _) in results.items()},
     )

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .calibration import average_precision, calibrate, metrics_at, rule_budget
+from .calibration import average_precision, calibrate, rule_budget
 from .classifier import fit_classifier
 from .fit_config import FitConfig
 from .fit_data import AnchorSet, FitActivations, RefusalVectors
@@ -26,8 +26,7 @@ class ClassifierResult:
     classifier's evidence."""
 
     tensors: dict[str, torch.Tensor]  # the profile's classifier tensors (reference, contrast ...)
-    scores: np.ndarray  # (N,): the mean over the cross-fitting splits
-    split_scores: np.ndarray  # (splits, N); (1, N) when held out
+    split_scores: np.ndarray  # (splits, N) calibration scores; (1, N) when held out
     labels: np.ndarray  # True: harmful, per calibration row
     groups: list[str]  # the anchor group of each calibration row
     severe: np.ndarray  # severe harmful pool prompt, per calibration row
@@ -35,6 +34,11 @@ class ClassifierResult:
     cv_auprc: dict[str, dict[str, float]]
     heldout_auprc: dict[str, float]
     cls_layers: list[int]
+
+    @property
+    def scores(self) -> np.ndarray:
+        """Each calibration row's score (N,): the mean over the cross-fitting splits."""
+        return self.split_scores.mean(0)
 
 
 def fit_classifiers(
@@ -63,21 +67,22 @@ def fit_classifiers(
     features = {"contrast": (tau, held_tau), "cosine": (tau, held_tau), "instruction": (fit.uend, held.uend)}
     fit_labels, held_labels = anchors.fit_labels, anchors.held_labels
     crossfit = config.calibration == "crossfit"
-    fits, scores, split_scores = {}, {}, {}
+    fits, split_scores = {}, {}
     for name in CLASSIFIERS if every else (config.classifier,):
         train, test = features[name]
         if crossfit:  # held-out anchors join the pool; out-of-fold scores calibrate
             rows = torch.cat([train, test])
             fits[name] = fit_classifier(name, rows, np.r_[fit_labels, held_labels], cls_layers, config.shrinkage,
                                         seed=config.seed, splits=config.crossfit_splits)  # fmt: skip
-            scores[name], split_scores[name] = fits[name].oof_scores, fits[name].split_scores
+            split_scores[name] = fits[name].split_scores
         else:
             fits[name] = fit_classifier(
                 name, train, fit_labels, cls_layers, config.shrinkage, seed=config.seed
             )
-            scores[name] = classifier_scores(name, {"reference": reference, **fits[name].tensors}, test,
-                                             cls_layers).numpy()  # fmt: skip
-            split_scores[name] = scores[name][None]
+            held_scores = classifier_scores(
+                name, {"reference": reference, **fits[name].tensors}, test, cls_layers
+            )
+            split_scores[name] = held_scores.numpy()[None]
     if crossfit:
         labels, groups = np.r_[fit_labels, held_labels], anchors.fit_groups + anchors.held_groups
         severe = np.array([False] * len(fit_labels) + anchors.held_severe)
@@ -85,14 +90,13 @@ def fit_classifiers(
         labels, groups, severe = held_labels, anchors.held_groups, np.array(anchors.held_severe)
     return ClassifierResult(
         tensors={"reference": reference, **fits[config.classifier].tensors},
-        scores=scores[config.classifier],
         split_scores=split_scores[config.classifier],
         labels=labels,
         groups=groups,
         severe=severe,
         shrinkage={name: f.shrinkage for name, f in fits.items()},
         cv_auprc={name: {f"{k:g}": v for k, v in f.cv_auprc.items()} for name, f in fits.items()},
-        heldout_auprc={name: average_precision(s, labels) for name, s in scores.items()},
+        heldout_auprc={name: average_precision(s.mean(0), labels) for name, s in split_scores.items()},
         cls_layers=cls_layers,
     )
 
@@ -140,11 +144,7 @@ def calibrate_rule(
     """The threshold (at least ``target_recall`` of the harmful calibration rows) and, with a
     safety budget, the v2 rule's steer threshold on the second signal (``refused``: the model's
     own refusal of each calibration row, counted by the budget; None counts every row)."""
-    stats = calibrate(cls.scores, cls.labels, config.target_recall).to_dict()
-    if len(cls.split_scores) > 1:  # the mean of the splits' thresholds, as for the steer threshold
-        per_split = [calibrate(s, cls.labels, config.target_recall).threshold for s in cls.split_scores]
-        stats.update(metrics_at(cls.scores, cls.labels, float(np.mean(per_split))))
-        stats.update(threshold=float(np.mean(per_split)), split_thresholds=per_split)
+    stats = calibrate(cls.split_scores, cls.labels, config.target_recall).to_dict()
     if config.threshold is not None:
         stats["threshold_override"] = float(config.threshold)
     separation = None
