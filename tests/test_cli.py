@@ -95,10 +95,11 @@ def test_fit_alpha_and_alpha_abs(loader, capsys):
     assert "--alpha" in _error_line(capsys)
 
 
-def test_fit_crossfit_splits_below_one(loader, capsys):
-    assert cli.main(["fit", "--crossfit-splits", "0"]) == 2
+@pytest.mark.parametrize("splits", ["0", "-1", "1001", "1000000000000"])
+def test_fit_crossfit_splits_out_of_range(loader, capsys, splits):
+    assert cli.main(["fit", "--crossfit-splits", splits]) == 2
     line = _error_line(capsys)
-    assert "crossfit splits 0" in line and "fix:" in line
+    assert f"crossfit splits {splits}" in line and "fix: use 1 to 1000" in line
     assert loader == []  # rejected before the model loads
 
 

@@ -26,9 +26,9 @@ DEFAULT_MAX_HARMFUL_LOSS = (
 )
 DEFAULT_POOL_SIZE = 320  # taxonomy prompts in the classifier's pool, every severe one included (None: all)
 DEFAULT_SHRINKAGE = 0.1  # covariance shrinkage of the classifier directions (auto: cross-validated)
-DEFAULT_CROSSFIT_SPLITS = (
-    8  # k-fold splits, each calibrating its own thresholds (the profile keeps their mean)
-)
+# k-fold splits of the classifier rows, each calibrating its own thresholds (the profile keeps their mean)
+DEFAULT_CROSSFIT_SPLITS = 8
+MAX_CROSSFIT_SPLITS = 1000  # each split costs a fold fit per classifier; far more is a typo
 BUDGET_COUNTS = ("refused", "all")
 
 
@@ -115,8 +115,10 @@ class FitConfig:
             raise ScansError(
                 f"shrinkage {self.shrinkage}; fix: use a value in [0, 1] (1 = plain mean difference) or auto"
             )
-        if self.crossfit_splits < 1:
-            raise ScansError(f"crossfit splits {self.crossfit_splits}; fix: use 1 or more")
+        if not 1 <= self.crossfit_splits <= MAX_CROSSFIT_SPLITS:
+            raise ScansError(
+                f"crossfit splits {self.crossfit_splits}; fix: use 1 to {MAX_CROSSFIT_SPLITS} (default {DEFAULT_CROSSFIT_SPLITS})"
+            )
         n_cls_h = self.n_fit + (self.n_heldout if self.calibration == "crossfit" else 0)
         if n_cls_h < N_FOLDS:
             raise ScansError(
