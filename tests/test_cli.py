@@ -103,6 +103,14 @@ def test_fit_crossfit_splits_out_of_range(loader, capsys, splits):
     assert loader == []  # rejected before the model loads
 
 
+@pytest.mark.parametrize("held", ["1", "-3", "x", "", "2.5"])
+def test_fit_n_heldout_bad(loader, capsys, held):
+    assert cli.main(["fit", "--n-heldout", held]) == 2
+    line = _error_line(capsys)
+    assert f"--n-heldout {held}" in line and "or rest" in line
+    assert loader == []  # rejected before the model loads
+
+
 def test_classify_missing_file(loader, capsys, tmp_path):
     missing = tmp_path / "missing.txt"
     assert cli.main(["classify", "--file", str(missing)]) == 2

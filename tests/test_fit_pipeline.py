@@ -111,6 +111,27 @@ def test_anchor_set_splits_and_labels():
     assert record["n_fit"] == 6 and record["n_heldout"] == 4 and len(record["used_prompt_keys"]) == 30 + 18
 
 
+def test_heldout_rest_reads_every_anchor_whatever_the_seed():
+    """``n_heldout=None`` (the default): every anchor is fit or held out, so the classifier's rows
+    are the same set at any seed; only which ones build the vectors moves."""
+    sets = []
+    for seed in (0, 1, 2):
+        a = build_anchors(
+            HARMFUL, HARMLESS, BORDERLINE, FitConfig(**{**OPTIONS, "n_heldout": None, "seed": seed})
+        )
+        assert sorted(a.harmful + a.held_harmful) == sorted(HARMFUL)
+        assert sorted(a.harmless + a.held_harmless) == sorted(HARMLESS)
+        assert sorted(a.borderline + a.held_borderline) == sorted(BORDERLINE)
+        assert (
+            len(a.harmful) == OPTIONS["n_fit"]
+            and a.record(n_layer_eval=4)["n_heldout"] == len(HARMFUL) - OPTIONS["n_fit"]
+        )
+        sets.append(tuple(a.harmful))
+    assert len(set(sets)) > 1  # the seed still shuffles the fit part
+    with pytest.raises(ScansError, match="need 11 to fit \\+ at least 2 held out"):
+        build_anchors(HARMFUL, HARMLESS, BORDERLINE, FitConfig(**{**OPTIONS, "n_heldout": None, "n_fit": 11}))
+
+
 def test_collected_activations_are_each_groups_own():
     """The stitched groups hold the same rows as collecting each group on its own."""
     t = _tiny("qwen2")

@@ -29,6 +29,7 @@ DEFAULT_SHRINKAGE = 0.1  # covariance shrinkage of the classifier directions (au
 # k-fold splits of the classifier rows, each calibrating its own thresholds (the profile keeps their mean)
 DEFAULT_CROSSFIT_SPLITS = 8
 MAX_CROSSFIT_SPLITS = 1000  # each split costs a fold fit per classifier; far more is a typo
+MIN_HELDOUT = 2  # held-out anchors per side, at least
 BUDGET_COUNTS = ("refused", "all")
 
 
@@ -38,8 +39,9 @@ class FitConfig:
 
     n_fit: int = 64
     """Anchors per side (harmful, harmless) that build the refusal vectors (step 1)."""
-    n_heldout: int = 32
-    """More anchors per side, read only up to the end of the user's text: classifier and calibration."""
+    n_heldout: int | None = None
+    """More anchors per side, read only up to the end of the user's text: classifier and calibration;
+    None: every anchor not used to fit, so the classifier reads the same anchors whatever ``seed``."""
     n_layer_eval: int = 16
     """Fit anchors per side (the first ones) that measure the layer bands (step 2)."""
     seed: int = 0
@@ -103,7 +105,7 @@ class FitConfig:
             raise ScansError(f"budget counts {self.budget_counts!r}; fix: use 'refused' or 'all'")
         if self.pool_size is not None and self.pool_size < 0:
             raise ScansError(f"pool size {self.pool_size}; fix: use 0 or more, or all")
-        if self.n_fit < 2 or self.n_heldout < 2:
+        if self.n_fit < 2 or (self.n_heldout is not None and self.n_heldout < MIN_HELDOUT):
             raise ScansError(
                 "need at least 2 fit and 2 held-out anchors per side; fix: raise --n-fit/--n-heldout"
             )
@@ -119,7 +121,9 @@ class FitConfig:
             raise ScansError(
                 f"crossfit splits {self.crossfit_splits}; fix: use 1 to {MAX_CROSSFIT_SPLITS} (default {DEFAULT_CROSSFIT_SPLITS})"
             )
-        n_cls_h = self.n_fit + (self.n_heldout if self.calibration == "crossfit" else 0)
+        n_cls_h = self.n_fit + (MIN_HELDOUT if self.n_heldout is None else self.n_heldout) * (
+            self.calibration == "crossfit"
+        )
         if n_cls_h < N_FOLDS:
             raise ScansError(
                 f"{n_cls_h} harmful anchors train the classifier, its {N_FOLDS}-fold cross-validation needs "
@@ -165,6 +169,7 @@ class FitConfig:
                 f"--steer-window {args.steer_window}; fix: pass 1 (default), a larger window, or 0 for all positions"
             )
         max_loss, pool_size = parse_budget(args.max_harmful_loss, args.pool_size)
+        n_heldout = parse_heldout(args.n_heldout)
         pool = None
         if args.pool:
             pool = read_pool(
@@ -178,7 +183,7 @@ class FitConfig:
         )
         return cls(
             n_fit=args.n_fit,
-            n_heldout=args.n_heldout,
+            n_heldout=n_heldout,
             seed=args.seed,
             layers=layers,
             threshold=args.threshold,
@@ -202,6 +207,16 @@ class FitConfig:
             max_harmful_loss=max_loss,
             budget_counts=args.budget_counts,
         )
+
+
+def parse_heldout(value: str) -> int | None:
+    """``--n-heldout``: a count per side, or ``rest`` (None: every anchor not used to fit)."""
+    text = str(value).strip().lower()
+    if text == "rest":
+        return None
+    if not text.isdigit() or int(text) < MIN_HELDOUT:
+        raise ScansError(f"--n-heldout {value}; fix: pass a whole number of at least {MIN_HELDOUT}, or rest")
+    return int(text)
 
 
 def parse_budget(max_loss: str, pool_size: str) -> tuple[float | None, int | None]:

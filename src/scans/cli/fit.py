@@ -23,9 +23,10 @@ def add_fit_parser(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--n-fit", type=int, default=64, help="anchors per side for vectors/classifier")
     fit.add_argument(
         "--n-heldout",
-        type=int,
-        default=32,
-        help="more anchors per side, read to the end of the user's text only: classifier and calibration",
+        default="rest",
+        help="more anchors per side, read to the end of the user's text only: classifier and calibration "
+        "(default rest: every anchor not among the --n-fit, so the classifier reads the same anchors "
+        "whatever --seed)",
     )
     fit.add_argument(
         "--calibration",
