@@ -108,7 +108,8 @@ def test_anchor_set_splits_and_labels():
     assert [groups[g] for g in a.held_groups[12:]] == [(i.harmful, i.severe) for i in a.pool]
     assert len(a.fit_labels) == len(a.fit_groups) == 18
     record = a.record(n_layer_eval=4)
-    assert record["n_fit"] == 6 and record["n_heldout"] == 4 and len(record["used_prompt_keys"]) == 30 + 18
+    assert record["n_fit"] == 6 and record["n_heldout"] == 4 and record["n_heldout_borderline"] == 4
+    assert len(record["used_prompt_keys"]) == 30 + 18
 
 
 def test_heldout_rest_reads_every_anchor_whatever_the_seed():

@@ -2,7 +2,8 @@
 The 4-fold protocol (outer seeds 1-2, grouped by contrast pair) with the package's cross-fitting
 (8 splits, the mean of their thresholds, budget 0.02 over refused harmful and refused severe
 rows). For `--seed` s = 0, 1, 2: the old anchors in training are either all of them, or a seeded
-96 of the 128 per side and 128 of the 160 borderline (what `scans fit` reads with --n-heldout 32);
+96 of the 128 per side and 128 of the 160 borderline (`scans fit` with --n-heldout 32 read 96 of
+the 160 borderline, so this subsample is a little closer to "all" than that fit was);
 the inner fold seed is s in both. Prints the steered fractions per seed, how many test rows are
 steered at some seeds and not others, and the mean standard deviation of a row's score over seeds."""
 import sys, random, numpy as np, torch

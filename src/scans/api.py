@@ -143,8 +143,8 @@ class Scans:
         (benign but scary-sounding) prompts. ``config`` holds the options (default: the
         defaults of :class:`~scans.fit_config.FitConfig`); keyword ``options`` replace its fields,
         e.g. ``fit(n_fit=32, seed=1)``. Each side is shuffled with ``seed``; ``n_fit`` per side
-        build the vectors (harmful vs harmless); the next ``n_heldout`` per side are read only
-        up to the end of the user's text. The classifier (harmful vs harmless + borderline, a
+        build the vectors (harmful vs harmless); the next ``n_heldout`` per side (None, the default:
+        all the others) are read only up to the end of the user's text. The classifier (harmful vs harmless + borderline, a
         shrunk contrast direction, ``shrinkage`` 0.1 by default, None = chosen by 4-fold cross-validation) is
         fitted on the pool of both; with ``calibration="crossfit"`` the threshold is calibrated
         on out-of-fold scores (every anchor scored by a classifier that never saw it); with

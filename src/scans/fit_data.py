@@ -102,6 +102,7 @@ class AnchorSet:
             "n_fit": len(self.harmful),
             "n_fit_borderline": len(self.borderline),
             "n_heldout": len(self.held_harmful),
+            "n_heldout_borderline": len(self.held_borderline),
             "n_layer_eval": n_layer_eval,
             "used_prompt_keys": sorted({prompt_key(p) for p in used}),
         }
