@@ -121,9 +121,8 @@ class FitConfig:
             raise ScansError(
                 f"crossfit splits {self.crossfit_splits}; fix: use 1 to {MAX_CROSSFIT_SPLITS} (default {DEFAULT_CROSSFIT_SPLITS})"
             )
-        n_cls_h = self.n_fit + (MIN_HELDOUT if self.n_heldout is None else self.n_heldout) * (
-            self.calibration == "crossfit"
-        )
+        n_held = MIN_HELDOUT if self.n_heldout is None else self.n_heldout  # None: at least this many
+        n_cls_h = self.n_fit + (n_held if self.calibration == "crossfit" else 0)
         if n_cls_h < N_FOLDS:
             raise ScansError(
                 f"{n_cls_h} harmful anchors train the classifier, its {N_FOLDS}-fold cross-validation needs "
