@@ -105,10 +105,7 @@ class FitConfig:
             raise ScansError(f"budget counts {self.budget_counts!r}; fix: use 'refused' or 'all'")
         if self.pool_size is not None and self.pool_size < 0:
             raise ScansError(f"pool size {self.pool_size}; fix: use 0 or more, or all")
-        if self.n_fit < 2 or (self.n_heldout is not None and self.n_heldout < MIN_HELDOUT):
-            raise ScansError(
-                "need at least 2 fit and 2 held-out anchors per side; fix: raise --n-fit/--n-heldout"
-            )
+        check_anchor_counts(self.n_fit, self.n_heldout)
         if self.classifier not in CLASSIFIERS:
             raise ScansError(f"classifier {self.classifier!r}; fix: use one of {', '.join(CLASSIFIERS)}")
         if self.calibration not in ("crossfit", "heldout"):
@@ -121,8 +118,7 @@ class FitConfig:
             raise ScansError(
                 f"crossfit splits {self.crossfit_splits}; fix: use 1 to {MAX_CROSSFIT_SPLITS} (default {DEFAULT_CROSSFIT_SPLITS})"
             )
-        n_held = MIN_HELDOUT if self.n_heldout is None else self.n_heldout  # None: at least this many
-        n_cls_h = self.n_fit + (n_held if self.calibration == "crossfit" else 0)
+        n_cls_h = self.n_fit + (heldout_floor(self.n_heldout) if self.calibration == "crossfit" else 0)
         if n_cls_h < N_FOLDS:
             raise ScansError(
                 f"{n_cls_h} harmful anchors train the classifier, its {N_FOLDS}-fold cross-validation needs "
@@ -205,6 +201,20 @@ class FitConfig:
             pool_seed=args.pool_seed,
             max_harmful_loss=max_loss,
             budget_counts=args.budget_counts,
+        )
+
+
+def heldout_floor(n_heldout: int | None) -> int:
+    """The fewest held-out anchors per side that ``n_heldout`` asks for (None, every anchor not
+    used to fit: :data:`MIN_HELDOUT`)."""
+    return MIN_HELDOUT if n_heldout is None else n_heldout
+
+
+def check_anchor_counts(n_fit: int, n_heldout: int | None) -> None:
+    """A one-line error unless at least 2 fit and 2 held-out anchors per side are asked for."""
+    if n_fit < 2 or heldout_floor(n_heldout) < MIN_HELDOUT:
+        raise ScansError(
+            "need at least 2 fit and 2 held-out anchors per side; fix: raise --n-fit/--n-heldout"
         )
 
 

@@ -16,7 +16,7 @@ from .activations import collect
 from .datafiles import shipped_anchors, shipped_borderline
 from .engine import Prefill, prefill_probed
 from .errors import ScansError
-from .fit_config import MIN_HELDOUT, FitConfig
+from .fit_config import MIN_HELDOUT, FitConfig, check_anchor_counts, heldout_floor
 from .pool import PoolItem, check_pool, sample_pool, shipped_taxonomy
 from .prompts import build_batch, context_length
 from .vectors import mean_difference, mean_norms
@@ -114,17 +114,14 @@ def split_anchors(
     """Seeded split into a fit part and a held-out part (same seed = same pairs per side);
     ``n_heldout`` None: every prompt not in the fit part is held out."""
     prompts = list(prompts)
-    need = n_fit + (MIN_HELDOUT if n_heldout is None else n_heldout)
+    need = n_fit + heldout_floor(n_heldout)
     if len(prompts) < need:
         held = f"at least {MIN_HELDOUT}" if n_heldout is None else str(n_heldout)
         raise ScansError(
             f"{len(prompts)} {side} anchors, need {n_fit} to fit + {held} held out; "
             "fix: pass more anchors or lower --n-fit/--n-heldout"
         )
-    if n_fit < 2 or (n_heldout is not None and n_heldout < MIN_HELDOUT):
-        raise ScansError(
-            "need at least 2 fit and 2 held-out anchors per side; fix: raise --n-fit/--n-heldout"
-        )
+    check_anchor_counts(n_fit, n_heldout)
     order = list(range(len(prompts)))
     random.Random(seed).shuffle(order)
     chosen = [prompts[i] for i in order]
@@ -155,7 +152,7 @@ def build_anchors(
     n_fit, n_held, seed = config.n_fit, config.n_heldout, config.seed
     fit_h, held_h = split_anchors(harmful, n_fit, n_held, seed, "harmful")
     fit_b, held_b = split_anchors(harmless, n_fit, n_held, seed, "harmless")
-    n_fit_x = min(n_fit, len(borderline) - (MIN_HELDOUT if n_held is None else n_held))
+    n_fit_x = min(n_fit, len(borderline) - heldout_floor(n_held))
     fit_x, held_x = split_anchors(borderline, n_fit_x, n_held, seed, "borderline")
     hashes = {f"{side}_sha256": _hash_prompts(p) for side, p in
               (("harmful", harmful), ("harmless", harmless), ("borderline", borderline))}  # fmt: skip

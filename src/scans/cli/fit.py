@@ -205,10 +205,10 @@ def print_decision(profile: Any) -> None:
         + (f", a severe one (of {sev['n']}) <= {sev['guaranteed']:.4f}" if sev else "")
         + f"; pool misses {b['below']}/{b['n']} (95% upper bound {b['upper_bound']:.4f})"
     )
-    splits, per_split = d.get("crossfit_splits"), d.get("split_thresholds") or []
-    if splits and splits > 1 and len(per_split) > 1:
+    per_split = d.get("split_thresholds") or []  # one per cross-fitting split
+    if len(per_split) > 1:
         print(
-            f"  calibrated on each of {splits} cross-fitting splits' out-of-fold scores: the steer threshold is the "
+            f"  calibrated on each of {len(per_split)} cross-fitting splits' out-of-fold scores: the steer threshold is the "
             f"mean of theirs (range {min(per_split):.4f} to {max(per_split):.4f})"
         )
     name, bind = min(d["budget"].items(), key=lambda kv: kv[1].get("threshold", float("inf")))
