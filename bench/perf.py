@@ -2,6 +2,7 @@
 
     python bench/perf.py [--n 64] [--loop-n 16] [--new-tokens 16] [--batch-size 32]
     python bench/perf.py --fit-runs 3      # time `scans fit` instead (packed vs --no-pack)
+    python bench/perf.py --fit-runs 3 --fit-args "--pool-size all"   # with other fit options
 
 Side by side in one run, each method in its own subprocess (so peak RSS is its own):
   a  plain batched greedy `generate` of the prompts (no classification, no steering)
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -187,7 +189,7 @@ def machine_throughput() -> dict:
     }
 
 
-def time_fits(runs: int) -> None:
+def time_fits(runs: int, extra: list[str]) -> None:
     """``scans --quiet fit`` with and without packed linears, alternating, in fresh processes."""
     import statistics
     import tempfile
@@ -208,6 +210,7 @@ def time_fits(runs: int) -> None:
                     str(out),
                 ]
                 cmd += [mode] if mode != "packed" else []  # the same as the `scans` console command
+                cmd += extra
                 start = time.perf_counter()
                 subprocess.run(cmd, check=True, capture_output=True, text=True)
                 walls[mode].append(time.perf_counter() - start)
@@ -236,6 +239,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="timed runs of a and b (best counts)")
     ap.add_argument(
         "--fit-runs", type=int, default=0, help="time `scans fit` this many times per mode instead"
+    )
+    ap.add_argument(
+        "--fit-args",
+        default="",
+        help="extra `scans fit` options for --fit-runs, one string (e.g. '--pool-size all')",
     )
     ap.add_argument("--only", choices=["a", "e", "b", "c", "machine"], help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -271,7 +279,7 @@ def main() -> None:
             f"batched forward {m['forward_gflops']:.0f} (prepacked {m['forward_packed_gflops']:.0f})",
             flush=True,
         )
-        time_fits(args.fit_runs)
+        time_fits(args.fit_runs, shlex.split(args.fit_args))
         return
     if args.only:
         if args.only == "machine":

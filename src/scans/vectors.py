@@ -195,6 +195,20 @@ def _centre_rows(y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return m - torch.where(y.view(shape), pos, neg)
 
 
+def _centred_gram(k: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q K Q (L, n, n) for a symmetric (L, n, n) ``k`` in one pass, and K V (L, n, 2).
+
+    Q = I - U V^T with U the (n, 2) class indicators and V their averaging columns, so
+    Q K Q = K - U A^T - A U^T + U M U^T with A = K V and M = V^T K V; with W = A - U M / 2
+    that is K - [U W] [W U]^T, a rank-4 update (one ``baddbmm``)."""
+    u = torch.stack([y, ~y], -1).to(k.dtype)  # (n, 2)
+    v = u / u.sum(0)
+    a = k @ v  # (L, n, 2)
+    w = a - u @ (v.T @ a) / 2  # (L, n, 2)
+    uu = u.expand(k.shape[0], -1, -1)
+    return torch.baddbmm(k, torch.cat([uu, w], -1), torch.cat([w, uu], -1).transpose(-1, -2), alpha=-1), a
+
+
 def crossfit_contrast_scores(
     features: torch.Tensor, labels: torch.Tensor, folds: Sequence[torch.Tensor], shrinkage: float
 ) -> torch.Tensor:
@@ -217,22 +231,24 @@ def crossfit_contrast_scores(
     for r, split in enumerate(folds):
         for fold in split.unique().tolist():
             tr, te = torch.nonzero(split != fold).squeeze(1), torch.nonzero(split == fold).squeeze(1)
-            k_tt, k_st, yt = gram[:, tr][:, :, tr], gram[:, te][:, :, tr], y[tr]
+            k_tt, k_st, yt = gram[:, tr[:, None], tr], gram[:, te[:, None], tr], y[tr]
             n, n_pos = len(tr), int(yt.sum())
             assert 0 < n_pos < n and n > 2, "each training fold needs both classes"
 
-            m = torch.where(yt, 1.0 / n_pos, -1.0 / (n - n_pos)).double()  # d = X_T^T m
-            qkq = _centre_rows(yt, _centre_rows(yt, k_tt).transpose(-1, -2))  # Q K Q = C C^T
+            m = yt.double() / n_pos - (~yt).double() / (n - n_pos)  # d = X_T^T m
+            inner, kv = _centred_gram(k_tt, yt)  # Q K Q = C C^T, and K V
+            diagonal = inner.diagonal(dim1=-2, dim2=-1)
             a = (1.0 - shrinkage) / (n - 2)
-            b = shrinkage * qkq.diagonal(dim1=-2, dim2=-1).sum(-1) / (n - 2) / dim  # lambda tr(S) / D
-            cd = _centre_rows(yt, (k_tt @ m).unsqueeze(-1))  # C d, (L, n, 1)
-            inner = qkq + (b / a)[:, None, None] * torch.eye(n, dtype=torch.float64)
+            b = shrinkage * diagonal.sum(-1) / (n - 2) / dim  # lambda tr(S) / D
+            cd = _centre_rows(yt, (kv[..., 0] - kv[..., 1]).unsqueeze(-1))  # C d = Q K m, (L, n, 1)
+            diagonal.add_((b / a)[:, None])  # inner = Q K Q + b/a I
             beta = torch.cholesky_solve(cd, torch.linalg.cholesky(inner))
-            g = (m.unsqueeze(-1) - _centre_rows(yt, beta)).squeeze(-1) / b[:, None]  # w = X_T^T g, (L, n)
-            norm = torch.einsum("ln,lnm,lm->l", g, k_tt, g).sqrt()
+            g = (m.unsqueeze(-1) - _centre_rows(yt, beta)) / b[:, None, None]  # w = X_T^T g, (L, n, 1)
+            kg = (k_tt @ g).squeeze(-1)  # X_T w per training row, (L, n)
+            norm = (g.squeeze(-1) * kg).sum(-1).sqrt()  # |w|
             assert torch.isfinite(norm).all() and (norm > 0).all(), "degenerate contrast direction"
-            proj_t = torch.einsum("lnm,lm->ln", k_tt, g) / norm[:, None]
-            proj_s = torch.einsum("lnm,lm->ln", k_st, g) / norm[:, None]
+            proj_t = kg / norm[:, None]
+            proj_s = (k_st @ g).squeeze(-1) / norm[:, None]
             mean, std = proj_t.mean(1), proj_t.std(1).clamp_min(1e-8)
             out[r, te] = ((proj_s - mean[:, None]) / std[:, None]).mean(0)
     return out
