@@ -273,13 +273,19 @@ def main() -> None:
         return json.loads(out)
 
     if args.fit_runs:
+        try:
+            extra = shlex.split(args.fit_args)
+        except ValueError as e:
+            ap.error(
+                f"--fit-args {args.fit_args!r}: {e}; fix: quote it as one shell string, e.g. '--pool-size all'"
+            )
         m = run("machine", 1)  # in its own process: this one holds no model while the fits run
         print(
             f"fp32 matmul {m['matmul_gflops']:.0f} GFLOP/s (prepacked {m['matmul_packed_gflops']:.0f}); "
             f"batched forward {m['forward_gflops']:.0f} (prepacked {m['forward_packed_gflops']:.0f})",
             flush=True,
         )
-        time_fits(args.fit_runs, shlex.split(args.fit_args))
+        time_fits(args.fit_runs, extra)
         return
     if args.only:
         if args.only == "machine":
