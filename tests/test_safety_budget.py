@@ -68,6 +68,32 @@ def test_rule_budget_is_the_joint_bound_of_both_classes() -> None:
         rule_budget(score, inst, harmful, severe, 0.005)
 
 
+def test_a_tighter_severe_budget_binds_only_the_severe_class() -> None:
+    from scans.calibration import rule_budget
+    from scans.errors import ScansError
+
+    rng = np.random.default_rng(4)
+    n_h, n_b = 400, 300
+    # severe prompts that score like benign ones more often than the other harmful ones do
+    score = np.r_[rng.normal(-0.5, 1, 200), rng.normal(1.5, 1, n_h - 200), rng.normal(-1, 1, n_b)]
+    harmful = np.r_[np.ones(n_h, bool), np.zeros(n_b, bool)]
+    severe = np.zeros(n_h + n_b, bool)
+    severe[:200] = True
+    joint = score  # the second signal equal to the first: max(score, inst) is the score
+    t_same, rec_same = rule_budget(score, score, harmful, severe, 0.05)
+    t, rec = rule_budget(score, score, harmful, severe, 0.05, max_severe_loss=0.01)
+    assert rec_same["max_severe_loss"] == 0.05 and rec["max_severe_loss"] == 0.01
+    assert rec["budget"]["severe"]["k"] == math.floor(0.01 * 201) == 2
+    assert rec["budget"]["harmful"] == rec_same["budget"]["harmful"] | {"below": rec["budget"]["harmful"]["below"],
+                                                                         "upper_bound": rec["budget"]["harmful"]["upper_bound"]}  # fmt: skip
+    assert t == safety_budget(joint[severe], 0.01).threshold < t_same
+    assert (joint[severe] < t).mean() <= 0.01
+    with pytest.raises(ScansError, match=r"200 severe prompts .* 0.004 budget .*raise --max-severe-loss"):
+        rule_budget(score, score, harmful, severe, 0.05, max_severe_loss=0.004)
+    with pytest.raises(AssertionError, match="severe budget"):
+        rule_budget(score, score, harmful, severe, 0.05, max_severe_loss=0.1)
+
+
 def test_several_splits_give_the_mean_of_each_splits_joint_threshold() -> None:
     from scans.calibration import rule_budget
 

@@ -42,6 +42,7 @@ def test_fit_records_the_v2_rule_and_its_budget():
     b = p.decision["budget"]["harmful"]
     assert b["max_loss"] == FIT_KWARGS["max_harmful_loss"] and b["guaranteed"] <= b["max_loss"]
     assert b["k"] == int(b["max_loss"] * (b["n"] + 1))
+    assert p.decision["max_severe_loss"] == b["max_loss"]  # by default the severe class's budget is the same
     assert p.inst_contrast is not None and p.inst_contrast.shape == p.vectors.shape
 
 
@@ -169,6 +170,19 @@ def test_cli_budget_outside_zero_one_is_one_line_and_no_profile(value, capsys, t
     monkeypatch.setattr(cli.common, "load_scans", lambda *a, **k: pytest.fail("the model must not load"))
     code = cli.main(["fit", "--max-harmful-loss", value, "--out", str(tmp_path / "p")])
     assert code == 2 and "--max-harmful-loss" in _one_error_line(capsys)
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--max-severe-loss", "0"], ["--max-severe-loss", "1"], ["--max-severe-loss", "x"],
+     ["--max-severe-loss", "0.05"], ["--max-severe-loss", "0.01", "--max-harmful-loss", "off"]],
+)  # fmt: skip
+def test_cli_severe_budget_bad_is_one_line_and_no_profile(args, capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli.common, "load_scans", lambda *a, **k: pytest.fail("the model must not load"))
+    assert cli.main(["fit", *args, "--out", str(tmp_path / "p")]) == 2
+    line = _one_error_line(capsys)  # the option's name from the parser, the field's from FitConfig
+    assert "--max-severe-loss" in line or "max severe loss" in line
     assert not (tmp_path / "p").exists()
 
 

@@ -152,7 +152,8 @@ class Scans:
         ``pool``: more labelled prompts for the classifier (default: the shipped taxonomy's dev
         split when the shipped anchors are used, else none), ``pool_size`` of them sampled.
         ``max_harmful_loss``: the safety budget of the decision rule (see :mod:`scans.verdict`);
-        None fits the v1 rule. The fit's diagnostics are in the profile's ``extra``
+        None fits the v1 rule; ``max_severe_loss``: the severe class's own, tighter budget (None:
+        the same). The fit's diagnostics are in the profile's ``extra``
         (:class:`~scans.fit_diagnostics.FitDiagnostics`).
         """
         config = FitConfig.with_options(config, options)

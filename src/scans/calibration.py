@@ -183,6 +183,7 @@ def rule_budget(
     severe: np.ndarray,
     max_loss: float,
     refused: np.ndarray | None = None,
+    max_severe_loss: float | None = None,
 ) -> tuple[float, dict]:
     """The decision rule's steer threshold t for a safety budget (see :mod:`scans.verdict`).
 
@@ -202,27 +203,35 @@ def rule_budget(
     ``split_thresholds`` (the t_r), ``refused`` (counts, with ``refused`` only) and
     ``steered_fraction`` (per class, on these calibration scores, averaged over the splits). A
     one-line error when a class has too few prompts for the budget (the bound would need to steer
-    nothing).
+    nothing). ``max_severe_loss`` (at most ``max_loss``; None: ``max_loss``) is the severe class's
+    own, tighter budget.
     """
     harmful, severe = np.asarray(harmful, dtype=bool), np.asarray(severe, dtype=bool)
     joint = np.atleast_2d(np.maximum(np.asarray(score, dtype=np.float64), np.asarray(inst, dtype=np.float64)))
     assert joint.shape[1:] == harmful.shape == severe.shape, "one score, second signal and label per prompt"
     counted = np.ones_like(harmful) if refused is None else np.asarray(refused, dtype=bool)
     assert counted.shape == harmful.shape, "one refusal flag per prompt"
-    need = math.ceil(1 / max_loss) - 1  # prompts a class needs for a budget that steers anything
+    severe_loss = max_loss if max_severe_loss is None else max_severe_loss
+    assert 0.0 < severe_loss <= max_loss, f"the severe budget must lie in (0, {max_loss}], got {severe_loss}"
     classes: dict[str, tuple[np.ndarray, bool, list[SafetyBudget]]] = {}
-    for name, rows in (("harmful", harmful), ("severe", severe)):
+    for name, rows, loss in (("harmful", harmful, max_loss), ("severe", severe, severe_loss)):
         if name == "severe" and not rows.any():
             continue
+        need = math.ceil(1 / loss) - 1  # prompts a class needs for a budget that steers anything
         # too few refused prompts to calibrate: the class counts all its prompts (stricter)
         by_refusal = refused is not None and int((rows & counted).sum()) >= need
         use = rows & counted if by_refusal else rows
-        budgets = [safety_budget(j[use], max_loss) for j in joint]
+        budgets = [safety_budget(j[use], loss) for j in joint]
         if budgets[0].k == 0:
             b = budgets[0]
+            option = (
+                "--max-severe-loss"
+                if name == "severe" and max_severe_loss is not None
+                else "--max-harmful-loss"
+            )
             raise ScansError(
-                f"{b.n} {name} prompts in the classifier pool cannot calibrate a {max_loss:g} budget "
-                f"(need {need}); fix: add {name} prompts (--pool FILE) or raise --max-harmful-loss"
+                f"{b.n} {name} prompts in the classifier pool cannot calibrate a {loss:g} budget "
+                f"(need {need}); fix: add {name} prompts (--pool FILE) or raise {option}"
             )
         classes[name] = (use, by_refusal, budgets)
     split_t = [min(c[2][r].threshold for c in classes.values()) for r in range(len(joint))]
@@ -242,7 +251,9 @@ def rule_budget(
         steered["severe"] = float(steer[:, severe].mean())
     if refused is not None and (harmful & counted).any():
         steered["harmful_refused"] = float(steer[:, harmful & counted].mean())
-    record: dict[str, Any] = {"max_harmful_loss": max_loss, "budget": budget, "split_thresholds": split_t}
+    record: dict[str, Any] = {
+        "max_harmful_loss": max_loss, "max_severe_loss": severe_loss, "budget": budget, "split_thresholds": split_t,
+    }  # fmt: skip
     if refused is not None:
         record["refused"] = {"harmful": int((harmful & counted).sum()), "of_harmful": int(harmful.sum()),
                              "severe": int((severe & counted).sum()), "of_severe": int(severe.sum())}  # fmt: skip

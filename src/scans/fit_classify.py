@@ -193,7 +193,13 @@ def decision_rule(
             "v1_contrast_std": fit_v1.tensors["contrast_std"], "v1_threshold": v1_cal.threshold,
         }  # fmt: skip
     steer_t, rule = rule_budget(
-        cls.split_scores, inst_cal, labels, cls.severe, config.max_harmful_loss, refused
+        cls.split_scores,
+        inst_cal,
+        labels,
+        cls.severe,
+        config.max_harmful_loss,
+        refused,
+        config.max_severe_loss,
     )
     decision = {
         "rule": "v2", **rule, "inst_shrinkage": fit_i.shrinkage,

@@ -89,6 +89,8 @@ class FitConfig:
     """Seed of the pool sample (``seed`` moves the anchors' split and the cross-fitting folds, not the pool sample)."""
     max_harmful_loss: float | None = DEFAULT_MAX_HARMFUL_LOSS
     """Safety budget of the decision rule v2 (:mod:`scans.verdict`); None: the v1 rule."""
+    max_severe_loss: float | None = None
+    """The severe class's own budget, at most ``max_harmful_loss``; None: ``max_harmful_loss``."""
     budget_counts: str = "refused"
     """Which harmful calibration prompts the budget counts: ``refused`` (those the model itself
     refuses, read from its first answer token: :mod:`scans.refusal`) or ``all``."""
@@ -101,6 +103,16 @@ class FitConfig:
         loss = self.max_harmful_loss
         if loss is not None and not 0.0 < loss < 1.0:
             raise ScansError(f"max harmful loss {loss}; fix: use a fraction in (0, 1), e.g. 0.02")
+        severe = self.max_severe_loss
+        if severe is not None:
+            if loss is None:
+                raise ScansError(
+                    "max severe loss needs decision rule v2; fix: drop --max-severe-loss or set --max-harmful-loss"
+                )
+            if not 0.0 < severe <= loss:
+                raise ScansError(
+                    f"max severe loss {severe}; fix: use a fraction in (0, {loss:g}] (at most the max harmful loss)"
+                )
         if self.budget_counts not in BUDGET_COUNTS:
             raise ScansError(f"budget counts {self.budget_counts!r}; fix: use 'refused' or 'all'")
         if self.pool_size is not None and self.pool_size < 0:
@@ -164,6 +176,7 @@ class FitConfig:
                 f"--steer-window {args.steer_window}; fix: pass 1 (default), a larger window, or 0 for all positions"
             )
         max_loss, pool_size = parse_budget(args.max_harmful_loss, args.pool_size)
+        severe_loss = parse_severe_budget(args.max_severe_loss)
         n_heldout = parse_heldout(args.n_heldout)
         pool = None
         if args.pool:
@@ -200,6 +213,7 @@ class FitConfig:
             pool_size=pool_size,
             pool_seed=args.pool_seed,
             max_harmful_loss=max_loss,
+            max_severe_loss=severe_loss,
             budget_counts=args.budget_counts,
         )
 
@@ -245,3 +259,18 @@ def parse_budget(max_loss: str, pool_size: str) -> tuple[float | None, int | Non
     if not pool_size.strip().isdigit():
         raise ScansError(f"--pool-size {pool_size}; fix: pass a whole number of prompts or all")
     return loss, int(pool_size)
+
+
+def parse_severe_budget(value: str | None) -> float | None:
+    """``--max-severe-loss``: a fraction in (0, 1), or None (the same as ``--max-harmful-loss``)."""
+    if value is None:
+        return None
+    try:
+        loss = float(value)
+    except ValueError:
+        loss = -1.0
+    if not 0.0 < loss < 1.0:
+        raise ScansError(
+            f"--max-severe-loss {value}; fix: pass a fraction in (0, 1) no larger than --max-harmful-loss, e.g. 0.01"
+        )
+    return loss

@@ -64,6 +64,12 @@ def add_fit_parser(sub: argparse._SubParsersAction) -> None:
         "the model refuses would be steered, a split-conformal bound (default 0.02); off: the v1 rule (one threshold)",
     )
     fit.add_argument(
+        "--max-severe-loss",
+        default=None,
+        help="the severe class's own, tighter budget in (0, --max-harmful-loss], e.g. 0.01 "
+        "(default: the same as --max-harmful-loss)",
+    )
+    fit.add_argument(
         "--budget-counts",
         choices=["refused", "all"],
         default="refused",
@@ -193,8 +199,14 @@ def print_decision(profile: Any) -> None:
         return
     b = d["budget"]["harmful"]
     sev = d["budget"].get("severe")
+    severe_budget = d.get("max_severe_loss")
+    budgets = f"{profile.max_harmful_loss:g}" + (
+        f" (severe {severe_budget:g})"
+        if severe_budget is not None and severe_budget != profile.max_harmful_loss
+        else ""
+    )
     print(
-        f"decision rule: v2, safety budget {profile.max_harmful_loss:g}: steered only when s(q) < "
+        f"decision rule: v2, safety budget {budgets}: steered only when s(q) < "
         f"{profile.steer_threshold:.4f} and the instruction-end score < {profile.inst_threshold:.4f}"
     )
     refused = b.get("counted") == "refused"
