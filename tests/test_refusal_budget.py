@@ -75,3 +75,29 @@ def test_budget_counts_all_when_the_model_refuses_too_few():
     t, rec = rule_budget(score, score, harmful, severe, 0.02, refused)
     assert rec["budget"]["harmful"]["counted"] == "all"
     assert t == pytest.approx(_restated(score, harmful, 0.02))
+
+
+def test_a_tighter_severe_budget_counts_all_severe_prompts_when_too_few_are_refused(capsys):
+    """0.01 needs 99 counted severe prompts: with 60 refused of 150 the severe class counts all
+    150 while the harmful class still counts its refused ones; `scans info` says so per class."""
+    import types
+
+    from scans.cli.fit import print_decision
+
+    rng = np.random.default_rng(5)
+    n = 700
+    harmful, severe = np.arange(n) < 400, np.arange(n) < 150
+    score = np.where(harmful, rng.normal(1.0, 1.0, n), rng.normal(-1.0, 1.0, n))
+    refused = harmful & ((np.arange(n) >= 150) | (np.arange(n) < 60))
+    t, rec = rule_budget(score, score, harmful, severe, 0.02, refused, max_severe_loss=0.01)
+    assert rec["budget"]["harmful"]["counted"] == "refused" and rec["budget"]["severe"]["counted"] == "all"
+    assert rec["budget"]["severe"]["n"] == 150 and rec["budget"]["severe"]["k"] == 1
+    assert t == min(_restated(score, harmful & refused, 0.02), _restated(score, severe, 0.01))
+    decision = {**rec, "pool": {"size": n, "severe": 150}}
+    profile = types.SimpleNamespace(
+        decision=decision, steer_threshold=t, inst_threshold=t, max_harmful_loss=0.02
+    )
+    print_decision(profile)
+    out = capsys.readouterr().out
+    assert "safety budget 0.02 (severe 0.01)" in out
+    assert "counts the refused harmful ones and all severe ones (too few refused for its budget)" in out

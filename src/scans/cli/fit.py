@@ -233,10 +233,19 @@ def print_decision(profile: Any) -> None:
         )
     if "refused" in d:
         r = d["refused"]
+        counts = {name: c.get("counted") for name, c in d["budget"].items()}
+        if len(set(counts.values())) == 1:
+            what = "those" if refused else "all of them (too few refused)"
+        else:  # each class counts its own way
+            what = " and ".join(
+                f"the refused {name} ones"
+                if how == "refused"
+                else f"all {name} ones (too few refused for its budget)"
+                for name, how in counts.items()
+            )
         print(
             f"  the model refuses {r['harmful']} of the {r['of_harmful']} harmful pool prompts and {r['severe']} of "
-            f"the {r['of_severe']} severe ones (its first answer token); the budget counts "
-            + ("those" if refused else "all of them (too few refused)")
+            f"the {r['of_severe']} severe ones (its first answer token); the budget counts {what}"
         )
     steered = d.get("steered_fraction", {})
     print(
