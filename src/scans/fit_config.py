@@ -242,18 +242,22 @@ def parse_heldout(value: str) -> int | None:
     return int(text)
 
 
+def parse_fraction(value: str, option: str, fix: str) -> float:
+    """A command-line fraction in (0, 1); else the one-line error ``option value; fix: ...``."""
+    try:
+        loss = float(value)
+    except ValueError:
+        loss = -1.0
+    if not 0.0 < loss < 1.0:
+        raise ScansError(f"{option} {value}; fix: {fix}")
+    return loss
+
+
 def parse_budget(max_loss: str, pool_size: str) -> tuple[float | None, int | None]:
     """``--max-harmful-loss`` (a fraction or ``off``) and ``--pool-size`` (a count or ``all``)."""
     loss: float | None = None
     if max_loss.strip().lower() != "off":
-        try:
-            loss = float(max_loss)
-        except ValueError:
-            loss = -1.0
-        if not 0.0 < loss < 1.0:
-            raise ScansError(
-                f"--max-harmful-loss {max_loss}; fix: pass a fraction in (0, 1), e.g. 0.02, or off"
-            )
+        loss = parse_fraction(max_loss, "--max-harmful-loss", "pass a fraction in (0, 1), e.g. 0.02, or off")
     if pool_size.strip().lower() == "all":
         return loss, None
     if not pool_size.strip().isdigit():
@@ -265,12 +269,6 @@ def parse_severe_budget(value: str | None) -> float | None:
     """``--max-severe-loss``: a fraction in (0, 1), or None (the same as ``--max-harmful-loss``)."""
     if value is None:
         return None
-    try:
-        loss = float(value)
-    except ValueError:
-        loss = -1.0
-    if not 0.0 < loss < 1.0:
-        raise ScansError(
-            f"--max-severe-loss {value}; fix: pass a fraction in (0, 1) no larger than --max-harmful-loss, e.g. 0.01"
-        )
-    return loss
+    return parse_fraction(
+        value, "--max-severe-loss", "pass a fraction in (0, 1) no larger than --max-harmful-loss, e.g. 0.01"
+    )
