@@ -112,6 +112,17 @@ def test_anchor_set_splits_and_labels():
     assert len(record["used_prompt_keys"]) == 30 + 18
 
 
+def test_a_severe_budget_the_pool_cannot_calibrate_stops_before_any_forward_pass():
+    pool = [PoolItem(f"p{i}", i % 2 == 0, i % 4 == 0) for i in range(40)]  # 10 severe
+    options = {**OPTIONS, "pool": pool, "pool_size": None, "max_harmful_loss": 0.2}
+    a = build_anchors(HARMFUL, HARMLESS, BORDERLINE, FitConfig(**options, max_severe_loss=0.1))  # needs 9
+    assert sum(i.severe for i in a.pool) == 10
+    with pytest.raises(
+        ScansError, match=r"10 severe prompts .* 0.05 severe budget \(need 19\); fix: .*--max-severe-loss"
+    ):
+        build_anchors(HARMFUL, HARMLESS, BORDERLINE, FitConfig(**options, max_severe_loss=0.05))
+
+
 def test_heldout_rest_reads_every_anchor_whatever_the_seed():
     """``n_heldout=None`` (the default): every anchor is fit or held out, so the classifier's rows
     are the same set at any seed; only which ones build the vectors moves."""

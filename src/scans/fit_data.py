@@ -4,6 +4,7 @@ activations by group and position (``FitActivations``), and step 1's refusal vec
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -143,6 +144,13 @@ def build_anchors(
     pool_items = sample_pool(pool, config.pool_size, config.pool_seed)
     if pool and config.max_harmful_loss is not None:
         check_pool(pool_items, f"the classifier pool ({len(pool_items)} sampled prompts)")
+    if pool and config.max_severe_loss is not None:  # known before any forward pass
+        n_severe, need = sum(i.severe for i in pool_items), math.ceil(1 / config.max_severe_loss) - 1
+        if n_severe < need:
+            raise ScansError(
+                f"{n_severe} severe prompts in the classifier pool cannot calibrate a {config.max_severe_loss:g} "
+                f"severe budget (need {need}); fix: add severe prompts (--pool FILE) or raise --max-severe-loss"
+            )
     if harmful is None or harmless is None:
         shipped_h, shipped_b = shipped_anchors()
         harmful = harmful if harmful is not None else shipped_h
