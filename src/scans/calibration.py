@@ -176,6 +176,12 @@ def safety_budget(harmful_scores: np.ndarray, max_loss: float) -> SafetyBudget:
     return SafetyBudget(threshold, max_loss, n, k, below, k / (n + 1), clopper_pearson_upper(below, n))
 
 
+def prompts_needed(max_loss: float) -> int:
+    """The fewest calibration prompts of a class for which a ``max_loss`` budget steers anything
+    (k = floor(max_loss (n + 1)) >= 1 in :func:`safety_budget`)."""
+    return math.ceil(1 / max_loss) - 1
+
+
 def rule_budget(
     score: np.ndarray,
     inst: np.ndarray,
@@ -217,7 +223,7 @@ def rule_budget(
     for name, rows, loss in (("harmful", harmful, max_loss), ("severe", severe, severe_loss)):
         if name == "severe" and not rows.any():
             continue
-        need = math.ceil(1 / loss) - 1  # prompts a class needs for a budget that steers anything
+        need = prompts_needed(loss)
         # too few refused prompts to calibrate: the class counts all its prompts (stricter)
         by_refusal = refused is not None and int((rows & counted).sum()) >= need
         use = rows & counted if by_refusal else rows

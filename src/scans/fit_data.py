@@ -4,7 +4,6 @@ activations by group and position (``FitActivations``), and step 1's refusal vec
 from __future__ import annotations
 
 import hashlib
-import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ import torch
 from torch import nn
 
 from .activations import collect
+from .calibration import prompts_needed
 from .datafiles import shipped_anchors, shipped_borderline
 from .engine import Prefill, prefill_probed
 from .errors import ScansError
@@ -145,7 +145,7 @@ def build_anchors(
     if pool and config.max_harmful_loss is not None:
         check_pool(pool_items, f"the classifier pool ({len(pool_items)} sampled prompts)")
     if pool and config.max_severe_loss is not None:  # known before any forward pass
-        n_severe, need = sum(i.severe for i in pool_items), math.ceil(1 / config.max_severe_loss) - 1
+        n_severe, need = sum(i.severe for i in pool_items), prompts_needed(config.max_severe_loss)
         if n_severe < need:
             raise ScansError(
                 f"{n_severe} severe prompts in the classifier pool cannot calibrate a {config.max_severe_loss:g} "
