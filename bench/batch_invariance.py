@@ -24,6 +24,16 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--model", default=None)
     args = ap.parse_args()
+    from scans.errors import ScansError
+
+    try:
+        compare(args)
+    except ScansError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Score the eval prompts batched and one at a time, and print how they differ."""
     from scans import Scans
 
     prompts = [json.loads(line)["prompt"] for line in open(HERE / "eval_prompts.jsonl") if line.strip()]

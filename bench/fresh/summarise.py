@@ -26,10 +26,17 @@ def main() -> None:
     if not path.is_file():
         raise SystemExit(f"error: no {path}; fix: pass the --out directory of a `scans bench` run")
     by_method: dict[str, dict[tuple[str, int], dict]] = defaultdict(dict)
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
-            row = json.loads(line)
-            by_method[row["method"]][(row["split"], row["id"])] = row
+            try:
+                row = json.loads(line)
+                by_method[row["method"]][(row["split"], row["id"])] = row
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise SystemExit(
+                    f"error: {path} line {number} is not a generation record ({e}); fix: pass a run of `scans bench`"
+                ) from None
+    if not by_method:
+        raise SystemExit(f"error: {path} holds no generations; fix: run `scans bench --out {args.run}` first")
     original = by_method.get("original", {})
     print(f"judge: {args.judge}")
     for method, rows in by_method.items():
