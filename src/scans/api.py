@@ -19,6 +19,7 @@ from .errors import ScansError
 from .fit import fit_profile
 from .fit_config import FitConfig
 from .fit_data import prompt_key as prompt_key  # re-exported (bench options, tests)
+from .guard import Guard
 from .models import LoadedModel, find_layers, load_model, model_fingerprint
 from .profile import Profile
 from .progress import progress_bar
@@ -68,6 +69,8 @@ class Scans:
         self.n_layers = len(find_layers(model, layers_path))
         self.fingerprint = model_fingerprint(model)
         self.profile = profile
+        self.guard: Guard | None = None  # the model a guard profile's classifiers read
+        self.load_options: dict[str, Any] = {}  # how from_pretrained loaded the model (for a guard)
 
     @classmethod
     def from_pretrained(
@@ -86,6 +89,9 @@ class Scans:
             model, dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code
         )
         scans = cls(loaded.model, loaded.tokenizer, name=loaded.name, layers_path=layers_path)
+        scans.load_options = {
+            "dtype": dtype, "device": device, "device_map": device_map, "trust_remote_code": trust_remote_code,
+        }  # fmt: skip
         if profile is not None:
             scans.load(profile)
         return scans
@@ -105,16 +111,45 @@ class Scans:
     def default_profile_path(self) -> Path:
         return default_profile_dir(self.name, self.fingerprint)
 
-    def load(self, path: str | Path | None = None) -> Profile:
-        """Load a profile (default: this model's cached one), checking the fingerprint."""
+    def load(self, path: str | Path | None = None, *, guard: Guard | Scans | None = None) -> Profile:
+        """Load a profile (default: this model's cached one), checking the fingerprint. A guard
+        profile also needs its guard model: ``guard`` if given, else the one already attached,
+        else loaded from the profile's record with this model's load options."""
         profile = Profile.load(path or self.default_profile_path, fingerprint=self.fingerprint)
         if profile.n_layers != self.n_layers:
             raise ScansError(
                 f"profile has {profile.n_layers} layers, the model {self.n_layers}; "
                 "fix: fit a profile for this model"
             )
+        if profile.guard:
+            self.attach_guard(guard, profile.guard)
         self.profile = profile
         return profile
+
+    def attach_guard(self, guard: Guard | Scans | str | None, record: dict[str, Any] | None = None) -> Guard:
+        """Attach a guard model (an object or a model spec; None: the one attached, else the
+        record's), checked against a profile's ``record`` when given."""
+        if isinstance(guard, str):
+            guard = self._load_guard(guard)
+        elif guard is not None:
+            guard = Guard.of(guard)
+        elif self.guard is not None and (
+            record is None or self.guard.fingerprint == record.get("fingerprint")
+        ):
+            guard = self.guard
+        elif record is not None:
+            guard = self._load_guard(str(record["model"]), record.get("layers_path"))
+        else:
+            raise ScansError("no guard model given; fix: pass a model spec or a loaded model")
+        if record is not None:
+            guard.check(record)
+        self.guard = guard
+        return guard
+
+    def _load_guard(self, spec: str, layers_path: str | None = None) -> Guard:
+        param = next(self.model.parameters())
+        options = dict(self.load_options) or {"dtype": param.dtype, "device": str(param.device)}
+        return Guard.load(spec, layers_path=layers_path, **options)
 
     def save(self, path: str | Path | None = None) -> Path:
         """Save the profile (default: this model's cache slot)."""
@@ -135,6 +170,7 @@ class Scans:
         config: FitConfig | None = None,
         *,
         progress: bool = True,
+        guard: Guard | Scans | str | None = None,
         **options: Any,
     ) -> Profile:
         """Steps 1-3: refusal vectors, layers, classifier and calibration (see :mod:`scans.fit`).
@@ -154,9 +190,12 @@ class Scans:
         ``max_harmful_loss``: the safety budget of the decision rule (see :mod:`scans.verdict`);
         None fits the v1 rule; ``max_severe_loss``: the severe class's own, tighter budget (None:
         the same). The fit's diagnostics are in the profile's ``extra``
-        (:class:`~scans.fit_diagnostics.FitDiagnostics`).
+        (:class:`~scans.fit_diagnostics.FitDiagnostics`). ``guard`` (a model spec such as
+        ``"embedded:qwen-1.5b"``, or a loaded model): the classifiers read that model instead
+        (:mod:`scans.guard`).
         """
         config = FitConfig.with_options(config, options)
+        guard_model = self.attach_guard(guard) if guard is not None else None
         self.profile = fit_profile(
             self.model,
             self.tokenizer,
@@ -169,6 +208,7 @@ class Scans:
             n_layers=self.n_layers,
             layers_path=self.layers_path,
             progress=progress,
+            guard=guard_model,
         )
         return self.profile
 
@@ -182,11 +222,17 @@ class Scans:
         return prefill(self.model, batch)
 
     def verdicts_of(self, prompts: Sequence[str], pre: Prefill) -> list[Verdict]:
-        """The verdicts of a prefilled batch (its probe pass, then ``verdict.decide``);
-        ``prompts`` label the verdicts."""
+        """The verdicts of a prefilled batch (:meth:`signal_acts`, then ``verdict.decide``);
+        ``prompts`` label the verdicts (and are what a guard reads)."""
+        return decide(self.require_profile(), self.signal_acts(prompts, pre), prompts)
+
+    def signal_acts(self, prompts: Sequence[str], pre: Prefill) -> dict[str, torch.Tensor]:
+        """What the profile's classifiers read for a prefilled batch: this model's probe pass,
+        or, for a guard profile, the guard's own pass over the prompts' texts."""
         profile = self.require_profile()
-        acts = probe_pass(self.model, self.tokenizer, pre, profile.probe, self.layers_path)
-        return decide(profile, acts, prompts)
+        if profile.guard:
+            return self.attach_guard(None, profile.guard).acts(prompts, profile.system, profile.probe)
+        return probe_pass(self.model, self.tokenizer, pre, profile.probe, self.layers_path)
 
     def classify(self, prompts: str | Sequence[str], *, batch_size: int | None = None) -> list[Verdict]:
         """Score prompts: s(q) >= threshold means harmful. Batches group prompts of similar length."""

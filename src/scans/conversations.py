@@ -16,6 +16,7 @@ from torch import nn
 
 from .decode import RowResult, RowSettings, decode
 from .engine import Prefill, prefill
+from .guard import require_no_guard
 from .prompts import encode_messages_with_end, left_pad_encoded
 from .steering import SteeringPlan
 from .verdict import Verdict
@@ -75,6 +76,7 @@ def prepare_batch(
 ) -> Prepared:
     """One shared prefill of encoded conversations, the probe pass (verdicts, from
     ``verdict.decide`` via ``Scans.verdicts_of``) and the per-row steering plan."""
+    require_no_guard(scans.profile, "the conversation path (scans serve, scans chat)")
     n = len(encoded)
     steer_rows = list(steer_rows) if steer_rows is not None else [True] * n
     labels = list(labels) if labels is not None else [""] * n

@@ -31,6 +31,7 @@ from .fit_data import (
     refusal_vectors,
 )
 from .fit_diagnostics import BandRecord, FitDiagnostics
+from .guard import Guard, guard_layers
 from .layers import LayerChoice, choose_band, logit_lens, toward_refusal_gain
 from .packing import packed_linears
 from .profile import Profile
@@ -124,8 +125,16 @@ def fit_profile(
     n_layers: int,
     layers_path: str | None = None,
     progress: bool = True,
+    guard: Guard | None = None,
 ) -> Profile:
-    """Steps 1-3 on ``model``: the profile (with its diagnostics in ``extra``)."""
+    """Steps 1-3 on ``model``: the profile (with its diagnostics in ``extra``). With ``guard``,
+    the classifiers read the guard model's block outputs instead (:mod:`scans.guard`); the
+    vectors, the layers and the refusals the budget counts stay ``model``'s."""
+    if guard is not None and (config.classifier != "instruction" or config.compare_classifiers):
+        raise ScansError(
+            "a guard reads the 'instruction' classifier only; fix: drop --classifier/--compare-classifiers "
+            "or --guard"
+        )
     anchors = build_anchors(harmful, harmless, borderline, config)
     check_layers(config.layers, n_layers)
     batch_size = config.batch_size if config.batch_size is not None else auto_batch_size(model)
@@ -138,7 +147,15 @@ def fit_profile(
         layers = choose_layers(model, tokenizer, vec, acts, config, clock, progress)
     assert acts.harmful.inst is not None and acts.harmful.probe is not None
     reference = reference_transition(transitions(acts.harmful.inst, acts.harmful.probe))
-    classifier = fit_classifiers(acts, anchors, config, layers.cls_layers, reference)
+    cls_acts, cls_layers = acts, layers.cls_layers
+    if guard is not None:  # the same anchors and pool through the guard
+        guard_batch = config.batch_size if config.batch_size is not None else auto_batch_size(guard.model)
+        with packed_linears(guard.model, enabled=config.pack_linears):
+            cls_acts = collect_activations(guard.model, guard.tokenizer, anchors, config, batch_size=guard_batch,
+                                           layers_path=guard.layers_path, progress=progress)  # fmt: skip
+        cls_layers = guard_layers(layers.steer_layers[0], n_layers, guard.n_layers)
+        clock.lap("guard forward")
+    classifier = fit_classifiers(cls_acts, anchors, config, cls_layers, reference)
     refused = None
     if config.max_harmful_loss is not None and config.budget_counts == "refused":
         # the calibration rows, in the classifier's order; only the last layer is read
@@ -150,7 +167,9 @@ def fit_profile(
         assert all(g.inst is not None for g in groups)
         last = torch.cat([g.inst[:, -1] for g in groups])  # type: ignore[index]
         refused = first_token_refuses(model, tokenizer, last).numpy()
-    calibrated = calibrate_rule(acts, anchors, config, classifier, vec, layers.steer_layers, refused)
+    calibrated = calibrate_rule(
+        cls_acts, anchors, config, classifier, vec, layers.steer_layers, refused, acts
+    )
     clock.lap("classifiers and calibration")
     diagnostics = FitDiagnostics(
         bands=[
@@ -177,7 +196,7 @@ def fit_profile(
         classifier=config.classifier,
         **classifier.tensors,
         steer_layers=layers.steer_layers,
-        cls_layers=layers.cls_layers,
+        cls_layers=cls_layers,
         alpha=config.alpha,
         alpha_mode=config.alpha_mode,
         threshold=float(threshold),
@@ -191,5 +210,6 @@ def fit_profile(
         seed=config.seed,
         version=__version__,
         extra=diagnostics.to_extra(),
+        guard=guard.record() if guard is not None else None,
         **calibrated.rule_fields(),
     )

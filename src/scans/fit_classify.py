@@ -140,17 +140,21 @@ class Calibrated:
 def calibrate_rule(
     acts: FitActivations, anchors: AnchorSet, config: FitConfig, cls: ClassifierResult,
     vec: RefusalVectors, steer_layers: Sequence[int], refused: np.ndarray | None = None,
+    model_acts: FitActivations | None = None,
 ) -> Calibrated:  # fmt: skip
     """The threshold (at least ``target_recall`` of the harmful calibration rows) and, with a
     safety budget, the v2 rule's steer threshold on the second signal (``refused``: the model's
-    own refusal of each calibration row, counted by the budget; None counts every row)."""
+    own refusal of each calibration row, counted by the budget; None counts every row).
+    ``acts`` are what the classifiers read; ``model_acts`` the answering model's (the same
+    unless a guard reads the prompts), where the refusal vectors' separation is measured."""
     stats = calibrate(cls.split_scores, cls.labels, config.target_recall).to_dict()
     if config.threshold is not None:
         stats["threshold_override"] = float(config.threshold)
     separation = None
-    if acts.held.inst is not None:
+    own = model_acts if model_acts is not None else acts
+    if own.held.inst is not None:
         mid = steer_layers[len(steer_layers) // 2]
-        projection = (acts.held.inst[:, mid] @ vec.vectors[mid]).numpy()
+        projection = (own.held.inst[:, mid] @ vec.vectors[mid]).numpy()
         separation = average_precision(projection, anchors.held_labels)
     heldout_scores = {
         group: [float(x) for x, g in zip(cls.scores, cls.groups) if g == group] for group in SCORE_GROUPS

@@ -18,7 +18,8 @@ from .fit_diagnostics import FitDiagnostics
 from .steering import SteeringPlan, SteeringVector
 
 FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)  # format 1 (no second signal, no steer threshold) reads as rule v1
+GUARD_FORMAT = 3  # a profile whose classifiers read a guard model (``guard``); older scans refuse it
+READABLE_FORMATS = (1, 2, 3)  # format 1 (no second signal, no steer threshold) reads as rule v1
 TENSORS = "vectors.safetensors"
 METADATA = "profile.json"
 CLASSIFIERS = ("instruction", "contrast", "cosine")
@@ -81,17 +82,28 @@ class Profile:
     v1_contrast_std: torch.Tensor | None = None
     v1_threshold: float | None = None
     decision: dict[str, Any] = field(default_factory=dict)  # how the rule's thresholds were calibrated
+    # The guard model the classifiers read (scans.guard.Guard.record); None: the model itself.
+    guard: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         layers, _ = self.vectors.shape
         assert self.reference.shape == self.vectors.shape, "reference and vectors differ in shape"
         assert self.norms.shape == (layers,), "norms need one entry per layer"
-        for name, ids in (("steer_layers", self.steer_layers), ("cls_layers", self.cls_layers)):
-            if not ids or min(ids) < 0 or max(ids) >= layers:
+        cls_bound = int(self.guard["n_layers"]) if self.guard else layers
+        for name, ids, bound in (
+            ("steer_layers", self.steer_layers, layers),
+            ("cls_layers", self.cls_layers, cls_bound),
+        ):
+            if not ids or min(ids) < 0 or max(ids) >= bound:
                 raise ScansError(
-                    f"{name} {ids} out of range for a model with {layers} layers; "
-                    f"fix: choose layers in 0..{layers - 1}"
+                    f"{name} {ids} out of range for a model with {bound} layers; "
+                    f"fix: choose layers in 0..{bound - 1}"
                 )
+        if self.guard is not None and self.classifier != "instruction":
+            raise ScansError(
+                f"a guard profile with the {self.classifier!r} classifier; fix: guards read the "
+                "'instruction' classifier only"
+            )
         if self.classifier not in CLASSIFIERS:
             raise ScansError(f"classifier {self.classifier!r}; fix: use one of {', '.join(CLASSIFIERS)}")
         if self.classifier != "cosine" and self.contrast is None:
@@ -176,7 +188,7 @@ class Profile:
 
     def metadata(self) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self).items() if k not in TENSOR_FIELDS}
-        data["format_version"] = FORMAT_VERSION
+        data["format_version"] = GUARD_FORMAT if self.guard else FORMAT_VERSION
         data["n_layers"] = self.n_layers
         data["hidden_size"] = int(self.vectors.shape[1])
         return data
@@ -212,7 +224,7 @@ class Profile:
         if meta.get("format_version") not in READABLE_FORMATS:
             raise ScansError(
                 f"profile at {path} has format {meta.get('format_version')}, this scans reads "
-                f"{' and '.join(map(str, READABLE_FORMATS))}; fix: rerun `scans fit`"
+                f"{', '.join(map(str, READABLE_FORMATS))}; fix: rerun `scans fit`"
             )
         if fingerprint is not None and meta["fingerprint"] != fingerprint:
             raise ScansError(
@@ -227,7 +239,7 @@ class Profile:
             raise ScansError(f"profile at {path} lacks tensors {missing}; {fix}")
         try:
             return cls(**{k: v for k, v in tensors.items() if k in TENSOR_FIELDS}, **meta)
-        except (TypeError, AssertionError, KeyError) as exc:
+        except (TypeError, ValueError, AssertionError, KeyError) as exc:
             raise ScansError(f"corrupt profile at {path}: {exc}; {fix}") from None
 
 

@@ -238,12 +238,15 @@ def run_generations(
             with lead.active(model):
                 t0 = time.perf_counter()
                 pre = prefill(model, full.select(bucket))
-                needs_probe = any(
-                    m.needs_probe and any(not log.done(m.name, r) for r in rows) for m in members
-                )
+                waiting = [m for m in members if m.needs_probe and any(not log.done(m.name, r) for r in rows)]
                 acts = (
                     probe_pass(model, tok, pre, scans.require_profile().probe, scans.layers_path)
-                    if needs_probe
+                    if any(not m.uses_guard for m in waiting)
+                    else None
+                )
+                guard_acts = (
+                    scans.signal_acts([r.prompt for r in rows], pre)
+                    if any(m.uses_guard for m in waiting)
                     else None
                 )
                 shared_s = (time.perf_counter() - t0) / len(rows)
@@ -263,7 +266,7 @@ def run_generations(
                     need = [j for j, r in enumerate(rows) if not log.done(m.name, r)]
                     if not need:
                         continue
-                    decision = m.decide(acts, len(rows))
+                    decision = m.decide(guard_acts if m.uses_guard else acts, len(rows))
                     key = m.steering_key()
 
                     def slot(

@@ -64,6 +64,14 @@ def add_fit_parser(sub: argparse._SubParsersAction) -> None:
         "the model refuses would be steered, a split-conformal bound (default 0.02); off: the v1 rule (one threshold)",
     )
     fit.add_argument(
+        "--guard",
+        metavar="MODEL",
+        default=None,
+        help="read the verdicts' classifiers from this (usually larger) model instead: a local directory, "
+        "hub id, .gguf file or embedded:qwen-1.5b; the answering model keeps its own steering and its "
+        "refusals still set the budget (transformers backend; not yet for serve, chat or vLLM)",
+    )
+    fit.add_argument(
         "--max-severe-loss",
         default=None,
         help="the severe class's own, tighter budget in (0, --max-harmful-loss], e.g. 0.01 "
@@ -162,6 +170,11 @@ def print_fit(profile: Any, seconds: float | None, path: Any) -> None:
     )
     print(
         f"classification layers: {profile.cls_layers[0]}-{profile.cls_layers[-1]}, classifier: {profile.classifier}"
+        + (
+            f" of the guard model {profile.guard['name']} (fingerprint {profile.guard['fingerprint']})"
+            if profile.guard
+            else ""
+        )
     )
     mode = "x layer norm" if profile.alpha_mode == "relative" else "absolute"
     print(
@@ -265,10 +278,23 @@ def cmd_fit(args: argparse.Namespace) -> int:
         k: read_prompts(v, text_column=args.text_column).prompts if v else None for k, v in files.items()
     }
     config = FitConfig.from_cli(args, parse_layers(args.layers))  # bad input fails before the model loads
+    guard = getattr(args, "guard", None)
+    if guard is not None and (
+        not guard.strip() or config.classifier != "instruction" or config.compare_classifiers
+    ):
+        raise ScansError(
+            f"--guard {guard!r} needs a model and the 'instruction' classifier; fix: pass --guard MODEL "
+            "without --classifier/--compare-classifiers"
+        )
     scans = common.load_scans(args, need_profile=False)
     start = time.time()
     profile = scans.fit(
-        loaded["harmful"], loaded["harmless"], loaded["borderline"], config, progress=not args.quiet
+        loaded["harmful"],
+        loaded["harmless"],
+        loaded["borderline"],
+        config,
+        progress=not args.quiet,
+        guard=guard,
     )
     path = scans.save(args.out)
     print_fit(profile, time.time() - start, path)

@@ -132,7 +132,10 @@ def serve_main(args: argparse.Namespace, load: Callable[..., Any]) -> int:
                 f"no --profile given and no cached profile for {scans.name} at {scans.default_profile_path}; "
                 "fix: run `scans fit` with the same --model first, or pass --profile DIR"
             ) from None
+    from ..guard import require_no_guard
     from .server import run_server
+
+    require_no_guard(scans.profile, "scans serve")
 
     shown = "0.0.0.0" if config.host in ("", "0.0.0.0") else config.host
     print(f"scans serve: {config.served_model_name or scans.name} at http://{shown}:{config.port}/v1 "

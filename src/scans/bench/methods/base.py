@@ -61,6 +61,12 @@ class Method:
         """Hooks active for the whole pass, prefill included (none by default)."""
         yield
 
+    @property
+    def uses_guard(self) -> bool:
+        """decide() reads a guard model's activations (a guard profile's classifiers) instead of
+        the answering model's probe pass."""
+        return False
+
     def decide(self, acts: dict[str, torch.Tensor] | None, n: int) -> Decision:
         """Signs per row (default: unsteered)."""
         return Decision([0] * n, [None] * n, [None] * n)

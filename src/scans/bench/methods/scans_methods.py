@@ -34,6 +34,10 @@ class ScansMethod(Method):
 
     rule: ClassVar[str | None] = None  # None: the profile's own rule (see scans.verdict)
 
+    @property
+    def uses_guard(self) -> bool:
+        return self.classifier_profile().guard is not None
+
     def decide(self, acts: dict[str, torch.Tensor] | None, n: int) -> Decision:
         assert acts is not None, f"{self.name} needs the probe pass"
         verdicts = decide(self.classifier_profile(), acts, [""] * n, rule=self.rule)
@@ -98,6 +102,7 @@ class ScansPaper(ScansMethod):
             steer_window=None,
             steer_threshold=None,
             inst_threshold=None,
+            guard=None,  # the paper's cosine classifier reads the answering model
         )
 
     def classifier_profile(self) -> Profile:

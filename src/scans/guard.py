@@ -1,0 +1,115 @@
+"""A guard model: the verdict's signals read from another model than the one that answers.
+
+The decision rule (:mod:`scans.verdict`) reads two harmfulness classifiers on block outputs of
+the request. By default they read the answering model itself. With a guard (``scans fit
+--guard MODEL``), they read a second, usually larger, model on the same prompt rendered with
+*its* chat template, while the steering vectors stay those of the answering model; the safety
+budget still counts the prompts the answering model refuses. The guard only runs the prompt
+(a prefill and the probe pass, no decoding), so it adds one forward pass of the guard per
+prompt. Profiles fitted this way record the guard (``Profile.guard``) and load it with the
+answering model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .engine import prefill, probe_pass
+from .errors import ScansError
+from .models import find_layers, load_model, model_fingerprint
+from .prompts import build_batch, context_length
+
+
+@dataclass
+class Guard:
+    """A loaded guard: its model and tokenizer, how to load it again (``spec``, the ``--model``
+    argument), and where its decoder layers are (``layers_path``)."""
+
+    model: nn.Module
+    tokenizer: Any
+    name: str
+    spec: str
+    layers_path: str | None = None
+
+    def __post_init__(self) -> None:
+        self.n_layers = len(find_layers(self.model, self.layers_path))
+        self.fingerprint = model_fingerprint(self.model)
+
+    @classmethod
+    def load(
+        cls,
+        spec: str,
+        *,
+        dtype: str | torch.dtype | None = None,
+        device: str | None = None,
+        device_map: str | dict | None = None,
+        trust_remote_code: bool = False,
+        layers_path: str | None = None,
+    ) -> Guard:
+        """Load a guard model (a local directory, hub id, ``.gguf`` file or ``embedded:...``)."""
+        loaded = load_model(
+            spec, dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code
+        )
+        return cls(loaded.model, loaded.tokenizer, loaded.name, spec, layers_path)
+
+    @classmethod
+    def of(cls, other: Any, spec: str | None = None) -> Guard:
+        """A guard from a ``Guard`` or any object with ``model``, ``tokenizer`` and ``name``
+        (a :class:`scans.Scans`)."""
+        if isinstance(other, Guard):
+            return other
+        return cls(
+            other.model, other.tokenizer, other.name, spec or other.name, getattr(other, "layers_path", None)
+        )
+
+    def record(self) -> dict[str, Any]:
+        """The profile's ``guard`` entry."""
+        hidden = int(getattr(getattr(self.model, "config", None), "hidden_size", 0) or 0)
+        return {
+            "model": self.spec, "name": self.name, "fingerprint": self.fingerprint,
+            "n_layers": self.n_layers, "hidden_size": hidden, "layers_path": self.layers_path,
+        }  # fmt: skip
+
+    def check(self, record: dict[str, Any]) -> None:
+        """One-line error unless this is the guard a profile was fitted with."""
+        if record.get("fingerprint") != self.fingerprint:
+            raise ScansError(
+                f"the profile's guard is {record.get('name')} (fingerprint {record.get('fingerprint')}), "
+                f"the loaded guard {self.name} (fingerprint {self.fingerprint}); "
+                "fix: load the guard the profile was fitted with, or refit with `scans fit --guard MODEL`"
+            )
+
+    @torch.no_grad()
+    def acts(self, prompts: Sequence[str], system: str | None, probe: str) -> dict[str, torch.Tensor]:
+        """The guard's block outputs (B, L, D) at the instruction end, the probe's last token and
+        the end of the user's text, for one batch of prompts (its own chat template)."""
+        if any(not isinstance(p, str) or not p.strip() for p in prompts):
+            raise ScansError(
+                "a guard reads the prompt text, and a prompt is empty; fix: pass the prompts' texts"
+            )
+        batch = build_batch(self.tokenizer, prompts, system=system, max_length=context_length(self.model))
+        pre = prefill(self.model, batch)
+        return probe_pass(self.model, self.tokenizer, pre, probe, self.layers_path)
+
+
+def guard_layers(first_steer_layer: int, n_layers: int, n_guard_layers: int) -> list[int]:
+    """The guard's classification layers: from the same relative depth as the answering
+    model's first steering layer to its last layer (as the answering model's own)."""
+    start = min(n_guard_layers - 1, round(first_steer_layer * n_guard_layers / n_layers))
+    return list(range(start, n_guard_layers))
+
+
+def require_no_guard(profile: Any, where: str) -> None:
+    """One-line error where a path cannot read a guard's signals yet."""
+    record = getattr(profile, "guard", None)
+    if record:
+        raise ScansError(
+            f"this profile reads its verdicts from a guard model ({record.get('name')}), which {where} "
+            "does not support yet; fix: use the Python API, `scans generate`/`classify`/`bench` "
+            "(transformers backend), or a profile fitted without --guard"
+        )
