@@ -1,0 +1,182 @@
+"""A guard model (``scans fit --guard``): the verdict's classifiers read another model's block
+outputs, the answering model keeps its steering and its refusals set the budget; every path
+that supports guards gives the same verdicts, the others refuse with one line."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from functools import cache
+
+import numpy as np
+import pytest
+import torch
+
+import scans.cli as cli
+from conftest import (
+    BORDERLINE,
+    FIT_KWARGS,
+    HARMFUL,
+    HARMLESS,
+    _fitted,
+    _tiny,
+    make_model,
+    make_scans,
+    make_tokenizer,
+)
+from scans.api import Scans
+from scans.bench.data import Split
+from scans.bench.options import build_methods
+from scans.bench.runner import GENERATIONS, BenchConfig, run_generations
+from scans.conversations import encode_conversations, prepare_batch
+from scans.errors import ScansError
+from scans.guard import Guard, guard_layers, require_no_guard
+from scans.verdict import decide
+
+PROMPTS = [*BORDERLINE[:4], *HARMFUL[:3], *HARMLESS[:2]]
+
+
+def _guard_scans(seed: int = 3) -> Scans:
+    """A tiny Llama guard (3 layers) for the tiny Qwen2 answering model (2 layers)."""
+    return Scans(
+        make_model("llama", seed=seed, n_layers=3), make_tokenizer("llama3"), name=f"tiny-guard-{seed}"
+    )
+
+
+@cache
+def _guarded() -> tuple[Scans, Guard]:
+    t = _tiny("qwen2")
+    scans = make_scans(t.model, t.tokenizer)
+    guard = Guard.of(_guard_scans())
+    scans.fit(HARMFUL, HARMLESS, BORDERLINE, guard=guard, **FIT_KWARGS)
+    # thresholds between the prompts' scores, so the verdicts mix steered and unsteered rows
+    scores = sorted(v.score for v in scans.classify(PROMPTS))
+    insts = sorted(v.inst for v in scans.classify(PROMPTS) if v.inst is not None)
+    scans.profile = dataclasses.replace(
+        scans.profile,
+        threshold=scores[-2],
+        steer_threshold=scores[len(scores) // 2],
+        inst_threshold=insts[-2],
+    )
+    return scans, guard
+
+
+def test_the_profile_records_the_guard_and_its_layers():
+    scans, guard = _guarded()
+    p = scans.profile
+    assert (
+        p.guard == guard.record() and p.guard["n_layers"] == 3 and p.guard["fingerprint"] == guard.fingerprint
+    )
+    assert p.cls_layers == guard_layers(p.steer_layers[0], 2, 3)
+    assert p.contrast.shape == (3, 32) and p.inst_contrast.shape == (3, 32)
+    assert p.vectors.shape == (2, 32)  # the answering model's steering
+
+
+@pytest.mark.parametrize(
+    ("first", "n", "m", "want"), [(12, 24, 28, list(range(14, 28))), (1, 2, 3, [2]), (0, 4, 2, [0, 1])]
+)
+def test_guard_layers_keep_the_relative_depth(first, n, m, want):
+    assert guard_layers(first, n, m) == want
+
+
+def test_verdicts_read_the_guard_as_the_equations_say():
+    """Scans.classify equals decide() on the guard's own pass over the prompt texts, and the
+    scores restate as the standardised projections of the guard's block outputs."""
+    scans, guard = _guarded()
+    p = scans.profile
+    verdicts = scans.classify(PROMPTS)
+    acts = guard.acts(PROMPTS, p.system, p.probe)
+    assert verdicts == decide(p, acts, PROMPTS)
+    uend, inst = acts["uend"].float(), acts["inst"].float()
+    for proj, contrast, mean, std, got in (
+        (uend, p.contrast, p.contrast_mean, p.contrast_std, [v.score for v in verdicts]),
+        (inst, p.inst_contrast, p.inst_contrast_mean, p.inst_contrast_std, [v.inst for v in verdicts]),
+    ):
+        per_layer = [
+            ((proj[:, layer] @ contrast[layer]) - mean[layer]) / std[layer] for layer in p.cls_layers
+        ]
+        assert torch.allclose(torch.stack(per_layer).mean(0), torch.tensor(got), atol=1e-4)
+    assert {v.decision for v in verdicts} >= {"benign", "harmful"}
+
+
+def test_the_budget_counts_the_answering_models_refusals():
+    scans, _ = _guarded()
+    plain = _fitted("qwen2")
+    assert scans.profile.decision["refused"] == plain.profile.decision["refused"]
+
+
+def test_save_and_load_need_the_same_guard(tmp_path):
+    scans, guard = _guarded()
+    path = scans.profile.save(tmp_path / "p")
+    assert json.loads((path / "profile.json").read_text())["format_version"] == 3
+    t = _tiny("qwen2")
+    fresh = make_scans(t.model, t.tokenizer)
+    with pytest.raises(ScansError, match="tiny-guard-3.*fix:"):  # its spec is not a loadable model
+        fresh.load(path)
+    with pytest.raises(ScansError, match="the profile's guard is tiny-guard-3.*fix: load the guard"):
+        fresh.load(path, guard=_guard_scans(seed=4))
+    fresh.load(path, guard=_guard_scans(seed=3))
+    assert fresh.classify(PROMPTS) == scans.classify(PROMPTS)
+
+
+def test_generate_and_bench_take_the_same_verdicts(tmp_path):
+    scans, _ = _guarded()
+    splits = [Split("mine", PROMPTS, ["safe"] * len(PROMPTS))]
+    methods = build_methods(scans, "original,scans,scans-paper")
+    run_generations(scans, splits, methods, tmp_path, BenchConfig(max_new_tokens=3, batch_size=4, command="t"),
+                    progress=False)  # fmt: skip
+    records = [json.loads(line) for line in (tmp_path / GENERATIONS).read_text().splitlines()]
+    by = {(r["method"], r["id"]): r for r in records}
+    api = scans.generate(PROMPTS, max_new_tokens=3, progress=False)
+    for i, g in enumerate(api):
+        rec = by[("scans", i)]
+        assert rec["sign"] == g.verdict.sign and rec["response"] == g.response
+        assert rec["score"] == pytest.approx(g.verdict.score, abs=1e-4)
+    assert len({by[("scans", i)]["sign"] for i in range(len(PROMPTS))}) == 2
+    assert all(by[("scans-paper", i)]["score"] is not None for i in range(len(PROMPTS)))
+
+
+def test_paths_without_guard_support_refuse_in_one_line():
+    scans, _ = _guarded()
+    for where in ("scans serve", "scans chat", "the vLLM backend"):
+        with pytest.raises(ScansError, match=f"guard model .*which {where} does not support yet; fix:"):
+            require_no_guard(scans.profile, where)
+    encoded = encode_conversations(scans, [[{"role": "user", "content": "Hi"}]])
+    with pytest.raises(ScansError, match="conversation path"):
+        prepare_batch(scans, encoded)
+    require_no_guard(_fitted("qwen2").profile, "scans serve")  # a profile without a guard passes
+
+
+def test_a_guard_reads_text_not_placeholders():
+    scans, guard = _guarded()
+    with pytest.raises(ScansError, match="prompt is empty"):
+        guard.acts(["", "x"], None, "Sure")
+
+
+def test_fit_with_a_guard_rejects_other_classifiers():
+    t = _tiny("qwen2")
+    scans = make_scans(t.model, t.tokenizer)
+    with pytest.raises(ScansError, match="'instruction' classifier only"):
+        scans.fit(HARMFUL, HARMLESS, BORDERLINE, guard=_guard_scans(), classifier="contrast", **FIT_KWARGS)
+    assert scans.profile is None
+
+
+@pytest.mark.parametrize("args", [["--guard", " "], ["--guard", "x", "--classifier", "contrast"]])
+def test_cli_guard_bad_input_before_model_load(monkeypatch, capsys, args):
+    from scans.cli import common
+
+    monkeypatch.setattr(common, "make_scans", lambda a: pytest.fail("loaded a model"))
+    assert cli.main(["fit", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("scans: error: --guard") and "fix:" in err[0]
+
+
+def test_old_guard_free_profiles_still_load_as_format_2(tmp_path):
+    plain = _fitted("qwen2")
+    path = plain.profile.save(tmp_path / "p")
+    assert json.loads((path / "profile.json").read_text())["format_version"] == 2
+    t = _tiny("qwen2")
+    fresh = make_scans(t.model, t.tokenizer)
+    fresh.load(path)
+    assert fresh.guard is None and fresh.profile.guard is None
+    assert np.allclose([v.score for v in fresh.classify(PROMPTS)], [v.score for v in plain.classify(PROMPTS)])
