@@ -180,3 +180,19 @@ def test_old_guard_free_profiles_still_load_as_format_2(tmp_path):
     fresh.load(path)
     assert fresh.guard is None and fresh.profile.guard is None
     assert np.allclose([v.score for v in fresh.classify(PROMPTS)], [v.score for v in plain.classify(PROMPTS)])
+
+
+def test_capability_benchmarks_read_the_guard_too():
+    """MMLU and perplexity decide through the same per-method function as the generations."""
+    from scans.bench.capability import mmlu_prompt, run_mmlu, run_perplexity
+    from test_bench_runner import SUBJECT
+
+    scans, _ = _guarded()
+    methods = build_methods(scans, "original,scans,scans-paper")
+    out = run_mmlu(scans, methods, {SUBJECT.name: SUBJECT}, batch_size=2, progress=False)
+    verdicts = scans.classify([mmlu_prompt(SUBJECT, q) for q in SUBJECT.test])
+    assert out["scans"]["steered"] == sum(v.steered for v in verdicts)
+    assert out["scans"]["flagged"] == sum(v.harmful for v in verdicts)
+    pairs = [(p, "An answer.") for p in PROMPTS[:4]]
+    ppl = run_perplexity(scans, methods, pairs, progress=False)
+    assert ppl["scans"]["steered"] == sum(v.steered for v in scans.classify(PROMPTS[:4]))

@@ -8,7 +8,14 @@ the harmful prompts the model refuses (k = floor(0.02 (n + 1)), steer below the 
 "refused benign steered" is what lowers benign refusals. Then the eval prompts: classifiers
 trained on the whole dev split, threshold from the dev out-of-fold scores of seed 1.
 
-    python bench/dev_decision/p8_analyse.py FEATURES.pt
+    python bench/dev_decision/p8_analyse.py FEATURES.pt [GUARD.pt]
+
+`--curve` prints instead the 0.5B's own rule trained on 33 / 50 / 75 / 100% of the training
+folds (a learning curve) and, at full size, the refused harmful fraction steered when 60-90% of
+the refused benign prompts are (the trade-off).
+
+GUARD.pt (p8_guard.py): another model's `uend` / `inst` block outputs on the same rows, read as
+the signals `guard-uend` / `guard-inst`; the refusals are still the answering model's.
 """
 
 from __future__ import annotations
@@ -60,8 +67,53 @@ def threshold(scores: np.ndarray) -> float:
     return float(np.sort(scores)[k - 1])
 
 
+def curve(d: dict) -> None:
+    rows = [r for r in d["rows"] if r["set"] == "dev"]
+    n = len(rows)
+    y = np.array([r["label"] != "benign" for r in rows], dtype=int)
+    ref = np.array(d["refused"][:n])
+    sev = np.array([r.get("severity") == "severe" for r in rows])
+    feats = {k: d[k][:n].numpy().astype(np.float64) for k in ("uend", "inst")}
+    groups = [r["group"] for r in rows]
+    for frac in (0.33, 0.5, 0.75, 1.0):
+        res, trade = [], []
+        for seed in (1, 2, 3):
+            fo, rng = folds(groups, 4, seed), np.random.default_rng(seed + 10)
+            oof = {k: np.zeros(n) for k in feats}
+            for f in range(4):
+                tr = np.where(fo != f)[0]
+                tr = tr[rng.random(len(tr)) < frac] if frac < 1 else tr
+                for k, x in feats.items():
+                    oof[k][fo == f] = lda_score(lda_fit(x[tr], y[tr]), x[fo == f])
+            s = np.maximum(oof["uend"], oof["inst"])
+            t = threshold(s[(y == 1) & ref])
+            res.append(((s < t) & (y == 0) & ref).sum() / ((y == 0) & ref).sum())
+            hb, bb, sv = s[(y == 1) & ref], s[(y == 0) & ref], s[sev & ref]
+            trade.append(
+                [
+                    (np.mean(hb < np.quantile(bb, q)), np.mean(sv < np.quantile(bb, q)))
+                    for q in (0.6, 0.7, 0.8, 0.9)
+                ]
+            )
+        print(
+            f"train fraction {frac:.2f}: refused benign steered "
+            + " / ".join(f"{r:.0%}" for r in res)
+            + f", mean {np.mean(res):.1%}"
+        )
+    for qi, q in enumerate((0.6, 0.7, 0.8, 0.9)):
+        print(
+            f"steering {q:.0%} of the refused benign: refused harmful steered "
+            + " / ".join(f"{tr[qi][0]:.1%}" for tr in trade)
+            + ", refused severe "
+            + " / ".join(f"{tr[qi][1]:.1%}" for tr in trade)
+        )
+
+
 def main() -> None:
     d = torch.load(sys.argv[1], weights_only=False)
+    if "--curve" in sys.argv:
+        curve(d)
+        return
     rows = d["rows"]
     y_all = np.array([r["label"] != "benign" for r in rows], dtype=int)
     severe_all = np.array([r.get("severity") == "severe" or r.get("type") == "severe" for r in rows]) & (
@@ -72,6 +124,9 @@ def main() -> None:
     dev = np.array([r["set"] == "dev" for r in rows])
     ev = ~dev
     feats = {k: d[k].numpy().astype(np.float64) for k in ("uend", "inst", "rlast", "rend", "rmean")}
+    if len(sys.argv) > 2:
+        g = torch.load(sys.argv[2], weights_only=False)
+        feats |= {f"guard-{k}": g[k].numpy().astype(np.float64) for k in ("uend", "inst")}
     groups = [r["group"] for r in rows if r["set"] == "dev"]
     y = y_all[dev]
     refused, sev, sref = refused_all[dev], severe_all[dev], sref_all[dev]
@@ -95,6 +150,12 @@ def main() -> None:
         "max(uend,inst,rlast)": ["uend", "inst", "rlast"],
         "max(uend,inst,rend,rmean)": ["uend", "inst", "rend", "rmean"],
     }
+    if "guard-uend" in feats:
+        combos |= {
+            "guard-uend": ["guard-uend"],
+            "guard-inst": ["guard-inst"],
+            "max(guard-uend,guard-inst)": ["guard-uend", "guard-inst"],
+        }
     oof_seed1: dict[str, np.ndarray] = {}
     print(
         f"{'signal':28s} {'AUROC(refused)':>14s}  refused benign steered / refused harmful steered / severe (seeds 1,2,3)"

@@ -17,14 +17,14 @@ import torch.nn.functional as F
 
 from ..activations import forward_capture
 from ..api import Scans
-from ..engine import Prefill, continue_hidden, prefill, probe_pass
+from ..engine import Prefill, continue_hidden, prefill
 from ..models import model_device
 from ..progress import progress_bar
 from ..prompts import build_batch, context_length
 from ..steering import SteeringPlan
 from .data import MMLUQuestion, MMLUSubject
 from .methods import Method
-from .runner import group_methods
+from .runner import group_methods, method_decisions
 
 LETTERS = ("A", "B", "C", "D")
 
@@ -75,14 +75,6 @@ def next_token_logits(
     return logits.cpu()
 
 
-def _decide(methods: Sequence[Method], scans: Scans, pre: Prefill) -> dict[str, Any]:
-    acts = None
-    if any(m.needs_probe for m in methods):
-        acts = probe_pass(scans.model, scans.tokenizer, pre, scans.require_profile().probe, scans.layers_path)
-    n = pre.batch.input_ids.shape[0]
-    return {m.name: m.decide(acts, n) for m in methods}
-
-
 def run_mmlu(
     scans: Scans,
     methods: Sequence[Method],
@@ -106,7 +98,7 @@ def run_mmlu(
                 rows = list(range(start, min(start + batch_size, len(prompts))))
                 with lead.active(model):
                     pre = prefill(model, full.select(rows))
-                    decisions = _decide(members, scans, pre)
+                    decisions = method_decisions(members, scans, pre, [prompts[i] for i in rows])
                     for m in members:
                         signs = decisions[m.name].signs
                         steered[m.name] += sum(1 for s in signs if s)
@@ -173,7 +165,7 @@ def run_perplexity(
             rows = list(range(start, min(start + batch_size, len(pairs))))
             with lead.active(model):
                 pre = prefill(model, full.select(rows))
-                decisions = _decide(members, scans, pre)
+                decisions = method_decisions(members, scans, pre, [questions[i] for i in rows])
                 for m in members:
                     signs = decisions[m.name].signs
                     nll, count = answer_nll(model, pre, [answers[r] for r in rows], m.plan(pre, signs))

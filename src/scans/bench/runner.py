@@ -181,6 +181,23 @@ def save_profile_copy(run_dir: Path, scans: Scans) -> None:
         tmp.replace(target)
 
 
+def method_decisions(
+    methods: Sequence[Method], scans: Scans, pre: Prefill, prompts: Sequence[str]
+) -> dict[str, Any]:
+    """Each method's ``Decision`` on a prefilled batch of ``prompts``: the answering model's probe
+    pass for the methods that read it, a guard profile's guard pass for those that read the guard
+    (``Scans.signal_acts``), each computed once and only when some method needs it."""
+    probe = [m for m in methods if m.needs_probe]
+    acts = (
+        probe_pass(scans.model, scans.tokenizer, pre, scans.require_profile().probe, scans.layers_path)
+        if any(not m.uses_guard for m in probe)
+        else None
+    )
+    guard_acts = scans.signal_acts(prompts, pre) if any(m.uses_guard for m in probe) else None
+    n = pre.batch.input_ids.shape[0]
+    return {m.name: m.decide(guard_acts if m.uses_guard else acts, n) for m in methods}
+
+
 def group_methods(methods: Sequence[Method]) -> list[list[Method]]:
     groups: dict[tuple[Any, ...], list[Method]] = {}
     for m in methods:
@@ -238,17 +255,8 @@ def run_generations(
             with lead.active(model):
                 t0 = time.perf_counter()
                 pre = prefill(model, full.select(bucket))
-                waiting = [m for m in members if m.needs_probe and any(not log.done(m.name, r) for r in rows)]
-                acts = (
-                    probe_pass(model, tok, pre, scans.require_profile().probe, scans.layers_path)
-                    if any(not m.uses_guard for m in waiting)
-                    else None
-                )
-                guard_acts = (
-                    scans.signal_acts([r.prompt for r in rows], pre)
-                    if any(m.uses_guard for m in waiting)
-                    else None
-                )
+                waiting = [m for m in members if any(not log.done(m.name, r) for r in rows)]
+                decisions = method_decisions(waiting, scans, pre, [r.prompt for r in rows])
                 shared_s = (time.perf_counter() - t0) / len(rows)
                 # answers by (steering key, sign, row): methods that would run the same
                 # computation on a row (sign 0 anywhere; the same profile and sign) share it
@@ -266,7 +274,7 @@ def run_generations(
                     need = [j for j, r in enumerate(rows) if not log.done(m.name, r)]
                     if not need:
                         continue
-                    decision = m.decide(guard_acts if m.uses_guard else acts, len(rows))
+                    decision = decisions[m.name]
                     key = m.steering_key()
 
                     def slot(

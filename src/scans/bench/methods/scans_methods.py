@@ -54,6 +54,7 @@ class ScansMethod(Method):
             "steer_threshold": p.steer_threshold,
             "inst_threshold": p.inst_threshold,
             "max_harmful_loss": p.max_harmful_loss,
+            "guard": (p.guard or {}).get("name"),
         }
 
 
