@@ -196,3 +196,13 @@ def test_capability_benchmarks_read_the_guard_too():
     pairs = [(p, "An answer.") for p in PROMPTS[:4]]
     ppl = run_perplexity(scans, methods, pairs, progress=False)
     assert ppl["scans"]["steered"] == sum(v.steered for v in scans.classify(PROMPTS[:4]))
+
+
+def test_info_says_when_the_harmful_threshold_caps_the_steer_threshold(capsys):
+    from scans.cli.fit import print_decision
+
+    scans, _ = _guarded()
+    p = dataclasses.replace(scans.profile, threshold=scans.profile.steer_threshold - 0.5)
+    print_decision(p)
+    out = capsys.readouterr().out
+    assert f"s(q) < {p.threshold:.4f}" in out and "capped by the harmful threshold" in out

@@ -95,7 +95,7 @@ def test_a_tighter_severe_budget_counts_all_severe_prompts_when_too_few_are_refu
     assert t == min(_restated(score, harmful & refused, 0.02), _restated(score, severe, 0.01))
     decision = {**rec, "pool": {"size": n, "severe": 150}}
     profile = types.SimpleNamespace(
-        decision=decision, steer_threshold=t, inst_threshold=t, max_harmful_loss=0.02
+        decision=decision, steer_threshold=t, inst_threshold=t, max_harmful_loss=0.02, threshold=t + 1
     )
     print_decision(profile)
     out = capsys.readouterr().out

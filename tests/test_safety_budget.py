@@ -140,3 +140,23 @@ def test_the_mean_of_split_thresholds_keeps_the_guarantee_over_resamples() -> No
         for _ in range(200)
     ]
     assert np.std(np.mean(draws, 1)) < np.std([d[0] for d in draws]) / 2
+
+
+def test_the_steered_fraction_applies_the_harmful_threshold_first() -> None:
+    """A score at or above the harmful threshold is never steered (the rule's first branch), so
+    the reported fractions drop those prompts; the steer threshold itself does not move."""
+    from scans.calibration import rule_budget
+
+    rng = np.random.default_rng(2)
+    score = np.r_[rng.normal(1, 1, 300), rng.normal(-1, 1, 300)]
+    inst = np.r_[rng.normal(1, 1, 300), rng.normal(-1, 1, 300)]
+    harmful = np.r_[np.ones(300, bool), np.zeros(300, bool)]
+    severe = np.zeros(600, bool)
+    t, rec = rule_budget(score, inst, harmful, severe, 0.05)
+    cap = float(np.quantile(score[~harmful], 0.5))
+    assert cap < t
+    t2, capped = rule_budget(score, inst, harmful, severe, 0.05, harmful_threshold=cap)
+    assert t2 == t
+    steer = (np.maximum(score, inst) < t) & (score < cap)
+    assert capped["steered_fraction"]["benign"] == pytest.approx(steer[~harmful].mean())
+    assert capped["steered_fraction"]["benign"] < rec["steered_fraction"]["benign"]

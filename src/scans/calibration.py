@@ -190,6 +190,7 @@ def rule_budget(
     max_loss: float,
     refused: np.ndarray | None = None,
     max_severe_loss: float | None = None,
+    harmful_threshold: float | None = None,
 ) -> tuple[float, dict]:
     """The decision rule's steer threshold t for a safety budget (see :mod:`scans.verdict`).
 
@@ -210,7 +211,9 @@ def rule_budget(
     ``steered_fraction`` (per class, on these calibration scores, averaged over the splits). A
     one-line error when a class has too few prompts for the budget (the bound would need to steer
     nothing). ``max_severe_loss`` (at most ``max_loss``; None: ``max_loss``) is the severe class's
-    own, tighter budget.
+    own, tighter budget. ``harmful_threshold``: the rule's first branch (score at or above it is
+    judged harmful, never steered), applied to ``steered_fraction`` as the verdicts apply it; it
+    can only shrink the steered set, so the bound is unchanged.
     """
     harmful, severe = np.asarray(harmful, dtype=bool), np.asarray(severe, dtype=bool)
     joint = np.atleast_2d(np.maximum(np.asarray(score, dtype=np.float64), np.asarray(inst, dtype=np.float64)))
@@ -252,6 +255,8 @@ def rule_budget(
             "upper_bound": clopper_pearson_upper(below, b.n), "counted": "refused" if by_refusal else "all",
         }  # fmt: skip
     steer = joint < threshold
+    if harmful_threshold is not None:
+        steer &= np.atleast_2d(np.asarray(score, dtype=np.float64)) < harmful_threshold
     steered = {"harmful": float(steer[:, harmful].mean()), "benign": float(steer[:, ~harmful].mean())}
     if severe.any():
         steered["severe"] = float(steer[:, severe].mean())

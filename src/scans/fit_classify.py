@@ -159,7 +159,12 @@ def calibrate_rule(
     heldout_scores = {
         group: [float(x) for x, g in zip(cls.scores, cls.groups) if g == group] for group in SCORE_GROUPS
     }
-    rule = decision_rule(acts, anchors, config, cls, refused) if config.max_harmful_loss is not None else None
+    harmful_t = float(stats.get("threshold_override", stats["threshold"]))
+    rule = (
+        decision_rule(acts, anchors, config, cls, refused, harmful_t)
+        if config.max_harmful_loss is not None
+        else None
+    )
     return Calibrated(stats, rule, heldout_scores, separation)
 
 
@@ -169,6 +174,7 @@ def decision_rule(
     config: FitConfig,
     cls: ClassifierResult,
     refused: np.ndarray | None = None,
+    harmful_threshold: float | None = None,
 ) -> DecisionRule:
     """The v2 rule: the second signal's classifier, and the steer threshold that keeps the
     harmful (and severe) pool prompts steered within the budget."""
@@ -204,6 +210,7 @@ def decision_rule(
         config.max_harmful_loss,
         refused,
         config.max_severe_loss,
+        harmful_threshold,
     )
     decision = {
         "rule": "v2", **rule, "inst_shrinkage": fit_i.shrinkage,

@@ -218,9 +218,11 @@ def print_decision(profile: Any) -> None:
         if severe_budget is not None and severe_budget != profile.max_harmful_loss
         else ""
     )
+    below = min(profile.steer_threshold, profile.threshold)  # s(q) at or above the threshold: harmful
     print(
         f"decision rule: v2, safety budget {budgets}: steered only when s(q) < "
-        f"{profile.steer_threshold:.4f} and the instruction-end score < {profile.inst_threshold:.4f}"
+        f"{below:.4f} and the instruction-end score < {profile.inst_threshold:.4f}"
+        + (" (s(q) capped by the harmful threshold)" if below < profile.steer_threshold else "")
     )
     refused = b.get("counted") == "refused"
     which = "harmful prompt the model refuses" if refused else "harmful prompt"
