@@ -206,3 +206,11 @@ def test_info_says_when_the_harmful_threshold_caps_the_steer_threshold(capsys):
     print_decision(p)
     out = capsys.readouterr().out
     assert f"s(q) < {p.threshold:.4f}" in out and "capped by the harmful threshold" in out
+
+
+def test_a_guard_that_does_not_load_is_one_line_naming_the_guard(tmp_path):
+    t = _tiny("qwen2")
+    scans = make_scans(t.model, t.tokenizer)
+    with pytest.raises(ScansError, match=r"^guard model: .*fix:"):
+        scans.fit(HARMFUL, HARMLESS, BORDERLINE, guard=str(tmp_path / "missing"), **FIT_KWARGS)
+    assert scans.profile is None and scans.guard is None

@@ -149,7 +149,10 @@ class Scans:
     def _load_guard(self, spec: str, layers_path: str | None = None) -> Guard:
         param = next(self.model.parameters())
         options = dict(self.load_options) or {"dtype": param.dtype, "device": str(param.device)}
-        return Guard.load(spec, layers_path=layers_path, **options)
+        try:
+            return Guard.load(spec, layers_path=layers_path, **options)
+        except ScansError as exc:
+            raise ScansError(f"guard model: {exc}") from None
 
     def save(self, path: str | Path | None = None) -> Path:
         """Save the profile (default: this model's cache slot)."""
