@@ -214,3 +214,17 @@ def test_a_guard_that_does_not_load_is_one_line_naming_the_guard(tmp_path):
     with pytest.raises(ScansError, match=r"^guard model: .*fix:"):
         scans.fit(HARMFUL, HARMLESS, BORDERLINE, guard=str(tmp_path / "missing"), **FIT_KWARGS)
     assert scans.profile is None and scans.guard is None
+
+
+@pytest.mark.parametrize("command", ["chat", "serve"])
+def test_chat_and_serve_refuse_a_guard_profile_before_loading_a_model(monkeypatch, capsys, tmp_path, command):
+    from scans.cli import common
+
+    scans, _ = _guarded()
+    path = scans.profile.save(tmp_path / "p")
+    monkeypatch.setattr(common, "make_scans", lambda a: pytest.fail("loaded a model"))
+    if command == "serve":
+        pytest.importorskip("fastapi")
+    assert cli.main([command, "--profile", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"which scans {command} does not support yet; fix:" in err[0]

@@ -104,6 +104,22 @@ def guard_layers(first_steer_layer: int, n_layers: int, n_guard_layers: int) -> 
     return list(range(start, n_guard_layers))
 
 
+def require_no_guard_at(path: Any, where: str) -> None:
+    """:func:`require_no_guard` on a profile directory's metadata, before any model loads
+    (no-op when ``path`` is None or holds no readable profile: loading it reports that)."""
+    import json
+    from pathlib import Path
+
+    if path is None:
+        return
+    try:
+        meta = json.loads((Path(path) / "profile.json").read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(meta, dict):
+        require_no_guard(type("Meta", (), {"guard": meta.get("guard")})(), where)
+
+
 def require_no_guard(profile: Any, where: str) -> None:
     """One-line error where a path cannot read a guard's signals yet."""
     record = getattr(profile, "guard", None)

@@ -121,6 +121,9 @@ def serve_main(args: argparse.Namespace, load: Callable[..., Any]) -> int:
     if not _is_loopback(config.host) and not config.api_key:
         print(f"scans: warning: listening on {config.host} without an API key; anyone who can reach "
               f"it can use the model (pass --api-key or set {API_KEY_ENV})", file=sys.stderr)  # fmt: skip
+    from ..guard import require_no_guard_at
+
+    require_no_guard_at(args.profile, "scans serve")  # before the models load
     scans = load(args, need_profile=False)
     if args.profile:
         scans.load(args.profile)
