@@ -198,6 +198,7 @@ class Scans:
         (:mod:`scans.guard`).
         """
         config = FitConfig.with_options(config, options)
+        config.require_guard_options(guard)  # before a guard model loads
         guard_model = self.attach_guard(guard) if guard is not None else None
         self.profile = fit_profile(
             self.model,

@@ -130,11 +130,7 @@ def fit_profile(
     """Steps 1-3 on ``model``: the profile (with its diagnostics in ``extra``). With ``guard``,
     the classifiers read the guard model's block outputs instead (:mod:`scans.guard`); the
     vectors, the layers and the refusals the budget counts stay ``model``'s."""
-    if guard is not None and (config.classifier != "instruction" or config.compare_classifiers):
-        raise ScansError(
-            "a guard reads the 'instruction' classifier only; fix: drop --classifier/--compare-classifiers "
-            "or --guard"
-        )
+    config.require_guard_options(guard)
     anchors = build_anchors(harmful, harmless, borderline, config)
     check_layers(config.layers, n_layers)
     batch_size = config.batch_size if config.batch_size is not None else auto_batch_size(model)

@@ -152,6 +152,21 @@ class FitConfig:
         """Whether every anchor's transition is read (a transition classifier, or all compared)."""
         return self.compare_classifiers or self.classifier != "instruction"
 
+    def require_guard_options(self, guard: object) -> None:
+        """One-line error unless ``guard`` (a model spec, a loaded model or None) can be fitted
+        with these options: a guard reads only the instruction classifier."""
+        if guard is None:
+            return
+        if isinstance(guard, str) and not guard.strip():
+            raise ScansError(
+                f"--guard {guard!r} names no model; fix: pass --guard MODEL (e.g. embedded:qwen-1.5b)"
+            )
+        if self.needs_transitions:
+            raise ScansError(
+                "--guard reads the 'instruction' classifier only; fix: drop --classifier/--compare-classifiers "
+                "or --guard"
+            )
+
     @classmethod
     def with_options(cls, config: FitConfig | None, options: Mapping[str, Any]) -> FitConfig:
         """``config`` (default: the defaults) with keyword ``options`` replacing its fields;

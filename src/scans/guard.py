@@ -12,8 +12,10 @@ answering model.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +24,7 @@ from torch import nn
 from .engine import prefill, probe_pass
 from .errors import ScansError
 from .models import find_layers, load_model, model_fingerprint
+from .profile import METADATA
 from .prompts import build_batch, context_length
 
 
@@ -107,22 +110,22 @@ def guard_layers(first_steer_layer: int, n_layers: int, n_guard_layers: int) -> 
 def require_no_guard_at(path: Any, where: str) -> None:
     """:func:`require_no_guard` on a profile directory's metadata, before any model loads
     (no-op when ``path`` is None or holds no readable profile: loading it reports that)."""
-    import json
-    from pathlib import Path
-
     if path is None:
         return
     try:
-        meta = json.loads((Path(path) / "profile.json").read_text())
+        meta = json.loads((Path(path) / METADATA).read_text())
     except (OSError, ValueError):
         return
     if isinstance(meta, dict):
-        require_no_guard(type("Meta", (), {"guard": meta.get("guard")})(), where)
+        _refuse_guard(meta.get("guard"), where)
 
 
 def require_no_guard(profile: Any, where: str) -> None:
     """One-line error where a path cannot read a guard's signals yet."""
-    record = getattr(profile, "guard", None)
+    _refuse_guard(getattr(profile, "guard", None), where)
+
+
+def _refuse_guard(record: Any, where: str) -> None:
     if record:
         raise ScansError(
             f"this profile reads its verdicts from a guard model ({record.get('name')}), which {where} "

@@ -281,13 +281,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     }
     config = FitConfig.from_cli(args, parse_layers(args.layers))  # bad input fails before the model loads
     guard = getattr(args, "guard", None)
-    if guard is not None and (
-        not guard.strip() or config.classifier != "instruction" or config.compare_classifiers
-    ):
-        raise ScansError(
-            f"--guard {guard!r} needs a model and the 'instruction' classifier; fix: pass --guard MODEL "
-            "without --classifier/--compare-classifiers"
-        )
+    config.require_guard_options(guard)  # before the models load
     scans = common.load_scans(args, need_profile=False)
     start = time.time()
     profile = scans.fit(
