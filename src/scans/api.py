@@ -225,17 +225,19 @@ class Scans:
         )
         return prefill(self.model, batch)
 
-    def verdicts_of(self, prompts: Sequence[str], pre: Prefill) -> list[Verdict]:
-        """The verdicts of a prefilled batch (:meth:`signal_acts`, then ``verdict.decide``);
+    def verdicts_of(self, prompts: Sequence[str], pre: Prefill | None = None) -> list[Verdict]:
+        """The verdicts of a (prefilled) batch (:meth:`signal_acts`, then ``verdict.decide``);
         ``prompts`` label the verdicts (and are what a guard reads)."""
         return decide(self.require_profile(), self.signal_acts(prompts, pre), prompts)
 
-    def signal_acts(self, prompts: Sequence[str], pre: Prefill) -> dict[str, torch.Tensor]:
-        """What the profile's classifiers read for a prefilled batch: this model's probe pass,
-        or, for a guard profile, the guard's own pass over the prompts' texts."""
+    def signal_acts(self, prompts: Sequence[str], pre: Prefill | None = None) -> dict[str, torch.Tensor]:
+        """What the profile's classifiers read for a batch: this model's probe pass on ``pre``
+        (prefilled here when None), or, for a guard profile, the guard's own pass over the
+        prompts' texts (``pre`` is not needed then)."""
         profile = self.require_profile()
         if profile.guard:
             return self.attach_guard(None, profile.guard).acts(prompts, profile.system, profile.probe)
+        pre = pre if pre is not None else self.prefill_prompts(prompts)
         return probe_pass(self.model, self.tokenizer, pre, profile.probe, self.layers_path)
 
     def classify(self, prompts: str | Sequence[str], *, batch_size: int | None = None) -> list[Verdict]:
@@ -244,7 +246,7 @@ class Scans:
         out: list[Verdict | None] = [None] * len(prompts)
         for rows in self._buckets(prompts, batch_size):
             chunk = [prompts[i] for i in rows]
-            for i, v in zip(rows, self.verdicts_of(chunk, self.prefill_prompts(chunk))):
+            for i, v in zip(rows, self.verdicts_of(chunk)):  # a guard profile needs no prefill here
                 out[i] = v
         return [v for v in out if v is not None]
 
