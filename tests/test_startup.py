@@ -41,6 +41,12 @@ def test_failed_load_restores_the_collector(tmp_path):
     assert gc.isenabled()
 
 
+@pytest.mark.parametrize("name", ["x" * 5000, "x" * 5000 + ".gguf"])
+def test_a_name_too_long_for_the_os_is_a_one_line_error(name):
+    with pytest.raises(ScansError, match="fix:"):
+        load_model(name)
+
+
 def test_import_leaves_the_collector_enabled():
     code = "import gc, scans; assert gc.isenabled(); print(scans.__version__)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -174,6 +174,14 @@ def load_model(
         return _load_model(model, dtype, device, device_map, trust_remote_code, gguf_file)
 
 
+def _exists(path: Path, file: bool = False) -> bool:
+    """Whether ``path`` exists (is a file); False for names the OS cannot look up (too long)."""
+    try:
+        return path.is_file() if file else path.exists()
+    except OSError:
+        return False
+
+
 def _load_model(
     model: str | None,
     dtype: str | torch.dtype | None,
@@ -195,12 +203,12 @@ def _load_model(
         name = f"embedded:{EMBEDDED[key].name}"
     elif model.endswith(".gguf"):
         path = Path(model)
-        if not path.is_file():
+        if not _exists(path, file=True):
             raise ScansError(f"GGUF file {model} does not exist; fix: check the path")
         source, gguf_file = path.parent, path.name
     else:
         source = model
-        if not Path(model).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
+        if not _exists(Path(model)) and os.environ.get("HF_HUB_OFFLINE") == "1":
             raise ScansError(
                 f"model {model!r} is not a local directory and HF_HUB_OFFLINE=1; "
                 "fix: pass a local path or go online"
