@@ -225,18 +225,29 @@ class Scans:
         )
         return prefill(self.model, batch)
 
-    def verdicts_of(self, prompts: Sequence[str], pre: Prefill | None = None) -> list[Verdict]:
+    def verdicts_of(
+        self,
+        prompts: Sequence[str],
+        pre: Prefill | None = None,
+        conversations: Sequence[Sequence[dict[str, str]]] | None = None,
+    ) -> list[Verdict]:
         """The verdicts of a (prefilled) batch (:meth:`signal_acts`, then ``verdict.decide``);
-        ``prompts`` label the verdicts (and are what a guard reads)."""
-        return decide(self.require_profile(), self.signal_acts(prompts, pre), prompts)
+        ``prompts`` label the verdicts (and are what a guard reads, or ``conversations``)."""
+        return decide(self.require_profile(), self.signal_acts(prompts, pre, conversations), prompts)
 
-    def signal_acts(self, prompts: Sequence[str], pre: Prefill | None = None) -> dict[str, torch.Tensor]:
+    def signal_acts(
+        self,
+        prompts: Sequence[str],
+        pre: Prefill | None = None,
+        conversations: Sequence[Sequence[dict[str, str]]] | None = None,
+    ) -> dict[str, torch.Tensor]:
         """What the profile's classifiers read for a batch: this model's probe pass on ``pre``
         (prefilled here when None), or, for a guard profile, the guard's own pass over the
-        prompts' texts (``pre`` is not needed then)."""
+        prompts' texts or the whole ``conversations`` when given (``pre`` is not needed then)."""
         profile = self.require_profile()
         if profile.guard:
-            return self.attach_guard(None, profile.guard).acts(prompts, profile.system, profile.probe)
+            guard = self.attach_guard(None, profile.guard)
+            return guard.acts(prompts, profile.system, profile.probe, conversations)
         pre = pre if pre is not None else self.prefill_prompts(prompts)
         return probe_pass(self.model, self.tokenizer, pre, profile.probe, self.layers_path)
 

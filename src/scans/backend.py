@@ -65,4 +65,5 @@ class Backend(Protocol):
         on_verdicts: Callable[[list[Verdict], list[int]], None] | None = None,
         on_forward: Callable[[int], None] | None = None,
         isolate_errors: bool = False,
+        conversations: Sequence[Sequence[dict[str, str]]] | None = None,
     ) -> list[Any]: ...

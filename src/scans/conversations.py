@@ -16,7 +16,7 @@ from torch import nn
 
 from .decode import RowResult, RowSettings, decode
 from .engine import Prefill, prefill
-from .guard import require_no_guard
+from .errors import ScansError
 from .prompts import encode_messages_with_end, left_pad_encoded
 from .steering import SteeringPlan
 from .verdict import Verdict
@@ -29,7 +29,12 @@ class Session(Protocol):
     tokenizer: Any
     profile: Any
 
-    def verdicts_of(self, prompts: Sequence[str], pre: Prefill) -> list[Verdict]: ...
+    def verdicts_of(
+        self,
+        prompts: Sequence[str],
+        pre: Prefill,
+        conversations: Sequence[Sequence[dict[str, str]]] | None = None,
+    ) -> list[Verdict]: ...
 
     def plan(
         self, verdicts: Sequence[Verdict], pre: Prefill, enabled: Sequence[bool] | None = None
@@ -73,10 +78,17 @@ def prepare_batch(
     steer_rows: Sequence[bool] | None = None,
     labels: Sequence[str] | None = None,
     on_forward: Callable[[int], None] | None = None,
+    conversations: Sequence[Sequence[dict[str, str]]] | None = None,
 ) -> Prepared:
     """One shared prefill of encoded conversations, the probe pass (verdicts, from
-    ``verdict.decide`` via ``Scans.verdicts_of``) and the per-row steering plan."""
-    require_no_guard(scans.profile, "the conversation path (scans serve, scans chat)")
+    ``verdict.decide`` via ``Scans.verdicts_of``) and the per-row steering plan. A guard
+    profile's verdicts read the ``conversations`` themselves (the messages that ``encoded``
+    encodes), in the guard's template."""
+    if getattr(scans.profile, "guard", None) and conversations is None:
+        raise ScansError(
+            "this profile's guard model reads the conversations; fix: pass conversations= "
+            "(the message lists that were encoded) to chat_batch / prepare_batch"
+        )
     n = len(encoded)
     steer_rows = list(steer_rows) if steer_rows is not None else [True] * n
     labels = list(labels) if labels is not None else [""] * n
@@ -86,7 +98,7 @@ def prepare_batch(
     pre = prefill(scans.model, batch)
     if on_forward is not None:
         on_forward(n)  # probe pass
-    verdicts = scans.verdicts_of(labels, pre)
+    verdicts = scans.verdicts_of(labels, pre, conversations)
     plan = scans.plan(verdicts, pre, enabled=steer_rows)
     return Prepared(pre, verdicts, plan, [int(s) for s in plan.sign.tolist()])
 
@@ -112,14 +124,16 @@ def chat_batch(
     on_verdicts: Callable[[list[Verdict], list[int]], None] | None = None,
     on_forward: Callable[[int], None] | None = None,
     isolate_errors: bool = False,
+    conversations: Sequence[Sequence[dict[str, str]]] | None = None,
 ) -> list[ChatResult]:
     """Classify and answer a batch of encoded conversations (``encode_conversations``) in one
     shared prefill, each row steered by its own verdict unless ``steer_rows[i]`` is False.
 
     ``on_verdicts(verdicts, signs)`` is called before decoding starts (to send headers);
-    ``isolate_errors`` as in ``decode``.
+    ``isolate_errors`` as in ``decode``; ``conversations`` as in ``prepare_batch``.
     """
-    prepared = prepare_batch(scans, encoded, steer_rows=steer_rows, labels=labels, on_forward=on_forward)
+    prepared = prepare_batch(scans, encoded, steer_rows=steer_rows, labels=labels, on_forward=on_forward,
+                             conversations=conversations)  # fmt: skip
     if on_verdicts is not None:
         on_verdicts(prepared.verdicts, prepared.signs)
     results = decode(scans.model, scans.tokenizer, prepared.pre, settings, prepared.plan, copy_cache=False,
@@ -139,6 +153,5 @@ def chat(
     if isinstance(settings, RowSettings):
         settings = [dataclasses.replace(settings) for _ in conversations]
     labels = [c[-1]["content"] for c in conversations]
-    return chat_batch(
-        scans, encode_conversations(scans, conversations), settings, steer_rows=steer_rows, labels=labels
-    )
+    return chat_batch(scans, encode_conversations(scans, conversations), settings, steer_rows=steer_rows,
+                      labels=labels, conversations=conversations)  # fmt: skip

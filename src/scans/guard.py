@@ -7,15 +7,14 @@ the request. By default they read the answering model itself. With a guard (``sc
 budget still counts the prompts the answering model refuses. The guard only runs the prompt
 (a prefill and the probe pass, no decoding), so it adds one forward pass of the guard per
 prompt. Profiles fitted this way record the guard (``Profile.guard``) and load it with the
-answering model.
+answering model. In a conversation (the server, ``scans chat``) the guard reads the whole
+conversation in its own template, as the answering model reads it in its own.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,8 +23,7 @@ from torch import nn
 from .engine import prefill, probe_pass
 from .errors import ScansError
 from .models import find_layers, load_model, model_fingerprint
-from .profile import METADATA
-from .prompts import build_batch, context_length
+from .prompts import build_batch, build_message_batch, context_length
 
 
 @dataclass
@@ -88,14 +86,28 @@ class Guard:
             )
 
     @torch.no_grad()
-    def acts(self, prompts: Sequence[str], system: str | None, probe: str) -> dict[str, torch.Tensor]:
+    def acts(
+        self,
+        prompts: Sequence[str],
+        system: str | None,
+        probe: str,
+        conversations: Sequence[Sequence[dict[str, str]]] | None = None,
+    ) -> dict[str, torch.Tensor]:
         """The guard's block outputs (B, L, D) at the instruction end, the probe's last token and
-        the end of the user's text, for one batch of prompts (its own chat template)."""
-        if any(not isinstance(p, str) or not p.strip() for p in prompts):
+        the end of the (last) user message, for one batch in the guard's own chat template: the
+        prompts, or, when given, the whole ``conversations`` (one per prompt; their contents
+        read as plain text, so a message cannot forge a turn in the guard's reading)."""
+        if conversations is not None:
+            if len(conversations) != len(prompts):
+                raise ValueError(f"{len(conversations)} conversations for {len(prompts)} prompts")
+            batch = build_message_batch(self.tokenizer, conversations, system=system,
+                                        max_length=context_length(self.model), parse_special=False)  # fmt: skip
+        elif any(not isinstance(p, str) or not p.strip() for p in prompts):
             raise ScansError(
                 "a guard reads the prompt text, and a prompt is empty; fix: pass the prompts' texts"
             )
-        batch = build_batch(self.tokenizer, prompts, system=system, max_length=context_length(self.model))
+        else:
+            batch = build_batch(self.tokenizer, prompts, system=system, max_length=context_length(self.model))
         pre = prefill(self.model, batch)
         return probe_pass(self.model, self.tokenizer, pre, probe, self.layers_path)
 
@@ -107,28 +119,12 @@ def guard_layers(first_steer_layer: int, n_layers: int, n_guard_layers: int) -> 
     return list(range(start, n_guard_layers))
 
 
-def require_no_guard_at(path: Any, where: str) -> None:
-    """:func:`require_no_guard` on a profile directory's metadata, before any model loads
-    (no-op when ``path`` is None or holds no readable profile: loading it reports that)."""
-    if path is None:
-        return
-    try:
-        meta = json.loads((Path(path) / METADATA).read_text())
-    except (OSError, ValueError):
-        return
-    if isinstance(meta, dict):
-        _refuse_guard(meta.get("guard"), where)
-
-
 def require_no_guard(profile: Any, where: str) -> None:
     """One-line error where a path cannot read a guard's signals yet."""
-    _refuse_guard(getattr(profile, "guard", None), where)
-
-
-def _refuse_guard(record: Any, where: str) -> None:
+    record = getattr(profile, "guard", None)
     if record:
         raise ScansError(
             f"this profile reads its verdicts from a guard model ({record.get('name')}), which {where} "
-            "does not support yet; fix: use the Python API, `scans generate`/`classify`/`bench` "
-            "(transformers backend), or a profile fitted without --guard"
+            "does not support yet; fix: use the transformers backend (the Python API, `scans generate`, "
+            "`chat`, `serve`, `bench`), or a profile fitted without --guard"
         )

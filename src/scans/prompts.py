@@ -348,9 +348,13 @@ def build_message_batch(
     *,
     system: str | None = None,
     max_length: int | None = None,
+    parse_special: bool = True,
 ) -> Batch:
-    """Format, tokenize and left-pad conversations (the ``build_batch`` of message lists)."""
-    encoded = [encode_messages_with_end(tokenizer, c, system) for c in conversations]
+    """Format, tokenize and left-pad conversations (the ``build_batch`` of message lists);
+    ``parse_special`` as in ``encode_messages_with_end``."""
+    encoded = [
+        encode_messages_with_end(tokenizer, c, system, parse_special=parse_special) for c in conversations
+    ]
     if max_length is not None:
         for i, (ids, _) in enumerate(encoded):
             if len(ids) > max_length:

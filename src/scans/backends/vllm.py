@@ -523,11 +523,13 @@ class VLLMScans:
         on_verdicts: Callable[[list[Verdict], list[int]], None] | None = None,
         on_forward: Callable[[int], None] | None = None,
         isolate_errors: bool = False,
+        conversations: Sequence[Sequence[dict[str, str]]] | None = None,
     ) -> list[Any]:
         """``scans.decode.chat_batch`` on the engine (the server's worker calls it): the probe
         pass gives the verdicts, then every conversation is answered with its own sign and
         sampling settings (``RowSettings``), streamed and cancellable per request.
-        ``isolate_errors`` is not implemented on this backend (a failing request fails its batch)."""
+        ``isolate_errors`` is not implemented on this backend (a failing request fails its batch);
+        ``conversations`` are unused (its profiles read no guard)."""
         from ..conversations import ChatResult
         from ..decode import RowResult
 

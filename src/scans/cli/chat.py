@@ -37,13 +37,10 @@ def cmd_chat(args: argparse.Namespace, stdin: Any = None) -> int:
     server's path, the backend's ``chat_batch``), the answer streamed as it is generated."""
     from ..conversations import encode_conversations
     from ..decode import RowSettings
-    from ..guard import require_no_guard, require_no_guard_at
 
     if args.max_new_tokens < 1:
         raise ScansError(f"--max-new-tokens {args.max_new_tokens}; fix: pass 1 or more")
-    require_no_guard_at(getattr(args, "profile", None), "scans chat")  # before the models load
     scans = common.load_scans(args)
-    require_no_guard(scans.profile, "scans chat")
     stdin = stdin or sys.stdin
     history: list[dict[str, str]] = []
     steering = True
@@ -78,6 +75,7 @@ def cmd_chat(args: argparse.Namespace, stdin: Any = None) -> int:
             steer_rows=[steer],
             labels=[messages[-1]["content"]],
             on_verdicts=show_verdict,
+            conversations=[messages],
         )
         write("\n")
         return result.result.text

@@ -311,7 +311,8 @@ def create_app(scans: Any, config: ServeConfig | None = None) -> FastAPI:
         settings = RowSettings(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
                                seed=req.seed, stop=req.stop)  # fmt: skip
         loop = asyncio.get_running_loop()
-        job = Job((ids, end), req.messages[-1]["content"], settings, req.steer, req.stream, loop)
+        job = Job((ids, end), req.messages[-1]["content"], settings, req.steer, req.stream, loop,
+                  messages=req.messages)  # fmt: skip
         try:
             batcher.submit(job)
         except ShuttingDown as exc:

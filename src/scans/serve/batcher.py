@@ -37,6 +37,12 @@ log = logging.getLogger("scans.serve")
 MODES = ("continuous", "closed")
 
 
+def _conversations(jobs: list[Job]) -> list[list[dict[str, str]]] | None:
+    """The jobs' messages, where every job has them (what a guard profile's verdicts read)."""
+    messages = [j.messages for j in jobs]
+    return None if any(m is None for m in messages) else messages  # type: ignore[misc]
+
+
 class QueueFull(Exception):
     """The queue holds ``max_queue`` waiting requests."""
 
@@ -57,6 +63,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     submitted: float = field(default_factory=time.monotonic)
+    messages: list[dict[str, str]] | None = None  # what a guard profile's guard reads
     _cancel: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self) -> None:
@@ -287,6 +294,7 @@ class Batcher:
                 on_verdicts=on_verdicts,
                 on_forward=self._forward,
                 isolate_errors=True,
+                conversations=_conversations(jobs),
             )
         except Exception as exc:  # the worker survives; every job of the batch gets the error
             log.error("batch of %d failed: %s: %s", len(jobs), type(exc).__name__, exc)
@@ -316,7 +324,8 @@ class Batcher:
             encoded = [j.encoded for j in group]
             try:
                 prepared = prepare_batch(self.scans, encoded, steer_rows=[j.steer for j in group],
-                                         labels=[j.label for j in group], on_forward=self._forward)  # fmt: skip
+                                         labels=[j.label for j in group], on_forward=self._forward,
+                                         conversations=_conversations(group))  # fmt: skip
             except Exception as exc:
                 if len(group) > 1:
                     groups += [[j] for j in group]

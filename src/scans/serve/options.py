@@ -121,9 +121,6 @@ def serve_main(args: argparse.Namespace, load: Callable[..., Any]) -> int:
     if not _is_loopback(config.host) and not config.api_key:
         print(f"scans: warning: listening on {config.host} without an API key; anyone who can reach "
               f"it can use the model (pass --api-key or set {API_KEY_ENV})", file=sys.stderr)  # fmt: skip
-    from ..guard import require_no_guard_at
-
-    require_no_guard_at(args.profile, "scans serve")  # before the models load
     scans = load(args, need_profile=False)
     if args.profile:
         scans.load(args.profile)
@@ -135,10 +132,7 @@ def serve_main(args: argparse.Namespace, load: Callable[..., Any]) -> int:
                 f"no --profile given and no cached profile for {scans.name} at {scans.default_profile_path}; "
                 "fix: run `scans fit` with the same --model first, or pass --profile DIR"
             ) from None
-    from ..guard import require_no_guard
     from .server import run_server
-
-    require_no_guard(scans.profile, "scans serve")
 
     shown = "0.0.0.0" if config.host in ("", "0.0.0.0") else config.host
     print(f"scans serve: {config.served_model_name or scans.name} at http://{shown}:{config.port}/v1 "
