@@ -48,7 +48,7 @@ def _guarded() -> tuple[Scans, Guard]:
     t = _tiny("qwen2")
     scans = make_scans(t.model, t.tokenizer)
     guard = Guard.of(_guard_scans())
-    scans.fit(HARMFUL, HARMLESS, BORDERLINE, guard=guard, **FIT_KWARGS)
+    scans.fit(HARMFUL, HARMLESS, BORDERLINE, guard=guard, refusal_gate="off", **FIT_KWARGS)
     # thresholds between the prompts' scores, so the verdicts mix steered and unsteered rows
     scores = sorted(v.score for v in scans.classify(PROMPTS))
     insts = sorted(v.inst for v in scans.classify(PROMPTS) if v.inst is not None)
@@ -278,3 +278,28 @@ def test_a_guard_that_does_not_load_is_one_line_naming_the_guard(tmp_path):
     with pytest.raises(ScansError, match=r"^guard model: .*fix:"):
         scans.fit(HARMFUL, HARMLESS, BORDERLINE, guard=str(tmp_path / "missing"), **FIT_KWARGS)
     assert scans.profile is None and scans.guard is None
+
+
+def test_a_gated_guard_profile_reads_the_answering_models_refusal(monkeypatch):
+    """With the refusal gate (on by default with a guard), the guard's verdicts are held back
+    where the answering model would answer anyway: the same through classify, generate, the
+    conversation path and bench."""
+    import scans.api as api_module
+
+    monkeypatch.setattr(api_module, "first_token_refuses", lambda m, t, last: last.float()[:, 0] > 0)
+    scans, guard = _guarded()
+    gated = make_scans(scans.model, scans.tokenizer)
+    gated.profile, gated.guard = dataclasses.replace(scans.profile, refusal_gate=True), guard
+    api = gated.classify(PROMPTS)
+    plain = scans.classify(PROMPTS)
+    assert [v.score for v in api] == pytest.approx([v.score for v in plain], abs=1e-4)
+    own = gated.signal_acts(PROMPTS)["refuses"].tolist()
+    for v, u, r in zip(api, plain, own):
+        assert v.sign == (u.sign if r or u.decision != "benign" else 0)
+    assert "answers" in {v.decision for v in api}
+    convs = [[{"role": "user", "content": p}] for p in PROMPTS]
+    got = prepare_batch(
+        gated, encode_conversations(gated, convs), labels=PROMPTS, conversations=convs
+    ).verdicts
+    gen = [g.verdict for g in gated.generate(PROMPTS, max_new_tokens=2, progress=False)]
+    assert [v.sign for v in got] == [v.sign for v in gen] == [v.sign for v in api]

@@ -24,6 +24,7 @@ from .models import LoadedModel, find_layers, load_model, model_fingerprint
 from .profile import Profile
 from .progress import progress_bar
 from .prompts import build_batch, context_length, encode_chat
+from .refusal import first_token_refuses
 from .steering import SteeringPlan
 from .verdict import Verdict, decide
 
@@ -240,16 +241,27 @@ class Scans:
         prompts: Sequence[str],
         pre: Prefill | None = None,
         conversations: Sequence[Sequence[dict[str, str]]] | None = None,
+        own: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """What the profile's classifiers read for a batch: this model's probe pass on ``pre``
-        (prefilled here when None), or, for a guard profile, the guard's own pass over the
-        prompts' texts or the whole ``conversations`` when given (``pre`` is not needed then)."""
+        """What the profile's rule reads for a batch: this model's probe pass on ``pre``
+        (prefilled here when None; ``own`` if already computed), or, for a guard profile, the
+        guard's own pass over the prompts' texts or the whole ``conversations`` when given (no
+        prefill of this model needed then); with the refusal gate also ``refuses`` (N,), whether
+        this model's greedy first answer token opens a refusal (:mod:`scans.refusal`)."""
         profile = self.require_profile()
+        if own is None and (not profile.guard or profile.refusal_gate):
+            pre = pre if pre is not None else self.prefill_prompts(prompts)
+            own = probe_pass(self.model, self.tokenizer, pre, profile.probe, self.layers_path)
         if profile.guard:
             guard = self.attach_guard(None, profile.guard)
-            return guard.acts(prompts, profile.system, profile.probe, conversations)
-        pre = pre if pre is not None else self.prefill_prompts(prompts)
-        return probe_pass(self.model, self.tokenizer, pre, profile.probe, self.layers_path)
+            acts = guard.acts(prompts, profile.system, profile.probe, conversations)
+        else:
+            assert own is not None
+            acts = dict(own)
+        if profile.refusal_gate:
+            assert own is not None
+            acts["refuses"] = first_token_refuses(self.model, self.tokenizer, own["inst"][:, -1])
+        return acts
 
     def classify(self, prompts: str | Sequence[str], *, batch_size: int | None = None) -> list[Verdict]:
         """Score prompts: s(q) >= threshold means harmful. Batches group prompts of similar length."""

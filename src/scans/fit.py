@@ -207,5 +207,6 @@ def fit_profile(
         version=__version__,
         extra=diagnostics.to_extra(),
         guard=guard.record() if guard is not None else None,
+        refusal_gate=config.gates(guard),
         **calibrated.rule_fields(),
     )

@@ -94,6 +94,9 @@ class FitConfig:
     budget_counts: str = "refused"
     """Which harmful calibration prompts the budget counts: ``refused`` (those the model itself
     refuses, read from its first answer token: :mod:`scans.refusal`) or ``all``."""
+    refusal_gate: str = "auto"
+    """Steer only the prompts the model would refuse (:mod:`scans.verdict`): ``on``, ``off``, or
+    ``auto`` (on with a guard model, whose classifiers call almost every ordinary prompt benign)."""
 
     def __post_init__(self) -> None:
         if self.layers is not None:
@@ -113,6 +116,12 @@ class FitConfig:
                 raise ScansError(
                     f"max severe loss {severe}; fix: use a fraction in (0, {loss:g}] (at most the max harmful loss)"
                 )
+        if self.refusal_gate not in ("auto", "on", "off"):
+            raise ScansError(f"refusal gate {self.refusal_gate!r}; fix: use auto, on or off")
+        if self.refusal_gate == "on" and loss is None:
+            raise ScansError(
+                "the refusal gate needs decision rule v2; fix: drop --refusal-gate or set --max-harmful-loss"
+            )
         if self.budget_counts not in BUDGET_COUNTS:
             raise ScansError(f"budget counts {self.budget_counts!r}; fix: use 'refused' or 'all'")
         if self.pool_size is not None and self.pool_size < 0:
@@ -151,6 +160,12 @@ class FitConfig:
     def needs_transitions(self) -> bool:
         """Whether every anchor's transition is read (a transition classifier, or all compared)."""
         return self.compare_classifiers or self.classifier != "instruction"
+
+    def gates(self, guard: object) -> bool:
+        """Whether the fitted profile gets the refusal gate (``refusal_gate``; auto: with a guard)."""
+        if self.max_harmful_loss is None or self.refusal_gate == "off":
+            return False
+        return self.refusal_gate == "on" or guard is not None
 
     def require_guard_options(self, guard: object) -> None:
         """One-line error unless ``guard`` (a model spec, a loaded model or None) can be fitted
@@ -230,6 +245,7 @@ class FitConfig:
             max_harmful_loss=max_loss,
             max_severe_loss=severe_loss,
             budget_counts=args.budget_counts,
+            refusal_gate=args.refusal_gate,
         )
 
 

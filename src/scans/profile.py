@@ -19,7 +19,8 @@ from .steering import SteeringPlan, SteeringVector
 
 FORMAT_VERSION = 2
 GUARD_FORMAT = 3  # a profile whose classifiers read a guard model (``guard``); older scans refuse it
-READABLE_FORMATS = (1, 2, 3)  # format 1 (no second signal, no steer threshold) reads as rule v1
+GATE_FORMAT = 4  # a profile with the refusal gate (``refusal_gate``); older scans refuse it
+READABLE_FORMATS = (1, 2, 3, 4)  # format 1 (no second signal, no steer threshold) reads as rule v1
 TENSORS = "vectors.safetensors"
 METADATA = "profile.json"
 CLASSIFIERS = ("instruction", "contrast", "cosine")
@@ -84,6 +85,9 @@ class Profile:
     decision: dict[str, Any] = field(default_factory=dict)  # how the rule's thresholds were calibrated
     # The guard model the classifiers read (scans.guard.Guard.record); None: the model itself.
     guard: dict[str, Any] | None = None
+    # Steer a prompt judged benign only where the answering model would refuse it (its greedy
+    # first answer token opens a refusal: scans.refusal); the others are left as they are.
+    refusal_gate: bool = False
 
     def __post_init__(self) -> None:
         layers, _ = self.vectors.shape
@@ -188,7 +192,9 @@ class Profile:
 
     def metadata(self) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self).items() if k not in TENSOR_FIELDS}
-        data["format_version"] = GUARD_FORMAT if self.guard else FORMAT_VERSION
+        data["format_version"] = (
+            GATE_FORMAT if self.refusal_gate else GUARD_FORMAT if self.guard else FORMAT_VERSION
+        )
         data["n_layers"] = self.n_layers
         data["hidden_size"] = int(self.vectors.shape[1])
         return data

@@ -17,7 +17,13 @@ and decides, first match wins::
 
     score >= threshold                                 -> "harmful"  sign = harmful_sign (0 by default)
     score >= steer_threshold or inst >= inst_threshold -> "abstain"  sign = 0 (not sure enough)
+    refusal gate on and the model would not refuse     -> "answers"  sign = 0 (nothing to unlock)
     otherwise                                          -> "benign"   sign = -1 (steer away from refusal)
+
+The refusal gate (``Profile.refusal_gate``) reads the answering model's own greedy first answer
+token (``acts["refuses"]``, :mod:`scans.refusal`, the reading the budget counts refusals by):
+a prompt the model answers anyway is left as it is, which keeps its answer and the model's
+utility on ordinary prompts.
 
 The steer threshold t (``steer_threshold`` = ``inst_threshold``) is calibrated for the user's
 safety budget ``max_harmful_loss`` on the joint signal max(score, inst): on out-of-fold
@@ -36,12 +42,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .errors import ScansError
 from .vectors import transitions
 
 if TYPE_CHECKING:
     from .profile import Profile
 
-DECISIONS = ("harmful", "abstain", "benign")
+DECISIONS = ("harmful", "abstain", "answers", "benign")
 RULES = ("v2", "v1")
 
 
@@ -73,6 +80,16 @@ def signals(profile: Profile, acts: dict[str, torch.Tensor]) -> tuple[torch.Tens
     return score, profile.inst_scores(inst)
 
 
+def require_ungated(profile: Profile, where: str) -> None:
+    """One-line error where a path cannot read the refusal gate (the answering model's first
+    answer token) yet."""
+    if profile.refusal_gate:
+        raise ScansError(
+            f"this profile steers only the prompts the model would refuse (the refusal gate), which {where} "
+            "does not support yet; fix: use the transformers backend, or refit with --refusal-gate off"
+        )
+
+
 def rule_of(profile: Profile, rule: str | None = None) -> str:
     """``rule`` if given, else the profile's own: v2 where it holds a steer threshold, else v1."""
     if rule is not None:
@@ -82,8 +99,11 @@ def rule_of(profile: Profile, rule: str | None = None) -> str:
     return "v2" if profile.steer_threshold is not None else "v1"
 
 
-def verdict_of(profile: Profile, prompt: str, score: float, inst: float | None, rule: str) -> Verdict:
-    """The rule for one prompt's signals (see the module docstring)."""
+def verdict_of(
+    profile: Profile, prompt: str, score: float, inst: float | None, rule: str, refuses: bool | None = None
+) -> Verdict:
+    """The rule for one prompt's signals (see the module docstring); ``refuses``: whether the
+    answering model would refuse it (read by the refusal gate only)."""
     harmful = score >= profile.threshold
     if rule == "v1" or harmful:
         sign = profile.harmful_sign if harmful else -1
@@ -92,15 +112,27 @@ def verdict_of(profile: Profile, prompt: str, score: float, inst: float | None, 
     unsure_inst = inst is not None and profile.inst_threshold is not None and inst >= profile.inst_threshold
     if score >= steer_threshold or unsure_inst:
         return Verdict(prompt, score, False, 0, "abstain", inst)
+    if profile.refusal_gate and refuses is not None and not refuses:
+        return Verdict(prompt, score, False, 0, "answers", inst)
     return Verdict(prompt, score, False, -1, "benign", inst)
 
 
 def decide(
     profile: Profile, acts: dict[str, torch.Tensor], prompts: Sequence[str], rule: str | None = None
 ) -> list[Verdict]:
-    """Verdicts of a batch, in row order: the only place the steering decision is made."""
+    """Verdicts of a batch, in row order: the only place the steering decision is made. A
+    gated profile's ``acts`` also hold ``refuses`` (N,) bool (``Scans.signal_acts``)."""
     score, inst = signals(profile, acts)
     assert score.shape == (len(prompts),), f"{score.shape[0]} scores for {len(prompts)} prompts"
     rule = rule_of(profile, rule)
     second = inst.tolist() if inst is not None else [None] * len(prompts)
-    return [verdict_of(profile, p, float(x), i, rule) for p, x, i in zip(prompts, score.tolist(), second)]
+    if profile.refusal_gate and rule == "v2":
+        assert "refuses" in acts, "a gated profile's verdicts need acts['refuses'] (Scans.signal_acts)"
+        refuses = [bool(r) for r in acts["refuses"].tolist()]
+        assert len(refuses) == len(prompts), f"{len(refuses)} refusal readings for {len(prompts)} prompts"
+    else:
+        refuses = [None] * len(prompts)
+    return [
+        verdict_of(profile, p, float(x), i, rule, r)
+        for p, x, i, r in zip(prompts, score.tolist(), second, refuses)
+    ]

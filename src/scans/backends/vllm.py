@@ -275,8 +275,10 @@ class VLLMScans:
     def set_profile(self, profile: Profile) -> None:
         """Use ``profile``: its vectors and coefficients go to the workers."""
         from ..guard import require_no_guard
+        from ..verdict import require_ungated
 
         require_no_guard(profile, "the vLLM backend")
+        require_ungated(profile, "the vLLM backend")
         if profile.n_layers != self.n_layers:
             raise ScansError(
                 f"profile has {profile.n_layers} layers, the model {self.n_layers}; fix: fit a profile for this model"

@@ -185,17 +185,21 @@ def method_decisions(
     methods: Sequence[Method], scans: Scans, pre: Prefill, prompts: Sequence[str]
 ) -> dict[str, Any]:
     """Each method's ``Decision`` on a prefilled batch of ``prompts``: the answering model's probe
-    pass for the methods that read it, a guard profile's guard pass for those that read the guard
-    (``Scans.signal_acts``), each computed once and only when some method needs it."""
+    pass for the methods that read it, ``Scans.signal_acts`` (a guard profile's guard pass, the
+    refusal gate's reading, built on that same probe pass) for those that read it, each computed
+    once and only when some method needs it."""
     probe = [m for m in methods if m.needs_probe]
+    profile = scans.require_profile()
+    signals = [m for m in probe if m.reads_signals]
+    own_needed = len(signals) < len(probe) or (signals and profile.refusal_gate)
     acts = (
-        probe_pass(scans.model, scans.tokenizer, pre, scans.require_profile().probe, scans.layers_path)
-        if any(not m.uses_guard for m in probe)
+        probe_pass(scans.model, scans.tokenizer, pre, profile.probe, scans.layers_path)
+        if own_needed
         else None
     )
-    guard_acts = scans.signal_acts(prompts, pre) if any(m.uses_guard for m in probe) else None
+    signal_acts = scans.signal_acts(prompts, pre, own=acts) if signals else None
     n = pre.batch.input_ids.shape[0]
-    return {m.name: m.decide(guard_acts if m.uses_guard else acts, n) for m in methods}
+    return {m.name: m.decide(signal_acts if m.reads_signals else acts, n) for m in methods}
 
 
 def group_methods(methods: Sequence[Method]) -> list[list[Method]]:

@@ -69,7 +69,14 @@ def add_fit_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="read the verdicts' classifiers from this (usually larger) model instead: a local directory, "
         "hub id, .gguf file or embedded:qwen-1.5b; the answering model keeps its own steering and its "
-        "refusals still set the budget (transformers backend; not yet for serve, chat or vLLM)",
+        "refusals still set the budget (transformers backend; not yet for vLLM)",
+    )
+    fit.add_argument(
+        "--refusal-gate",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="steer a prompt judged benign only where the model would refuse it (its first answer token "
+        "opens a refusal), leaving the answers it gives anyway untouched; auto: on with --guard (default)",
     )
     fit.add_argument(
         "--max-severe-loss",

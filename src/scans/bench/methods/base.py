@@ -62,9 +62,9 @@ class Method:
         yield
 
     @property
-    def uses_guard(self) -> bool:
-        """decide() reads a guard model's activations (a guard profile's classifiers) instead of
-        the answering model's probe pass."""
+    def reads_signals(self) -> bool:
+        """decide() reads ``Scans.signal_acts`` (a guard profile's guard pass, the refusal gate's
+        reading) instead of the answering model's bare probe pass."""
         return False
 
     def decide(self, acts: dict[str, torch.Tensor] | None, n: int) -> Decision:

@@ -35,8 +35,9 @@ class ScansMethod(Method):
     rule: ClassVar[str | None] = None  # None: the profile's own rule (see scans.verdict)
 
     @property
-    def uses_guard(self) -> bool:
-        return self.classifier_profile().guard is not None
+    def reads_signals(self) -> bool:
+        p = self.classifier_profile()
+        return p.guard is not None or (p.refusal_gate and rule_of(p, self.rule) == "v2")
 
     def decide(self, acts: dict[str, torch.Tensor] | None, n: int) -> Decision:
         assert acts is not None, f"{self.name} needs the probe pass"
@@ -55,6 +56,7 @@ class ScansMethod(Method):
             "inst_threshold": p.inst_threshold,
             "max_harmful_loss": p.max_harmful_loss,
             "guard": (p.guard or {}).get("name"),
+            "refusal_gate": p.refusal_gate,
         }
 
 
@@ -104,6 +106,7 @@ class ScansPaper(ScansMethod):
             steer_threshold=None,
             inst_threshold=None,
             guard=None,  # the paper's cosine classifier reads the answering model
+            refusal_gate=False,
         )
 
     def classifier_profile(self) -> Profile:
