@@ -283,3 +283,29 @@ def _one_thread(request):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def verdicts_by_path(s, prompts: list[str], run_dir, methods: str = "scans") -> dict[str, Any]:
+    """The same prompts' verdicts through every path: ``api`` (classify), ``generate``, ``chat``
+    (the conversation path the server uses: verdicts and signs) and ``bench`` (records by
+    (method, id) of a ``run_generations`` run of ``methods``)."""
+    import json
+
+    from scans.bench.data import Split
+    from scans.bench.options import build_methods
+    from scans.bench.runner import GENERATIONS, BenchConfig, run_generations
+    from scans.conversations import chat_batch, encode_conversations
+    from scans.decode import RowSettings
+
+    out: dict[str, Any] = {"api": s.classify(prompts)}
+    out["generate"] = [g.verdict for g in s.generate(prompts, max_new_tokens=2, progress=False)]
+    encoded = encode_conversations(s, [[{"role": "user", "content": p}] for p in prompts])
+    chat_batch(s, encoded, [RowSettings(max_tokens=2)] * len(prompts), labels=prompts,
+               on_verdicts=lambda vs, signs: out.update(chat=vs, chat_signs=signs))  # fmt: skip
+    split = Split("mine", list(prompts), ["unsafe"] * len(prompts))
+    run_generations(
+        s, [split], build_methods(s, methods), run_dir, BenchConfig(max_new_tokens=2), progress=False
+    )
+    records = [json.loads(line) for line in (run_dir / GENERATIONS).read_text().splitlines()]
+    out["bench"] = {(r["method"], r["id"]): r for r in records}
+    return out

@@ -12,12 +12,7 @@ import torch
 
 import scans.api as api_module
 import scans.cli as cli
-from conftest import BORDERLINE, FIT_KWARGS, HARMFUL, HARMLESS, _fitted, _tiny, make_scans
-from scans.bench.data import Split
-from scans.bench.options import build_methods
-from scans.bench.runner import GENERATIONS, BenchConfig, run_generations
-from scans.conversations import chat_batch, encode_conversations
-from scans.decode import RowSettings
+from conftest import BORDERLINE, FIT_KWARGS, HARMFUL, HARMLESS, _fitted, _tiny, make_scans, verdicts_by_path
 from scans.errors import ScansError
 from scans.fit_config import FitConfig
 from scans.profile import Profile
@@ -82,22 +77,13 @@ def test_signal_acts_reads_the_models_first_answer_token():
 
 def test_same_gated_verdicts_through_every_path(tmp_path, monkeypatch):
     monkeypatch.setattr(api_module, "first_token_refuses", _reading)
-    s = _gated()
-    api = s.classify(PROMPTS)
+    paths = verdicts_by_path(_gated(), PROMPTS, tmp_path, "scans,scans-v1")
+    api, by = paths["api"], paths["bench"]
     assert {v.decision for v in api} >= {"benign", "answers", "harmful"}
-    gen = [g.verdict for g in s.generate(PROMPTS, max_new_tokens=2, progress=False)]
-    encoded = encode_conversations(s, [[{"role": "user", "content": p}] for p in PROMPTS])
-    seen = {}
-    chat_batch(s, encoded, [RowSettings(max_tokens=2)] * len(PROMPTS), labels=PROMPTS,
-               on_verdicts=lambda vs, signs: seen.update(verdicts=vs, signs=signs))  # fmt: skip
-    split = Split("mine", PROMPTS, ["unsafe"] * len(PROMPTS))
-    run_generations(s, [split], build_methods(s, "scans,scans-v1"), tmp_path, BenchConfig(max_new_tokens=2),
-                    progress=False)  # fmt: skip
-    records = [json.loads(line) for line in (tmp_path / GENERATIONS).read_text().splitlines()]
-    by = {(r["method"], r["id"]): r for r in records}
     for i, v in enumerate(api):
-        for other in (gen[i], seen["verdicts"][i]):
+        for other in (paths["generate"][i], paths["chat"][i]):
             assert (other.decision, other.sign) == (v.decision, v.sign)
+        assert paths["chat_signs"][i] == v.sign
         assert (by[("scans", i)]["decision"], by[("scans", i)]["sign"]) == (v.decision, v.sign)
         assert by[("scans-v1", i)]["decision"] != "answers"  # the previous rule has no gate
 

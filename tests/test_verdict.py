@@ -10,12 +10,7 @@ import pytest
 import torch
 
 import scans.cli as cli
-from conftest import BORDERLINE, FIT_KWARGS, HARMFUL, HARMLESS, _fitted, _tiny, make_scans
-from scans.bench.data import Split
-from scans.bench.options import build_methods
-from scans.bench.runner import GENERATIONS, BenchConfig, run_generations
-from scans.conversations import chat_batch, encode_conversations
-from scans.decode import RowSettings
+from conftest import BORDERLINE, FIT_KWARGS, HARMFUL, HARMLESS, _fitted, _tiny, make_scans, verdicts_by_path
 from scans.errors import ScansError
 from scans.pool import PoolItem, parse_label, read_pool, sample_pool, shipped_taxonomy
 from scans.profile import Profile
@@ -84,25 +79,17 @@ def test_same_verdicts_through_every_path(tmp_path):
     s = _scans_with(
         _profile(threshold=scores[8] - 1e-6, steer_threshold=scores[4] - 1e-6, inst_threshold=1e9)
     )
-    api = s.classify(PROMPTS)
+    paths = verdicts_by_path(s, PROMPTS, tmp_path)
+    api = paths["api"]
     assert {v.decision for v in api} >= {"benign", "harmful"}
-    gen = [g.verdict for g in s.generate(PROMPTS, max_new_tokens=2, progress=False)]
-    encoded = encode_conversations(s, [[{"role": "user", "content": p}] for p in PROMPTS])
-    seen = {}
-    chat_batch(s, encoded, [RowSettings(max_tokens=2)] * len(PROMPTS), labels=PROMPTS,
-               on_verdicts=lambda vs, signs: seen.update(verdicts=vs, signs=signs))  # fmt: skip
-    split = Split("mine", PROMPTS, ["unsafe"] * len(PROMPTS))
-    run_generations(s, [split], build_methods(s, "scans"), tmp_path, BenchConfig(max_new_tokens=2),
-                    progress=False)  # fmt: skip
-    records = sorted((json.loads(l) for l in (tmp_path / GENERATIONS).read_text().splitlines()),
-                     key=lambda r: r["id"])  # fmt: skip
     for i, v in enumerate(api):
-        for other in (gen[i], seen["verdicts"][i]):
+        for other in (paths["generate"][i], paths["chat"][i]):
             assert (other.decision, other.sign) == (v.decision, v.sign)
             assert other.score == pytest.approx(v.score, abs=1e-4)
-        assert seen["signs"][i] == v.sign
-        assert (records[i]["decision"], records[i]["sign"]) == (v.decision, v.sign)
-        assert records[i]["score"] == pytest.approx(v.score, abs=1e-4)
+        assert paths["chat_signs"][i] == v.sign
+        record = paths["bench"][("scans", i)]
+        assert (record["decision"], record["sign"]) == (v.decision, v.sign)
+        assert record["score"] == pytest.approx(v.score, abs=1e-4)
 
 
 def test_decide_checks_the_batch():

@@ -269,7 +269,7 @@ class Scans:
         out: list[Verdict | None] = [None] * len(prompts)
         for rows in self._buckets(prompts, batch_size):
             chunk = [prompts[i] for i in rows]
-            for i, v in zip(rows, self.verdicts_of(chunk)):  # a guard profile needs no prefill here
+            for i, v in zip(rows, self.verdicts_of(chunk)):  # prefills only where the rule reads it
                 out[i] = v
         return [v for v in out if v is not None]
 
