@@ -231,7 +231,7 @@ def print_decision(profile: Any) -> None:
         f"{below:.4f} and the instruction-end score < {profile.inst_threshold:.4f}"
         + (" (s(q) capped by the harmful threshold)" if below < profile.steer_threshold else "")
     )
-    if profile.refusal_gate:
+    if getattr(profile, "refusal_gate", False):  # also takes profile-like objects
         print("  refusal gate: only the prompts the model would refuse (first answer token) are steered")
     refused = b.get("counted") == "refused"
     which = "harmful prompt the model refuses" if refused else "harmful prompt"
