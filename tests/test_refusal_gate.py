@@ -1,6 +1,6 @@
 """The refusal gate (``Profile.refusal_gate``): a prompt judged benign is steered only where the
 answering model would refuse it (its greedy first answer token opens a refusal); every path
-reads the gate the same way, and the paths that cannot read it refuse gated profiles."""
+reads the gate the same way (the vLLM backend's: tests/test_vllm_backend.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from scans.errors import ScansError
 from scans.fit_config import FitConfig
 from scans.profile import Profile
 from scans.refusal import first_token_refuses
-from scans.verdict import decide, require_ungated, verdict_of
+from scans.verdict import decide, verdict_of
 
 PROMPTS = [*HARMFUL[:4], *HARMLESS[:4], *BORDERLINE[:4]]
 
@@ -115,12 +115,6 @@ def test_fit_options_and_format(tmp_path):
     plain = _fitted("qwen2").profile
     assert not plain.refusal_gate
     assert json.loads((plain.save(tmp_path / "q") / "profile.json").read_text())["format_version"] == 2
-
-
-def test_the_vllm_backend_refuses_a_gated_profile_in_one_line():
-    with pytest.raises(ScansError, match="refusal gate.*which the vLLM backend does not support yet; fix:"):
-        require_ungated(_gated().profile, "the vLLM backend")
-    require_ungated(_fitted("qwen2").profile, "the vLLM backend")
 
 
 def test_cli_refusal_gate_option(capsys):

@@ -143,6 +143,25 @@ def test_same_verdicts_as_transformers(both):
     assert 0 < sum(v.harmful for v in ref) < len(PROMPTS)
 
 
+def test_same_gated_verdicts_as_transformers(both):
+    """The refusal gate reads the same first answer token in the engine (prompt log-probs)."""
+    hf, engine = both
+    gated = dataclasses.replace(hf.profile, refusal_gate=True)
+    ref_scans = Scans(hf.model, hf.tokenizer, name=hf.name)
+    ref_scans.profile = gated
+    ref = ref_scans.classify(PROMPTS)
+    engine.set_profile(gated)
+    try:
+        got = engine.classify(PROMPTS)
+        acts = engine.probe_activations(engine.encode(PROMPTS), gated.probe, refuses=True)
+    finally:
+        engine.set_profile(hf.profile)
+    assert [(v.decision, v.sign) for v in got] == [(v.decision, v.sign) for v in ref]
+    own = ref_scans.signal_acts(PROMPTS)["refuses"]
+    assert acts["refuses"].tolist() == own.tolist()
+    assert 0 < int(own.sum()) < len(PROMPTS)  # the set mixes refused and answered prompts
+
+
 def test_steered_greedy_tokens_match_transformers(both):
     hf, engine = both
     verdicts = engine.classify(PROMPTS)

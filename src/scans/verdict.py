@@ -42,7 +42,6 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .errors import ScansError
 from .vectors import transitions
 
 if TYPE_CHECKING:
@@ -78,16 +77,6 @@ def signals(profile: Profile, acts: dict[str, torch.Tensor]) -> tuple[torch.Tens
     score = profile.scores(tau, uend)
     assert torch.isfinite(score).all(), "non-finite harmfulness scores"
     return score, profile.inst_scores(inst)
-
-
-def require_ungated(profile: Profile, where: str) -> None:
-    """One-line error where a path cannot read the refusal gate (the answering model's first
-    answer token) yet."""
-    if profile.refusal_gate:
-        raise ScansError(
-            f"this profile steers only the prompts the model would refuse (the refusal gate), which {where} "
-            "does not support yet; fix: use the transformers backend, or refit with --refusal-gate off"
-        )
 
 
 def rule_of(profile: Profile, rule: str | None = None) -> str:

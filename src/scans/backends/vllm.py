@@ -51,6 +51,7 @@ from ..backend import Capabilities
 from ..errors import ScansError
 from ..profile import Profile
 from ..prompts import encode_chat_with_end, encode_probe
+from ..refusal import refusal_first_ids
 from ..verdict import Verdict, decide
 from .vllm_worker import PROFILE_PLAN, WORKER_EXTENSION, pack, unpack
 
@@ -275,10 +276,8 @@ class VLLMScans:
     def set_profile(self, profile: Profile) -> None:
         """Use ``profile``: its vectors and coefficients go to the workers."""
         from ..guard import require_no_guard
-        from ..verdict import require_ungated
 
         require_no_guard(profile, "the vLLM backend")
-        require_ungated(profile, "the vLLM backend")
         if profile.n_layers != self.n_layers:
             raise ScansError(
                 f"profile has {profile.n_layers} layers, the model {self.n_layers}; fix: fit a profile for this model"
@@ -336,9 +335,12 @@ class VLLMScans:
         return [encode_chat_with_end(self.tokenizer, p, system) for p in prompts]
 
     def probe_activations(
-        self, encoded: Sequence[tuple[list[int], int]], probe: str | None = None
+        self, encoded: Sequence[tuple[list[int], int]], probe: str | None = None, refuses: bool = False
     ) -> dict[str, torch.Tensor]:
-        """The probe pass: block outputs (N, L, D) at ``inst``, ``probe`` and ``uend``."""
+        """The probe pass: block outputs (N, L, D) at ``inst``, ``probe`` and ``uend``; with
+        ``refuses`` also ``refuses`` (N,): whether the greedy first answer token opens a refusal
+        (the refusal gate's reading, :mod:`scans.refusal`), the top token of the prompt
+        log-probabilities at the first probe token, which follows the instruction end."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -352,8 +354,9 @@ class VLLMScans:
             tags.append(tag)
             prompts.append(TokensPrompt(prompt_token_ids=seq))
             params.append(SamplingParams(max_tokens=1, temperature=0.0, skip_reading_prefix_cache=True,
+                                         prompt_logprobs=1 if refuses else None,
                                          extra_args={"scans": {"tag": tag, "capture": capture}}))  # fmt: skip
-        self.llm.generate(prompts, params, use_tqdm=False)
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
         got = self.llm.collective_rpc("scans_take", args=(tags,))[0]
         out: dict[str, torch.Tensor] = {}
         for name in CAPTURE_NAMES:
@@ -366,11 +369,19 @@ class VLLMScans:
                     )
                 rows.append(unpack(got[tag][name], self.n_layers, -1))
             out[name] = torch.stack(rows)
+        if refuses:
+            openers = refusal_first_ids(self.tokenizer)
+            first = []
+            for (ids, _), output in zip(encoded, outputs):
+                top = output.prompt_logprobs[len(ids)]  # the distribution after the instruction end
+                first.append(max(top.items(), key=lambda kv: kv[1].logprob)[0])
+            out["refuses"] = torch.tensor([t in openers for t in first], dtype=torch.bool)
         return out
 
     def verdicts_of(self, prompts: Sequence[str], encoded: Sequence[tuple[list[int], int]]) -> list[Verdict]:
         profile = self.require_profile()
-        return decide(profile, self.probe_activations(encoded, profile.probe), prompts)
+        acts = self.probe_activations(encoded, profile.probe, refuses=profile.refusal_gate)
+        return decide(profile, acts, prompts)
 
     def classify(self, prompts: str | Sequence[str], **_ignored: Any) -> list[Verdict]:
         """Score prompts (s(q) >= threshold: harmful), in the engine, in input order."""

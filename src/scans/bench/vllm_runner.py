@@ -92,7 +92,9 @@ def run_generations_vllm(
             if system not in encoded:
                 encoded[system] = engine.encode(prompts, system, profile_system=False)
             if m.needs_probe and system not in acts:
-                acts[system] = engine.probe_activations(encoded[system], profile.probe)
+                acts[system] = engine.probe_activations(
+                    encoded[system], profile.probe, refuses=profile.refusal_gate
+                )
             decision = m.decide(acts.get(system), len(rows))
             plan = engine.plan_for(m.steering_profile()) if any(decision.signs[j] for j in need) else None
             for j in need:
