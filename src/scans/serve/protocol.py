@@ -299,7 +299,7 @@ def completion_id() -> str:
 def scans_field(
     score: float, harmful: bool, sign: int, threshold: float, decision: str = ""
 ) -> dict[str, Any]:
-    """The response's ``scans`` field; ``decision`` is the rule's branch (harmful, abstain, benign)."""
+    """The response's ``scans`` field; ``decision`` is the rule's branch (harmful, abstain, answers, benign)."""
     return {"score": round(score, 6), "harmful": harmful, "sign": sign, "steered": sign != 0,
             "threshold": round(threshold, 6),
             "decision": decision or ("harmful" if harmful else "benign")}  # fmt: skip
