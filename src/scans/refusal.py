@@ -12,6 +12,7 @@ answers anyway cannot be unlocked by steering).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -43,7 +44,12 @@ def first_tokens(model: nn.Module, last: torch.Tensor, batch: int = 256) -> torc
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
+def opens_refusal(tokenizer: Any, token_ids: torch.Tensor | Sequence[int]) -> torch.Tensor:
+    """(N,) bool: each first answer token opens a refusal (:func:`refusal_first_ids`)."""
+    openers = torch.tensor(sorted(refusal_first_ids(tokenizer)), dtype=torch.long)
+    return torch.isin(torch.as_tensor(token_ids, dtype=torch.long), openers)
+
+
 def first_token_refuses(model: nn.Module, tokenizer: Any, last: torch.Tensor) -> torch.Tensor:
     """(N,) bool: the greedy first answer token opens a refusal (:func:`first_tokens`)."""
-    openers = torch.tensor(sorted(refusal_first_ids(tokenizer)), dtype=torch.long)
-    return torch.isin(first_tokens(model, last), openers)
+    return opens_refusal(tokenizer, first_tokens(model, last))

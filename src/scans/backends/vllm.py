@@ -51,7 +51,7 @@ from ..backend import Capabilities
 from ..errors import ScansError
 from ..profile import Profile
 from ..prompts import encode_chat_with_end, encode_probe
-from ..refusal import refusal_first_ids
+from ..refusal import opens_refusal
 from ..verdict import Verdict, decide
 from .vllm_worker import PROFILE_PLAN, WORKER_EXTENSION, pack, unpack
 
@@ -370,12 +370,11 @@ class VLLMScans:
                 rows.append(unpack(got[tag][name], self.n_layers, -1))
             out[name] = torch.stack(rows)
         if refuses:
-            openers = refusal_first_ids(self.tokenizer)
             first = []
             for (ids, _), output in zip(encoded, outputs):
                 top = output.prompt_logprobs[len(ids)]  # the distribution after the instruction end
                 first.append(max(top.items(), key=lambda kv: kv[1].logprob)[0])
-            out["refuses"] = torch.tensor([t in openers for t in first], dtype=torch.bool)
+            out["refuses"] = opens_refusal(self.tokenizer, first)
         return out
 
     def verdicts_of(self, prompts: Sequence[str], encoded: Sequence[tuple[list[int], int]]) -> list[Verdict]:
