@@ -31,6 +31,7 @@ DEFAULT_CROSSFIT_SPLITS = 8
 MAX_CROSSFIT_SPLITS = 1000  # each split costs a fold fit per classifier; far more is a typo
 MIN_HELDOUT = 2  # held-out anchors per side, at least
 BUDGET_COUNTS = ("refused", "all")
+REFUSAL_GATES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ class FitConfig:
                 raise ScansError(
                     f"max severe loss {severe}; fix: use a fraction in (0, {loss:g}] (at most the max harmful loss)"
                 )
-        if self.refusal_gate not in ("auto", "on", "off"):
+        if self.refusal_gate not in REFUSAL_GATES:
             raise ScansError(f"refusal gate {self.refusal_gate!r}; fix: use auto, on or off")
         if self.refusal_gate == "on" and loss is None:
             raise ScansError(

@@ -186,15 +186,13 @@ def method_decisions(
 ) -> dict[str, Any]:
     """Each method's ``Decision`` on a prefilled batch of ``prompts``: the answering model's probe
     pass for the methods that read it, ``Scans.signal_acts`` (a guard profile's guard pass, the
-    refusal gate's reading, built on that same probe pass) for those that read it, each computed
-    once and only when some method needs it."""
+    refusal gate's reading) for those that read it, each computed once and only when some method
+    needs it (``signal_acts`` reuses the probe pass, or runs it itself when its rule reads it)."""
     probe = [m for m in methods if m.needs_probe]
-    profile = scans.require_profile()
     signals = [m for m in probe if m.reads_signals]
-    own_needed = len(signals) < len(probe) or (signals and profile.refusal_gate)
     acts = (
-        probe_pass(scans.model, scans.tokenizer, pre, profile.probe, scans.layers_path)
-        if own_needed
+        probe_pass(scans.model, scans.tokenizer, pre, scans.require_profile().probe, scans.layers_path)
+        if len(signals) < len(probe)
         else None
     )
     signal_acts = scans.signal_acts(prompts, pre, own=acts) if signals else None

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from ..errors import ScansError
-from ..fit_config import DEFAULT_CROSSFIT_SPLITS, DEFAULT_SHRINKAGE, FitConfig
+from ..fit_config import DEFAULT_CROSSFIT_SPLITS, DEFAULT_SHRINKAGE, REFUSAL_GATES, FitConfig
 from . import common
 from .common import add_model_args, add_profile_arg, batch_size_arg, parse_layers, shrinkage_arg
 
@@ -73,7 +73,7 @@ def add_fit_parser(sub: argparse._SubParsersAction) -> None:
     )
     fit.add_argument(
         "--refusal-gate",
-        choices=("auto", "on", "off"),
+        choices=REFUSAL_GATES,
         default="auto",
         help="steer a prompt judged benign only where the model would refuse it (its first answer token "
         "opens a refusal), leaving the answers it gives anyway untouched; auto: on with --guard (default)",
