@@ -112,6 +112,10 @@ def test_fit_options_and_format(tmp_path):
     path = fitted.profile.save(tmp_path / "p")
     assert json.loads((path / "profile.json").read_text())["format_version"] == 4
     assert Profile.load(path).refusal_gate
+    meta = json.loads((path / "profile.json").read_text())
+    (path / "profile.json").write_text(json.dumps({**meta, "refusal_gate": "maybe"}))
+    with pytest.raises(ScansError, match="refusal_gate 'maybe' is not true or false; fix:"):
+        Profile.load(path)
     plain = _fitted("qwen2").profile
     assert not plain.refusal_gate
     assert json.loads((plain.save(tmp_path / "q") / "profile.json").read_text())["format_version"] == 2

@@ -103,6 +103,10 @@ class Profile:
                     f"{name} {ids} out of range for a model with {bound} layers; "
                     f"fix: choose layers in 0..{bound - 1}"
                 )
+        if not isinstance(self.refusal_gate, bool):
+            raise ScansError(
+                f"refusal_gate {self.refusal_gate!r} is not true or false; fix: rerun `scans fit`"
+            )
         if self.guard is not None and self.classifier != "instruction":
             raise ScansError(
                 f"a guard profile with the {self.classifier!r} classifier; fix: guards read the "
