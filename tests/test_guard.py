@@ -31,6 +31,7 @@ from scans.bench.runner import GENERATIONS, BenchConfig, run_generations
 from scans.conversations import encode_conversations, prepare_batch
 from scans.errors import ScansError
 from scans.guard import Guard, guard_layers, require_no_guard
+from scans.prompts import encode_messages_with_end
 from scans.verdict import decide
 
 PROMPTS = [*BORDERLINE[:4], *HARMFUL[:3], *HARMLESS[:2]]
@@ -207,6 +208,32 @@ def test_the_server_reads_the_guard(batching):
             [want] = decide(p, scans.guard.acts(labels, p.system, p.probe, [conv]), labels)
             info = r.json()["scans"]
             assert info["score"] == pytest.approx(want.score, abs=1e-4) and info["sign"] == want.sign
+    finally:
+        live.close()
+
+
+def test_a_conversation_beyond_the_guards_context_is_a_400(monkeypatch):
+    """The guard's context is checked when the request arrives: a 400 naming it, and the
+    server answers the next request (a longer-context answering model would otherwise take it)."""
+    pytest.importorskip("fastapi")
+    import httpx
+
+    from test_server import Live
+
+    scans, guard = _guarded()
+    short = CONVERSATIONS[0]
+    n = len(encode_messages_with_end(guard.tokenizer, short, scans.profile.system, parse_special=False)[0])
+    monkeypatch.setattr(guard.model.config, "max_position_embeddings", n + 8)
+    assert scans.max_model_len > n + 40
+    long = [*short[:-1], {"role": "user", "content": short[-1]["content"] + " and more" * 20}]
+    live = Live(scans, max_batch_size=4, batch_window_ms=20)
+    try:
+        url = f"{live.url}/v1/chat/completions"
+        r = httpx.post(url, json={"messages": long, "max_tokens": 2}, timeout=30)
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert err["code"] == "context_length_exceeded" and f"its context of {n + 8}" in err["message"]
+        assert httpx.post(url, json={"messages": short, "max_tokens": 2}, timeout=30).status_code == 200
     finally:
         live.close()
 

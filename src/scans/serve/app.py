@@ -26,7 +26,7 @@ from starlette.requests import ClientDisconnect
 
 from ..decode import FINISH_CANCELLED, RowSettings
 from ..errors import ScansError
-from ..prompts import encode_messages_with_end
+from ..prompts import context_length, encode_messages_with_end
 from .batcher import Batcher, Job, QueueFull, ShuttingDown
 from .config import ServeConfig
 from .metrics import Metrics
@@ -134,6 +134,11 @@ def create_app(scans: Any, config: ServeConfig | None = None) -> FastAPI:
     limits = Limits(max_tokens_limit=config.max_tokens_limit, default_max_tokens=config.default_max_tokens)
     # the worker owns scans.tokenizer; each tokenizer thread has its own copy
     base_tokenizer = copy.deepcopy(scans.tokenizer)
+    # a guard profile's guard reads the whole conversation in its own template: a conversation
+    # beyond the guard's context is the client's error (400), found before it joins a batch
+    guard = getattr(scans, "guard", None) if profile.guard else None
+    guard_context = context_length(guard.model) if guard is not None else None
+    base_guard_tokenizer = copy.deepcopy(guard.tokenizer) if guard_context else None
     local = threading.local()
     pool = ThreadPoolExecutor(config.tokenizer_threads, thread_name_prefix="scans-tokenize")
     batcher = Batcher(scans, max_batch_size=config.max_batch_size, max_queue=config.max_queue,
@@ -220,12 +225,29 @@ def create_app(scans: Any, config: ServeConfig | None = None) -> FastAPI:
             tok = local.tokenizer = copy.deepcopy(base_tokenizer)
         return tok
 
+    def guard_tokenizer() -> Any:
+        tok = getattr(local, "guard_tokenizer", None)
+        if tok is None:
+            tok = local.guard_tokenizer = copy.deepcopy(base_guard_tokenizer)
+        return tok
+
     def encode(req: ChatRequest) -> tuple[list[int], int]:
         try:
             ids, end = encode_messages_with_end(tokenizer(), req.messages, profile.system,
                                                 parse_special=config.allow_special_tokens)  # fmt: skip
+            guard_ids = (
+                encode_messages_with_end(
+                    guard_tokenizer(), req.messages, profile.system, parse_special=False
+                )[0]
+                if guard_context
+                else []
+            )
         except ScansError as exc:
             raise APIError(400, str(exc).split("; fix:")[0], param="messages", code="invalid_value") from None
+        if guard_context and len(guard_ids) > guard_context:
+            raise APIError(400, f"the conversation is {len(guard_ids)} tokens in the guard model's template, above "
+                           f"its context of {guard_context}", param="messages",
+                           code="context_length_exceeded")  # fmt: skip
         limit = min(config.max_prompt_tokens, context - 1)
         if len(ids) > limit:
             raise APIError(400, f"the prompt is {len(ids)} tokens, above this server's limit of {limit}",
