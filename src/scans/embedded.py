@@ -14,6 +14,8 @@ import importlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,10 +111,34 @@ def embedded_model_dir(key: str = "default", progress: bool = True) -> Path:
     final = root / spec.name
     if (final / "config.json").exists() and (final / "scans-sha256.txt").exists():
         return final
+    root.mkdir(parents=True, exist_ok=True)
+    with _build_lock(root / f".{spec.name}.lock"):  # another process may be building it now
+        if (final / "config.json").exists() and (final / "scans-sha256.txt").exists():
+            return final
+        return _build(spec, root, final, progress)
+
+
+@contextmanager
+def _build_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes (POSIX ``flock``; none where it is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        yield
+        return
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build(spec: EmbeddedModel, root: Path, final: Path, progress: bool) -> Path:
+    """Assemble, dequantize and save the safetensors copy into ``final`` (under the lock)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    root.mkdir(parents=True, exist_ok=True)
     gguf_dir = root / f"{spec.name}-gguf"
     if progress:
         print(f"[scans] assembling embedded model {spec.name} (once) ...", flush=True)
