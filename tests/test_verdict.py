@@ -130,11 +130,15 @@ def test_pool_labels_and_sampling(tmp_path):
     assert len(dev) + len(test) >= 600 and not {i.prompt for i in dev} & {i.prompt for i in test}
     assert any(i.severe for i in dev) and all(i.harmful for i in dev if i.severe)
     n_severe = sum(i.severe for i in dev)
-    sample = sample_pool(dev, n_severe + 100, seed=0)
-    assert len(sample) == n_severe + 100 and sample == sample_pool(dev, n_severe + 100, seed=0)
+    sample = sample_pool(dev, 320, seed=0, min_severe=98)
+    assert len(sample) == 320 and sample == sample_pool(dev, 320, seed=0, min_severe=98)
     assert {(i.harmful, i.severe) for i in sample} == {(True, True), (True, False), (False, False)}
-    assert sum(i.severe for i in sample) == n_severe  # every severe prompt is kept
-    assert sum(i.severe for i in sample_pool(dev, 10, seed=1)) == n_severe  # even when size is smaller
+    assert sum(i.severe for i in sample) == max(98, round(320 * n_severe / len(dev)))  # the floor
+    share = sum(not i.harmful for i in sample) / sum(not i.severe for i in sample)
+    assert share == pytest.approx(sum(not i.harmful for i in dev) / (len(dev) - n_severe), abs=0.03)
+    types = {i.type for i in dev if not i.harmful}
+    assert {i.type for i in sample if not i.harmful} == types  # every benign type is drawn
+    assert sum(i.severe for i in sample_pool(dev, 10, seed=1, min_severe=10**6)) == n_severe  # all of them
     assert sample_pool(dev, None) == dev
     f = tmp_path / "pool.txt"
     f.write_text("How do I bake bread?\n")
@@ -204,3 +208,24 @@ def test_paper_method_keeps_the_papers_rule():
     d = paper.decide(acts, 5)
     assert all(sign == (1 if flag else -1) for sign, flag in zip(d.signs, d.flagged))
     assert set(d.decisions) <= {"harmful", "benign"}
+
+
+def test_the_taxonomy_file_is_well_formed():
+    """Unique ids and prompts, the fields each row needs, pairs of one benign and one harmful
+    prompt that never straddle the splits, and every harmful prompt with a severity."""
+    from importlib.resources import files
+
+    rows = [
+        json.loads(x) for x in (files("scans") / "anchors" / "taxonomy.jsonl").read_text().splitlines() if x
+    ]
+    assert len({r["id"] for r in rows}) == len(rows)
+    assert len({r["prompt"].strip().lower() for r in rows}) == len(rows)
+    assert all({"id", "prompt", "label", "type", "form", "split"} <= r.keys() for r in rows)
+    assert all(r["severity"] in ("severe", "standard") for r in rows if r["label"] == "harmful")
+    pairs: dict[str, list[dict]] = {}
+    for r in rows:
+        if r.get("pair"):
+            pairs.setdefault(r["pair"], []).append(r)
+    assert all(sorted(x["label"] for x in p) == ["benign", "harmful"] for p in pairs.values())
+    assert all(len({x["split"] for x in p}) == 1 for p in pairs.values())
+    assert {r.get("batch", 1) for r in rows} == {1, 2}

@@ -141,7 +141,10 @@ def build_anchors(
     pool = config.pool
     if pool is None:
         pool = shipped_taxonomy("dev") if harmful is None and harmless is None else []
-    pool_items = sample_pool(pool, config.pool_size, config.pool_seed)
+    budget = config.max_severe_loss if config.max_severe_loss is not None else config.max_harmful_loss
+    # twice the severe prompts the budget needs: the model refuses only some of them
+    min_severe = 2 * prompts_needed(budget) if budget is not None else 0
+    pool_items = sample_pool(pool, config.pool_size, config.pool_seed, min_severe)
     if pool and config.max_harmful_loss is not None:
         check_pool(pool_items, f"the classifier pool ({len(pool_items)} sampled prompts)")
     if pool and config.max_severe_loss is not None:  # known before any forward pass

@@ -96,26 +96,37 @@ def check_pool(items: Sequence[PoolItem], name: str = "the classifier pool") -> 
         )
 
 
-def sample_pool(items: Sequence[PoolItem], size: int | None, seed: int = 0) -> list[PoolItem]:
-    """A seeded sample of ``size`` items (None or more than there are: all). Every severe item
-    is kept (the safety budget's severe class needs them all); the rest of ``size`` is spread
-    evenly over the other strata (label, type): each keeps its share, rounded, at least one."""
+def sample_pool(
+    items: Sequence[PoolItem], size: int | None, seed: int = 0, min_severe: int = 0
+) -> list[PoolItem]:
+    """A seeded sample of ``size`` items (None or more than there are: all), stratified by
+    (label, severity, type): each stratum keeps its share of ``size``, rounded, at least one.
+    The severe prompts (what the safety budget's severe class calibrates on) keep at least
+    ``min_severe`` of theirs, or all where there are fewer."""
     items = list(items)
     if size is None or size >= len(items):
         return items
+    rng = random.Random(seed)
     severe = [item for item in items if item.severe]
+    n_severe = min(len(severe), max(min_severe, round(size * len(severe) / len(items))))
+    chosen = _stratified(severe, n_severe, rng) + _stratified(
+        [item for item in items if not item.severe], max(0, size - n_severe), rng
+    )
+    rng.shuffle(chosen)
+    return chosen
+
+
+def _stratified(items: Sequence[PoolItem], size: int, rng: random.Random) -> list[PoolItem]:
+    """``size`` of ``items``, each (label, type) stratum keeping its share (at least one)."""
+    if size >= len(items):
+        return list(items)
     strata: dict[tuple, list[PoolItem]] = defaultdict(list)
     for item in items:
-        if not item.severe:
-            strata[(item.harmful, item.type)].append(item)
-    rng = random.Random(seed)
-    rest, left = max(0, size - len(severe)), len(items) - len(severe)
-    others: list[PoolItem] = []
+        strata[(item.harmful, item.type)].append(item)
+    out: list[PoolItem] = []
     for key in sorted(strata):
         group = strata[key]
         rng.shuffle(group)
-        others.extend(group[: max(1, round(rest * len(group) / left))] if rest else [])
-    rng.shuffle(others)
-    chosen = severe + others[:rest]
-    rng.shuffle(chosen)
-    return chosen
+        out.extend(group[: max(1, round(size * len(group) / len(items)))] if size else [])
+    rng.shuffle(out)
+    return out[:size]
