@@ -109,13 +109,16 @@ def embedded_model_dir(key: str = "default", progress: bool = True) -> Path:
     spec = EMBEDDED[key]
     root = cache_dir() / "models"
     final = root / spec.name
-    if (final / "config.json").exists() and (final / "scans-sha256.txt").exists():
+    if _built(final):
         return final
     root.mkdir(parents=True, exist_ok=True)
     with _build_lock(root / f".{spec.name}.lock"):  # another process may be building it now
-        if (final / "config.json").exists() and (final / "scans-sha256.txt").exists():
-            return final
-        return _build(spec, root, final, progress)
+        return final if _built(final) else _build(spec, root, final, progress)
+
+
+def _built(final: Path) -> bool:
+    """Whether ``final`` holds a finished copy (the marker is written last, before the rename)."""
+    return (final / "config.json").exists() and (final / "scans-sha256.txt").exists()
 
 
 @contextmanager
