@@ -11,7 +11,6 @@ the project's own prompts; prompts at or above --max-ratio are listed for rewrit
 from __future__ import annotations
 
 import argparse
-import csv
 import difflib
 import hashlib
 import json
@@ -25,17 +24,10 @@ def split_of(group: str) -> str:
 
 
 def benchmark_prompts(data_dir: Path) -> list[str]:
-    out: list[str] = []
-    for name, col in (("xstest_v2_prompts.csv", "prompt"), ("OKTest.csv", None), ("AdvBench.csv", "goal")):
-        with open(data_dir / name, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            key = col or reader.fieldnames[0]
-            if key not in reader.fieldnames:
-                key = reader.fieldnames[0]
-            out += [row[key] for row in reader if row.get(key)]
-    harmfulq = json.loads((data_dir / "HarmfulQ.json").read_text())
-    out += [x if isinstance(x, str) else next(iter(x.values())) for x in harmfulq]
-    return out
+    from scans.bench.data import load_split
+
+    names = ("xstest-safe", "xstest-unsafe", "oktest", "harmfulq", "advbench")
+    return [p for name in names for p in load_split(name, data_dir).prompts]
 
 
 def main() -> None:
@@ -46,7 +38,8 @@ def main() -> None:
     ap.add_argument("--max-ratio", type=float, default=0.75)
     args = ap.parse_args()
     root = Path(__file__).resolve().parents[2]
-    own = [json.loads(x)["prompt"] for x in open(root / "src/scans/anchors/taxonomy.jsonl")]
+    taxonomy = [json.loads(x) for x in open(root / "src/scans/anchors/taxonomy.jsonl")]
+    own = [r["prompt"] for r in taxonomy if r.get("batch", 1) != 2]  # the batch itself once merged
     own += [json.loads(x)["prompt"] for x in open(root / "src/scans/anchors/borderline.jsonl")]
     for x in open(root / "src/scans/anchors/anchors.jsonl"):
         r = json.loads(x)
