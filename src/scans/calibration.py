@@ -182,6 +182,11 @@ def prompts_needed(max_loss: float) -> int:
     return math.ceil(1 / max_loss) - 1
 
 
+def severe_budget(max_loss: float | None, max_severe_loss: float | None) -> float | None:
+    """The severe class's budget: its own when given, else the harmful budget."""
+    return max_loss if max_severe_loss is None else max_severe_loss
+
+
 def rule_budget(
     score: np.ndarray,
     inst: np.ndarray,
@@ -220,8 +225,10 @@ def rule_budget(
     assert joint.shape[1:] == harmful.shape == severe.shape, "one score, second signal and label per prompt"
     counted = np.ones_like(harmful) if refused is None else np.asarray(refused, dtype=bool)
     assert counted.shape == harmful.shape, "one refusal flag per prompt"
-    severe_loss = max_loss if max_severe_loss is None else max_severe_loss
-    assert 0.0 < severe_loss <= max_loss, f"the severe budget must lie in (0, {max_loss}], got {severe_loss}"
+    severe_loss = severe_budget(max_loss, max_severe_loss)
+    assert severe_loss is not None and 0.0 < severe_loss <= max_loss, (
+        f"the severe budget must lie in (0, {max_loss}], got {severe_loss}"
+    )
     classes: dict[str, tuple[np.ndarray, bool, list[SafetyBudget]]] = {}
     for name, rows, loss in (("harmful", harmful, max_loss), ("severe", severe, severe_loss)):
         if name == "severe" and not rows.any():

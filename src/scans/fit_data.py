@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .activations import collect
-from .calibration import prompts_needed
+from .calibration import prompts_needed, severe_budget
 from .datafiles import shipped_anchors, shipped_borderline
 from .engine import Prefill, prefill_probed
 from .errors import ScansError
@@ -141,7 +141,7 @@ def build_anchors(
     pool = config.pool
     if pool is None:
         pool = shipped_taxonomy("dev") if harmful is None and harmless is None else []
-    budget = config.max_severe_loss if config.max_severe_loss is not None else config.max_harmful_loss
+    budget = severe_budget(config.max_harmful_loss, config.max_severe_loss)
     # twice the severe prompts the budget needs: the model refuses only some of them
     min_severe = 2 * prompts_needed(budget) if budget is not None else 0
     pool_items = sample_pool(pool, config.pool_size, config.pool_seed, min_severe)

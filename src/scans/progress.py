@@ -7,8 +7,10 @@ done, the bar erases itself.
 
 from __future__ import annotations
 
+import functools
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
@@ -25,3 +27,18 @@ def interactive() -> bool:
 def progress_bar(iterable: Iterable[T], desc: str, enabled: bool = True, **kwargs: Any) -> Iterable[T]:
     """``iterable`` wrapped in a bar that erases itself, shown when ``enabled`` and interactive."""
     return tqdm(iterable, desc=desc, disable=not (enabled and interactive()), leave=False, **kwargs)
+
+
+@contextmanager
+def no_bars() -> Iterator[None]:
+    """Every tqdm bar off inside the block, other libraries' too (transformers' GGUF
+    dequantisation bar heeds neither its own switch nor a ``TQDM_DISABLE`` set after tqdm's
+    import). Restored on exit."""
+    from tqdm import std
+
+    init = vars(std.tqdm)["__init__"]  # the descriptor itself, restored exactly
+    std.tqdm.__init__ = functools.partialmethod(init, disable=True)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        std.tqdm.__init__ = init  # type: ignore[method-assign]

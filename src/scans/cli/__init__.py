@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import ScansError
-from ..progress import interactive
+from ..progress import interactive, no_bars
 from . import common
 from .bench import DEFAULT_JUDGE, add_bench_parser, add_report_parser, cmd_bench, cmd_report
 from .chat import add_chat_parser, cmd_chat
@@ -94,6 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         hf_logging.disable_progress_bar()
     try:
+        if args.quiet:
+            with no_bars():
+                return COMMANDS[args.command](args)
         return COMMANDS[args.command](args)
     except ScansError as exc:
         print(f"scans: error: {exc}", file=sys.stderr)
