@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 from functools import cache
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,7 +32,7 @@ from scans.bench.options import build_methods
 from scans.bench.runner import GENERATIONS, BenchConfig, run_generations
 from scans.conversations import encode_conversations, prepare_batch
 from scans.errors import ScansError
-from scans.guard import Guard, guard_layers, require_no_guard
+from scans.guard import Guard, guard_layers, rule_acts
 from scans.prompts import encode_messages_with_end
 from scans.verdict import decide
 
@@ -137,11 +139,38 @@ def test_generate_and_bench_take_the_same_verdicts(tmp_path):
     assert all(by[("scans-paper", i)]["score"] is not None for i in range(len(PROMPTS)))
 
 
-def test_the_vllm_backend_refuses_a_guard_profile_in_one_line():
-    scans, _ = _guarded()
-    with pytest.raises(ScansError, match="guard model .*which the vLLM backend does not support yet; fix:"):
-        require_no_guard(scans.profile, "the vLLM backend")
-    require_no_guard(_fitted("qwen2").profile, "the vLLM backend")  # a profile without a guard passes
+def test_rule_acts_runs_only_the_passes_the_rule_reads():
+    """The one place both backends (transformers, vLLM) decide which passes a verdict reads: the
+    answering model's probe pass without a guard; the guard's pass alone for a guard profile; both
+    with the refusal gate, whose ``refuses`` is the answering model's."""
+    calls: list[Any] = []
+    mine = {"inst": torch.zeros(1, 2, 3), "refuses": torch.tensor([True])}
+    theirs = {"inst": torch.ones(1, 4, 5)}
+
+    class _Guard:
+        def acts(self, prompts, system, probe, conversations):
+            calls.append(("guard", list(prompts), system, probe, conversations))
+            return dict(theirs)
+
+    def own() -> dict[str, torch.Tensor]:
+        calls.append("own")
+        return mine
+
+    talk = [[{"role": "user", "content": "p"}]]
+    for guard, gate, want_calls in (
+        (None, False, ["own"]),
+        (None, True, ["own"]),
+        ({"name": "g"}, False, [("guard", ["p"], "sys", "Sure", talk)]),
+        ({"name": "g"}, True, ["own", ("guard", ["p"], "sys", "Sure", talk)]),
+    ):
+        calls.clear()
+        profile = types.SimpleNamespace(guard=guard, refusal_gate=gate, system="sys", probe="Sure")
+        acts = rule_acts(profile, own, _Guard, ["p"], talk)
+        assert calls == want_calls, (guard, gate)
+        assert acts["inst"].shape == (theirs if guard else mine)["inst"].shape
+        assert ("refuses" in acts) == (gate or not guard)
+        if gate:
+            assert acts["refuses"].tolist() == [True]
 
 
 CONVERSATIONS = [

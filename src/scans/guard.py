@@ -13,7 +13,7 @@ conversation in its own template, as the answering model reads it in its own.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,19 +112,56 @@ class Guard:
         return probe_pass(self.model, self.tokenizer, pre, probe, self.layers_path)
 
 
+def resolve_guard(
+    attached: Guard | None,
+    given: Any,
+    record: dict[str, Any] | None,
+    load: Callable[[str, str | None], Guard],
+) -> Guard:
+    """The guard a backend should hold: ``given`` (a ``Guard``, an object with ``model``,
+    ``tokenizer`` and ``name``, or a model spec loaded with ``load(spec, layers_path)``), else
+    the ``attached`` one when it is the ``record``'s, else the record's model loaded; checked
+    against the profile's ``record`` when there is one."""
+    if isinstance(given, str):
+        guard = load(given, None)
+    elif given is not None:
+        guard = Guard.of(given)
+    elif attached is not None and (record is None or attached.fingerprint == record.get("fingerprint")):
+        guard = attached
+    elif record is not None:
+        guard = load(str(record["model"]), record.get("layers_path"))
+    else:
+        raise ScansError("no guard model given; fix: pass a model spec or a loaded model")
+    if record is not None:
+        guard.check(record)
+    return guard
+
+
+def rule_acts(
+    profile: Any,
+    own: Callable[[], dict[str, torch.Tensor]],
+    guard: Callable[[], Guard],
+    prompts: Sequence[str],
+    conversations: Sequence[Sequence[dict[str, str]]] | None = None,
+) -> dict[str, torch.Tensor]:
+    """What a profile's rule reads for one batch, whatever the backend: the answering model's
+    probe pass ``own()`` (which holds ``refuses`` when the profile has the refusal gate), or, for
+    a guard profile, ``guard()``'s pass over the prompts (or the whole ``conversations``) with
+    the answering model's ``refuses``. ``own()`` runs only when the rule reads it."""
+    mine = own() if not profile.guard or profile.refusal_gate else None
+    if profile.guard:
+        acts = guard().acts(prompts, profile.system, profile.probe, conversations)
+    else:
+        assert mine is not None
+        acts = dict(mine)
+    if profile.refusal_gate:
+        assert mine is not None and "refuses" in mine, "the refusal gate reads the answering model's refusal"
+        acts["refuses"] = mine["refuses"]
+    return acts
+
+
 def guard_layers(first_steer_layer: int, n_layers: int, n_guard_layers: int) -> list[int]:
     """The guard's classification layers: from the same relative depth as the answering
     model's first steering layer to its last layer (as the answering model's own)."""
     start = min(n_guard_layers - 1, round(first_steer_layer * n_guard_layers / n_layers))
     return list(range(start, n_guard_layers))
-
-
-def require_no_guard(profile: Any, where: str) -> None:
-    """One-line error where a path cannot read a guard's signals yet."""
-    record = getattr(profile, "guard", None)
-    if record:
-        raise ScansError(
-            f"this profile reads its verdicts from a guard model ({record.get('name')}), which {where} "
-            "does not support yet; fix: use the transformers backend (the Python API, `scans generate`, "
-            "`chat`, `serve`, `bench`), or a profile fitted without --guard"
-        )

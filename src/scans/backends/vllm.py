@@ -49,6 +49,7 @@ import torch
 from ..api import Generation, default_profile_dir
 from ..backend import Capabilities
 from ..errors import ScansError
+from ..guard import Guard, resolve_guard, rule_acts
 from ..profile import Profile
 from ..prompts import encode_chat_with_end, encode_probe
 from ..refusal import opens_refusal
@@ -187,6 +188,7 @@ class VLLMScans:
         self.stop_token_ids = list(stop_token_ids)
         self.info = info or {}
         self.profile: Profile | None = None
+        self.guard: Guard | None = None  # the model a guard profile's classifiers read (transformers)
         self._windows: dict[str, int | None] = {}
         self._keys: dict[str, str] = {}
         self.layers_path: str | None = self.info.get("layers_path")
@@ -204,12 +206,16 @@ class VLLMScans:
         kv_cache_gib: float = 2.0,
         max_model_len: int | None = 4096,
         max_num_seqs: int | None = None,
+        gpu_memory_utilization: float | None = None,
         layers_path: str | None = None,
         seed: int = 0,
         trust_remote_code: bool = False,
+        guard: Guard | str | None = None,
         **llm_kwargs: Any,
     ) -> VLLMScans:
-        """Build the engine (``enforce_eager=True``, prefix caching on) and install the hooks."""
+        """Build the engine (``enforce_eager=True``, prefix caching on) and install the hooks.
+        A guard profile's guard (``guard``, else the profile's record) loads with transformers
+        beside the engine, on the same device and dtype."""
         from ..models import resolve_dtype
 
         cuda = torch.cuda.is_available()
@@ -238,6 +244,7 @@ class VLLMScans:
             "worker_extension_cls": WORKER_EXTENSION,  # the scans_* RPCs (hooks) in every worker
             **({"max_model_len": max_model_len} if max_model_len else {}),
             **({"max_num_seqs": max_num_seqs} if max_num_seqs else {}),
+            **({"gpu_memory_utilization": gpu_memory_utilization} if gpu_memory_utilization else {}),
             "trust_remote_code": trust_remote_code,
             **llm_kwargs,
         }
@@ -259,7 +266,7 @@ class VLLMScans:
         scans = cls(llm, tokenizer, name=name, fingerprint=fingerprint, n_layers=int(info["n_layers"]),
                     stop_token_ids=stops, info=info)  # fmt: skip
         if profile is not None:
-            scans.load(profile)
+            scans.load(profile, guard=guard)
         return scans
 
     # ----------------------------------------------------------------- profiles
@@ -267,23 +274,37 @@ class VLLMScans:
     def default_profile_path(self) -> Path:
         return default_profile_dir(self.name, self.fingerprint)
 
-    def load(self, path: str | Path | None = None) -> Profile:
-        """Load a profile (default: this model's cached one), checking the fingerprint."""
+    def load(self, path: str | Path | None = None, *, guard: Guard | str | None = None) -> Profile:
+        """Load a profile (default: this model's cached one), checking the fingerprint; a guard
+        profile's guard is ``guard`` if given, else the one attached, else the record's."""
         profile = Profile.load(path or self.default_profile_path, fingerprint=self.fingerprint)
-        self.set_profile(profile)
+        self.set_profile(profile, guard=guard)
         return profile
 
-    def set_profile(self, profile: Profile) -> None:
-        """Use ``profile``: its vectors and coefficients go to the workers."""
-        from ..guard import require_no_guard
-
-        require_no_guard(profile, "the vLLM backend")
+    def set_profile(self, profile: Profile, *, guard: Guard | str | None = None) -> None:
+        """Use ``profile``: its vectors and coefficients go to the workers (and a guard
+        profile's guard model is attached)."""
         if profile.n_layers != self.n_layers:
             raise ScansError(
                 f"profile has {profile.n_layers} layers, the model {self.n_layers}; fix: fit a profile for this model"
             )
+        if profile.guard:
+            self.attach_guard(guard, profile.guard)
         self.add_plan(PROFILE_PLAN, profile)
         self.profile = profile
+
+    def attach_guard(self, guard: Guard | str | None, record: dict[str, Any] | None = None) -> Guard:
+        """Attach a guard model (see ``scans.Scans.attach_guard``)."""
+        self.guard = resolve_guard(self.guard, guard, record, self._load_guard)
+        return self.guard
+
+    def _load_guard(self, spec: str, layers_path: str | None = None) -> Guard:
+        """A guard in transformers, on this engine's device and dtype."""
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            return Guard.load(spec, layers_path=layers_path, dtype=self.dtype, device=device)
+        except ScansError as exc:
+            raise ScansError(f"guard model: {exc}") from None
 
     def add_plan(self, name: str, profile: Profile) -> str:
         """Register a steering plan (layers, vectors, coefficients of ``profile``) under ``name``;
@@ -377,10 +398,35 @@ class VLLMScans:
             out["refuses"] = opens_refusal(self.tokenizer, first)
         return out
 
-    def verdicts_of(self, prompts: Sequence[str], encoded: Sequence[tuple[list[int], int]]) -> list[Verdict]:
+    def signal_acts(
+        self,
+        prompts: Sequence[str],
+        encoded: Sequence[tuple[list[int], int]],
+        conversations: Sequence[Sequence[dict[str, str]]] | None = None,
+        own: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """What the profile's rule reads (``scans.guard.rule_acts``): the engine's probe pass
+        (``own`` if already run with the profile's ``refuses`` reading), or a guard profile's
+        guard pass over ``prompts`` or ``conversations``."""
         profile = self.require_profile()
-        acts = self.probe_activations(encoded, profile.probe, refuses=profile.refusal_gate)
-        return decide(profile, acts, prompts)
+
+        def own_pass() -> dict[str, torch.Tensor]:
+            if own is not None:
+                return own
+            return self.probe_activations(encoded, profile.probe, refuses=profile.refusal_gate)
+
+        return rule_acts(
+            profile, own_pass, lambda: self.attach_guard(None, profile.guard), prompts, conversations
+        )
+
+    def verdicts_of(
+        self,
+        prompts: Sequence[str],
+        encoded: Sequence[tuple[list[int], int]],
+        conversations: Sequence[Sequence[dict[str, str]]] | None = None,
+    ) -> list[Verdict]:
+        """The verdicts of encoded prompts (:meth:`signal_acts`, then ``verdict.decide``)."""
+        return decide(self.require_profile(), self.signal_acts(prompts, encoded, conversations), prompts)
 
     def classify(self, prompts: str | Sequence[str], **_ignored: Any) -> list[Verdict]:
         """Score prompts (s(q) >= threshold: harmful), in the engine, in input order."""
@@ -541,7 +587,7 @@ class VLLMScans:
         pass gives the verdicts, then every conversation is answered with its own sign and
         sampling settings (``RowSettings``), streamed and cancellable per request.
         ``isolate_errors`` is not implemented on this backend (a failing request fails its batch);
-        ``conversations`` are unused (its profiles read no guard)."""
+        ``conversations`` are what a guard profile's guard reads (else ``labels``)."""
         from ..conversations import ChatResult
         from ..decode import RowResult
 
@@ -550,7 +596,7 @@ class VLLMScans:
         labels = list(labels) if labels is not None else [""] * n
         if on_forward is not None:
             on_forward(n)  # the probe pass
-        verdicts = self.verdicts_of(labels, encoded)
+        verdicts = self.verdicts_of(labels, encoded, conversations)
         signs = [int(v.sign) if on else 0 for v, on in zip(verdicts, steer_rows)]
         if on_verdicts is not None:
             on_verdicts(verdicts, signs)

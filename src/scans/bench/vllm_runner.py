@@ -81,6 +81,7 @@ def run_generations_vllm(
         t0 = time.perf_counter()
         encoded: dict[str | None, list[tuple[list[int], int]]] = {}
         acts: dict[str | None, dict[str, Any]] = {}
+        signals: dict[str | None, dict[str, Any]] = {}
         requests: list[tuple[Any, Any]] = []
         slots: dict[tuple[Any, ...], int] = {}  # (system, plan or None, sign, row) -> request index
         plans: list[tuple[Method, list[int], Any]] = []  # method, rows needed, decision
@@ -95,7 +96,9 @@ def run_generations_vllm(
                 acts[system] = engine.probe_activations(
                     encoded[system], profile.probe, refuses=profile.refusal_gate
                 )
-            decision = m.decide(acts.get(system), len(rows))
+            if m.reads_signals and system not in signals:  # a guard profile's guard pass, once
+                signals[system] = engine.signal_acts(prompts, encoded[system], own=acts[system])
+            decision = m.decide((signals if m.reads_signals else acts).get(system), len(rows))
             plan = engine.plan_for(m.steering_profile()) if any(decision.signs[j] for j in need) else None
             for j in need:
                 sign = decision.signs[j]

@@ -91,6 +91,12 @@ def add_backend_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs per model replica")
     g.add_argument("--kv-cache-gib", type=float, default=2.0, help="vllm on CPU: KV cache size in GiB")
     g.add_argument("--max-model-len", type=int, default=4096, help="vllm: longest prompt + answer in tokens")
+    g.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=None,
+        help="vllm on GPU: fraction of GPU memory the engine takes (vLLM's default 0.9; lower it to leave a guard model room)",
+    )
 
 
 def make_scans(args: argparse.Namespace):
@@ -99,6 +105,9 @@ def make_scans(args: argparse.Namespace):
 
     if getattr(args, "tensor_parallel_size", 1) < 1:
         raise ScansError(f"--tensor-parallel-size {args.tensor_parallel_size}; fix: pass 1 or more")
+    share = getattr(args, "gpu_memory_utilization", None)
+    if share is not None and not 0.0 < share <= 1.0:
+        raise ScansError(f"--gpu-memory-utilization {share:g}; fix: pass a fraction in (0, 1], e.g. 0.7")
     return create_backend(
         getattr(args, "backend", "transformers"),
         args.model,
@@ -110,6 +119,7 @@ def make_scans(args: argparse.Namespace):
         tensor_parallel_size=getattr(args, "tensor_parallel_size", 1),
         kv_cache_gib=getattr(args, "kv_cache_gib", 2.0),
         max_model_len=getattr(args, "max_model_len", 4096),
+        gpu_memory_utilization=getattr(args, "gpu_memory_utilization", None),
     )
 
 
