@@ -172,34 +172,43 @@ def test_guard_profile_reads_the_guard_on_the_engine(both, tmp_path):
     from scans.bench.vllm_runner import run_generations_vllm
     from scans.decode import RowSettings
     from scans.guard import Guard
+    from test_server import TERMITES
 
     hf, engine = both
+    asks = [*PROMPTS, TERMITES]  # the termites: benign, and refused unsteered (so the gate steers it)
     guard = Guard.of(hf)
     guarded = dataclasses.replace(hf.profile, guard=guard.record(), refusal_gate=True)
     ref_scans = Scans(hf.model, hf.tokenizer, name=hf.name)
     ref_scans.attach_guard(guard, guarded.guard)
     ref_scans.profile = guarded
-    ref = [(v.decision, v.sign) for v in ref_scans.classify(PROMPTS)]
+    ref = [(v.decision, v.sign) for v in ref_scans.classify(asks)]
     read: list[list[str]] = []
+    talked: list[object] = []
     acts = guard.acts
 
-    def spy(prompts, *args, **kwargs):
+    def spy(prompts, system, probe, conversations=None):
         read.append(list(prompts))
-        return acts(prompts, *args, **kwargs)
+        talked.append(conversations)
+        return acts(prompts, system, probe, conversations)
 
     guard.acts = spy  # type: ignore[method-assign]
     engine.set_profile(guarded, guard=guard)
     try:
-        got = [(v.decision, v.sign) for v in engine.classify(PROMPTS)]
-        assert read == [PROMPTS]
+        got = [(v.decision, v.sign) for v in engine.classify(asks)]
+        assert read == [asks]
         log, _ = run_generations_vllm(engine, _bench_split(), build_methods(engine, "scans"), tmp_path,
                                       BenchConfig(max_new_tokens=2, batch_size=16), progress=False)  # fmt: skip
         bench_prompts = [p for p, _ in BENCH_PROMPTS]
         assert read[1] == bench_prompts
-        talks = [[{"role": "user", "content": p}] for p in PROMPTS[:3]]
-        chat = engine.chat_batch(engine.encode(PROMPTS[:3]), [RowSettings(max_tokens=2)] * 3,
-                                 labels=PROMPTS[:3], conversations=talks)  # fmt: skip
-        assert read[2] == PROMPTS[:3]
+        last = asks[-3:]
+        talks = [[{"role": "user", "content": p}] for p in last]
+        chat = engine.chat_batch(engine.encode(last), [RowSettings(max_tokens=2)] * 3,
+                                 labels=last, conversations=talks)  # fmt: skip
+        assert read[2] == last and talked == [
+            None,
+            None,
+            talks,
+        ]  # the server's path reads whole conversations
     finally:
         engine.set_profile(hf.profile)
         engine.guard = None
@@ -207,7 +216,7 @@ def test_guard_profile_reads_the_guard_on_the_engine(both, tmp_path):
     assert 0 < sum(sign != 0 for _, sign in ref) < len(ref)  # steered and unsteered verdicts
     bench_ref = [v.sign for v in ref_scans.classify(bench_prompts)]
     assert [log.records[("scans", "mine", i)]["sign"] for i in range(len(bench_prompts))] == bench_ref
-    assert [r.sign for r in chat] == [sign for _, sign in ref[:3]]
+    assert [r.sign for r in chat] == [sign for _, sign in ref[-3:]]
 
 
 def test_steered_greedy_tokens_match_transformers(both):
