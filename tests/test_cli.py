@@ -376,6 +376,7 @@ def test_fit_and_info_happy_path(loader, capsys, tmp_path, monkeypatch):
     assert cli.main(["info", "--profile", str(out_dir)]) == 0
     info = capsys.readouterr().out
     assert "fit stages" in info and "fit in 0 s" not in info  # info reads the recorded stage times
+    assert ", float32 on cpu" in info
     rows = [line for line in info.splitlines() if line[:1] in ("*", " ") and line[1:5].strip().isdigit()]
     assert [line[0] for line in rows] == [" ", "*"]
 

@@ -171,6 +171,8 @@ def test_diagnostics_round_trip_the_extra_keys(fitted):
     assert diagnostics.layers_source == extra["layers_source"] and diagnostics.bands
     assert diagnostics.heldout_auprc["instruction"] == extra["heldout_auprc_instruction"]
     assert not diagnostics.other
+    # the fit's dtype and device: a profile fitted in bf16 is not the fp32 one
+    assert (diagnostics.dtype, diagnostics.device) == ("float32", "cpu")
 
 
 def test_diagnostics_read_an_older_extra():
@@ -182,7 +184,8 @@ def test_diagnostics_read_an_older_extra():
     }
     d = FitDiagnostics.from_extra(old)
     assert d.bands[0].score == 0.25 and d.bands[0].anchors == 0 and d.other == {"legacy": 3}
-    assert d.timings_s == {} and d.vector_separation_auprc is None
+    assert d.timings_s == {} and d.vector_separation_auprc is None and d.dtype is None
+    assert "dtype" not in d.to_extra()
     assert d.to_extra()["legacy"] == 3
 
 

@@ -167,6 +167,7 @@ def fit_profile(
         cls_acts, anchors, config, classifier, vec, layers.steer_layers, refused, acts
     )
     clock.lap("classifiers and calibration")
+    param = next(model.parameters())
     diagnostics = FitDiagnostics(
         bands=[
             BandRecord(e.start, e.end, e.drop, e.drift, e.score, e.anchors) for e in layers.choice.effects
@@ -182,6 +183,8 @@ def fit_profile(
         vector_separation_auprc=calibrated.vector_separation_auprc,
         heldout_scores=calibrated.heldout_scores,
         timings_s=clock.laps,
+        dtype=str(param.dtype).removeprefix("torch."),
+        device=str(param.device),
     )
     threshold = config.threshold if config.threshold is not None else calibrated.stats["threshold"]
     return Profile(

@@ -46,6 +46,8 @@ class FitDiagnostics:
     vector_separation_auprc: float | None = None  # the refusal vector's projection as a classifier
     heldout_scores: dict[str, list[float]] = field(default_factory=dict)  # anchor group -> scores
     timings_s: dict[str, float] = field(default_factory=dict)  # fit stage -> wall-clock seconds
+    dtype: str | None = None  # the model's parameter dtype during the fit, e.g. "float32"
+    device: str | None = None  # where the fit's forward passes ran, e.g. "cpu", "cuda:0"
     other: dict[str, Any] = field(default_factory=dict)  # keys of other versions, kept as read
 
     def to_extra(self) -> dict[str, Any]:
@@ -66,6 +68,8 @@ class FitDiagnostics:
             extra["vector_separation_auprc"] = self.vector_separation_auprc
         extra["heldout_scores"] = {g: list(v) for g, v in self.heldout_scores.items()}
         extra["timings_s"] = dict(self.timings_s)
+        if self.dtype is not None:
+            extra["dtype"], extra["device"] = self.dtype, self.device
         return {**self.other, **extra}
 
     @classmethod

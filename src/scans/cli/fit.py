@@ -171,7 +171,8 @@ def print_fit(profile: Any, seconds: float | None, path: Any) -> None:
         took = f", fit stages {sum(stages.values()):.0f} s" if stages else ""
     else:
         took = f", fit in {seconds:.0f} s"
-    print(f"model: {profile.model_name} (fingerprint {profile.fingerprint}){took}")
+    dtype = f", {extra['dtype']} on {extra.get('device')}" if extra.get("dtype") else ""
+    print(f"model: {profile.model_name} (fingerprint {profile.fingerprint}){took}{dtype}")
     print(
         f"steering layers: {profile.steer_layers[0]}-{profile.steer_layers[-1]} ({extra.get('layers_source')})"
     )
