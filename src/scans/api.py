@@ -20,7 +20,7 @@ from .fit import fit_profile
 from .fit_config import FitConfig
 from .fit_data import prompt_key as prompt_key  # re-exported (bench options, tests)
 from .guard import Guard, resolve_guard, rule_acts
-from .models import LoadedModel, find_layers, load_model, model_fingerprint
+from .models import LoadedModel, dtype_name, find_layers, load_model, model_fingerprint
 from .profile import Profile
 from .progress import progress_bar
 from .prompts import build_batch, context_length, encode_chat
@@ -100,7 +100,7 @@ class Scans:
     @property
     def dtype(self) -> str:
         """The model's weight dtype, e.g. ``float32``."""
-        return str(next(self.model.parameters()).dtype).replace("torch.", "")
+        return dtype_name(next(self.model.parameters()).dtype)
 
     @property
     def max_model_len(self) -> int:

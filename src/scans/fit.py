@@ -33,6 +33,7 @@ from .fit_data import (
 from .fit_diagnostics import BandRecord, FitDiagnostics
 from .guard import Guard, guard_layers
 from .layers import LayerChoice, choose_band, logit_lens, toward_refusal_gain
+from .models import dtype_name, model_device
 from .packing import packed_linears
 from .profile import Profile
 from .refusal import first_token_refuses
@@ -167,7 +168,6 @@ def fit_profile(
         cls_acts, anchors, config, classifier, vec, layers.steer_layers, refused, acts
     )
     clock.lap("classifiers and calibration")
-    param = next(model.parameters())
     diagnostics = FitDiagnostics(
         bands=[
             BandRecord(e.start, e.end, e.drop, e.drift, e.score, e.anchors) for e in layers.choice.effects
@@ -183,8 +183,8 @@ def fit_profile(
         vector_separation_auprc=calibrated.vector_separation_auprc,
         heldout_scores=calibrated.heldout_scores,
         timings_s=clock.laps,
-        dtype=str(param.dtype).removeprefix("torch."),
-        device=str(param.device),
+        dtype=dtype_name(next(model.parameters()).dtype),
+        device=str(model_device(model)),
     )
     threshold = config.threshold if config.threshold is not None else calibrated.stats["threshold"]
     return Profile(

@@ -56,6 +56,11 @@ def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """A torch dtype as its name without the module, e.g. ``float32``."""
+    return str(dtype).removeprefix("torch.")
+
+
 def cache_kwarg(model: nn.Module) -> str:
     """The keyword forward/generate use for the KV cache (``cache`` in transformers 5)."""
     params = inspect.signature(type(model).forward).parameters

@@ -216,7 +216,7 @@ class VLLMScans:
         """Build the engine (``enforce_eager=True``, prefix caching on) and install the hooks.
         A guard profile's guard (``guard``, else the profile's record) loads with transformers
         beside the engine, on the same device and dtype."""
-        from ..models import resolve_dtype
+        from ..models import dtype_name, resolve_dtype
 
         cuda = torch.cuda.is_available()
         if llm_kwargs.get("worker_extension_cls", WORKER_EXTENSION) != WORKER_EXTENSION:
@@ -236,7 +236,7 @@ class VLLMScans:
         kwargs: dict[str, Any] = {
             "model": str(source),
             "tokenizer": str(source),
-            "dtype": str(torch_dtype).replace("torch.", ""),
+            "dtype": dtype_name(torch_dtype),
             "enforce_eager": True,  # compiled graphs ignore Python hooks
             "enable_prefix_caching": True,
             "tensor_parallel_size": tensor_parallel_size,
