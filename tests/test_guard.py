@@ -32,7 +32,7 @@ from scans.bench.options import build_methods
 from scans.bench.runner import GENERATIONS, BenchConfig, run_generations
 from scans.conversations import encode_conversations, prepare_batch
 from scans.errors import ScansError
-from scans.guard import Guard, guard_layers, rule_acts
+from scans.guard import Guard, rule_acts
 from scans.prompts import encode_messages_with_end
 from scans.verdict import decide
 
@@ -55,11 +55,14 @@ def _guarded() -> tuple[Scans, Guard]:
     # thresholds between the prompts' scores, so the verdicts mix steered and unsteered rows
     scores = sorted(v.score for v in scans.classify(PROMPTS))
     insts = sorted(v.inst for v in scans.classify(PROMPTS) if v.inst is not None)
+    # midway between two prompts' scores: a threshold on a prompt's own score would let batch
+    # composition (1e-8) tip that prompt's verdict
+    mid = len(scores) // 2
     scans.profile = dataclasses.replace(
         scans.profile,
-        threshold=scores[-2],
-        steer_threshold=scores[len(scores) // 2],
-        inst_threshold=insts[-2],
+        threshold=(scores[-2] + scores[-3]) / 2,
+        steer_threshold=(scores[mid] + scores[mid - 1]) / 2,
+        inst_threshold=(insts[-2] + insts[-3]) / 2,
     )
     return scans, guard
 
@@ -70,16 +73,9 @@ def test_the_profile_records_the_guard_and_its_layers():
     assert (
         p.guard == guard.record() and p.guard["n_layers"] == 3 and p.guard["fingerprint"] == guard.fingerprint
     )
-    assert p.cls_layers == guard_layers(p.steer_layers[0], 2, 3)
+    assert p.cls_layers == [1, 2]  # the guard's upper half, whatever the steering layers
     assert p.contrast.shape == (3, 32) and p.inst_contrast.shape == (3, 32)
     assert p.vectors.shape == (2, 32)  # the answering model's steering
-
-
-@pytest.mark.parametrize(
-    ("first", "n", "m", "want"), [(12, 24, 28, list(range(14, 28))), (1, 2, 3, [2]), (0, 4, 2, [0, 1])]
-)
-def test_guard_layers_keep_the_relative_depth(first, n, m, want):
-    assert guard_layers(first, n, m) == want
 
 
 def test_verdicts_read_the_guard_as_the_equations_say():

@@ -12,6 +12,7 @@ from scans.layers import (
     REFUSAL_WORDS,
     band_plan,
     candidate_bands,
+    classification_layers,
     logit_lens,
     refusal_token_ids,
     suffix_logprobs,
@@ -227,3 +228,10 @@ def test_sign_matrix_steers_each_row_on_its_own_layers():
         )
         ref, _ = forward_capture(t.model, batch.input_ids, batch.attention_mask, pos, plan=single)
         assert torch.allclose(got["inst"][row], ref["inst"][row], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("n", "want"), [(24, list(range(12, 24))), (28, list(range(14, 28))), (3, [1, 2]), (2, [1]), (1, [0])]
+)
+def test_classification_layers_are_the_upper_half(n, want):
+    assert classification_layers(n) == want

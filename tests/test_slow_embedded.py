@@ -35,7 +35,7 @@ def test_embedded_model_loads_with_template_and_layers():
 def test_fit_chooses_middle_layers_and_calibrates(scans_fitted):
     p = scans_fitted.profile
     assert 3 <= p.steer_layers[0] and p.steer_layers[-1] <= 21, p.steer_layers
-    assert p.cls_layers[0] == p.steer_layers[0] and p.cls_layers[-1] == 23
+    assert p.cls_layers == list(range(12, 24))
     assert p.calibration["auprc"] > 0.7, p.calibration
     assert p.calibration["recall"] >= 0.9
     # the logit lens of the chosen band promotes refusal-like tokens more than the first layers

@@ -31,8 +31,8 @@ from .fit_data import (
     refusal_vectors,
 )
 from .fit_diagnostics import BandRecord, FitDiagnostics
-from .guard import Guard, guard_layers
-from .layers import LayerChoice, choose_band, logit_lens, toward_refusal_gain
+from .guard import Guard
+from .layers import LayerChoice, choose_band, classification_layers, logit_lens, toward_refusal_gain
 from .models import dtype_name, model_device
 from .packing import packed_linears
 from .profile import Profile
@@ -47,7 +47,7 @@ class LayerFit:
     """Step 2: the steering layers (the user's or the best measured band) and the evidence."""
 
     steer_layers: list[int]
-    cls_layers: list[int]  # the first steering layer to the last layer
+    cls_layers: list[int]  # the upper half of the layers (classification_layers)
     choice: LayerChoice
     source: str
     lens_scores: list[float]
@@ -94,8 +94,7 @@ def choose_layers(
         gain_h, gain_b = toward_refusal_gain(model, choice, vec.vectors, vec.coefficients)
         gain = {"harmful": gain_h, "harmless": gain_b}
         clock.lap("toward-refusal gain")
-    n_layers = vec.vectors.shape[0]
-    cls_layers = list(range(steer_layers[0], n_layers))
+    cls_layers = classification_layers(vec.vectors.shape[0])
     return LayerFit(steer_layers, cls_layers, choice, source, lens_scores, top_tokens, gain)
 
 
@@ -150,7 +149,7 @@ def fit_profile(
         with packed_linears(guard.model, enabled=config.pack_linears):
             cls_acts = collect_activations(guard.model, guard.tokenizer, anchors, config, batch_size=guard_batch,
                                            layers_path=guard.layers_path, progress=progress)  # fmt: skip
-        cls_layers = guard_layers(layers.steer_layers[0], n_layers, guard.n_layers)
+        cls_layers = classification_layers(guard.n_layers)  # the guard's own upper half
         clock.lap("guard forward")
     classifier = fit_classifiers(cls_acts, anchors, config, cls_layers, reference)
     refused = None

@@ -27,7 +27,7 @@ DEFAULT_MAX_HARMFUL_LOSS = (
 DEFAULT_POOL_SIZE = 320  # taxonomy prompts in the classifier's pool, every severe one included (None: all)
 DEFAULT_SHRINKAGE = 0.1  # covariance shrinkage of the classifier directions (auto: cross-validated)
 # k-fold splits of the classifier rows, each calibrating its own thresholds (the profile keeps their mean)
-DEFAULT_CROSSFIT_SPLITS = 8
+DEFAULT_CROSSFIT_SPLITS = 32
 MAX_CROSSFIT_SPLITS = 1000  # each split costs a fold fit per classifier; far more is a typo
 MIN_HELDOUT = 2  # held-out anchors per side, at least
 BUDGET_COUNTS = ("refused", "all")

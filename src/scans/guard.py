@@ -158,10 +158,3 @@ def rule_acts(
         assert mine is not None and "refuses" in mine, "the refusal gate reads the answering model's refusal"
         acts["refuses"] = mine["refuses"]
     return acts
-
-
-def guard_layers(first_steer_layer: int, n_layers: int, n_guard_layers: int) -> list[int]:
-    """The guard's classification layers: from the same relative depth as the answering
-    model's first steering layer to its last layer (as the answering model's own)."""
-    start = min(n_guard_layers - 1, round(first_steer_layer * n_guard_layers / n_layers))
-    return list(range(start, n_guard_layers))

@@ -181,6 +181,14 @@ def tiled_band_plan(
     return tiled, plan
 
 
+def classification_layers(n_layers: int) -> list[int]:
+    """The layers the classifiers read: the upper half of the network (12-23 of 24 layers).
+
+    Fixed by the depth alone, so every seed's classifier reads the same layers (the steering
+    band is measured on the seed's anchors and moves by a layer between seeds)."""
+    return list(range(n_layers // 2, n_layers))
+
+
 def candidate_bands(n_layers: int, width: int | None = None) -> list[tuple[int, int]]:
     """Contiguous bands of about a third of the depth, skipping the first and last layer."""
     width = width or max(1, round(n_layers / 3))
