@@ -47,7 +47,6 @@ class LayerFit:
     """Step 2: the steering layers (the user's or the best measured band) and the evidence."""
 
     steer_layers: list[int]
-    cls_layers: list[int]  # the upper half of the layers (classification_layers)
     choice: LayerChoice
     source: str
     lens_scores: list[float]
@@ -94,8 +93,7 @@ def choose_layers(
         gain_h, gain_b = toward_refusal_gain(model, choice, vec.vectors, vec.coefficients)
         gain = {"harmful": gain_h, "harmless": gain_b}
         clock.lap("toward-refusal gain")
-    cls_layers = classification_layers(vec.vectors.shape[0])
-    return LayerFit(steer_layers, cls_layers, choice, source, lens_scores, top_tokens, gain)
+    return LayerFit(steer_layers, choice, source, lens_scores, top_tokens, gain)
 
 
 # ------------------------------------------------------------------ the pipeline
@@ -143,13 +141,14 @@ def fit_profile(
         layers = choose_layers(model, tokenizer, vec, acts, config, clock, progress)
     assert acts.harmful.inst is not None and acts.harmful.probe is not None
     reference = reference_transition(transitions(acts.harmful.inst, acts.harmful.probe))
-    cls_acts, cls_layers = acts, layers.cls_layers
+    # the classifiers read the upper half of the layers of the model they read (a guard, if any)
+    cls_acts, cls_layers = acts, classification_layers(n_layers)
     if guard is not None:  # the same anchors and pool through the guard
         guard_batch = config.batch_size if config.batch_size is not None else auto_batch_size(guard.model)
         with packed_linears(guard.model, enabled=config.pack_linears):
             cls_acts = collect_activations(guard.model, guard.tokenizer, anchors, config, batch_size=guard_batch,
                                            layers_path=guard.layers_path, progress=progress)  # fmt: skip
-        cls_layers = classification_layers(guard.n_layers)  # the guard's own upper half
+        cls_layers = classification_layers(guard.n_layers)
         clock.lap("guard forward")
     classifier = fit_classifiers(cls_acts, anchors, config, cls_layers, reference)
     refused = None
