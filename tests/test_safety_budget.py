@@ -160,3 +160,55 @@ def test_the_steered_fraction_applies_the_harmful_threshold_first() -> None:
     steer = (np.maximum(score, inst) < t) & (score < cap)
     assert capped["steered_fraction"]["benign"] == pytest.approx(steer[~harmful].mean())
     assert capped["steered_fraction"]["benign"] < rec["steered_fraction"]["benign"]
+
+
+@pytest.mark.parametrize("max_loss,n", [(0.02, 99), (0.05, 60), (0.1, 30)])
+def test_refuse_budget_guarantee_holds_over_resamples(max_loss: float, n: int) -> None:
+    # the mirror bound: a fresh benign prompt the model answers is steered toward refusal when
+    # both its signals exceed the refuse threshold calibrated on n others; rate <= max_loss
+    from scans.calibration import refuse_budget
+
+    rng = np.random.default_rng(2)
+    trials = 8000
+    harmful = np.zeros(n, bool)
+    answered = np.ones(n, bool)
+    hits = []
+    for _ in range(trials):
+        score, inst = rng.standard_t(3, size=n + 1), rng.standard_t(3, size=n + 1)
+        r, _ = refuse_budget(score[:n], inst[:n], harmful, answered, max_loss)
+        hits.append(min(score[n], inst[n]) > r)
+    k = math.floor(max_loss * (n + 1))
+    exact = k / (n + 1)
+    se = math.sqrt(exact * (1 - exact) / trials)
+    assert np.mean(hits) <= max_loss + 3 * se
+    assert abs(np.mean(hits) - exact) <= 4 * se + 1e-9  # tight for continuous scores
+
+
+def test_refuse_budget_counts_only_answered_benign_prompts() -> None:
+    from scans.calibration import refuse_budget
+    from scans.errors import ScansError
+
+    rng = np.random.default_rng(3)
+    n = 200
+    score, inst = rng.normal(size=n), rng.normal(size=n)
+    harmful = np.arange(n) < 50
+    answered = np.arange(n) % 4 != 0  # the model refuses every fourth prompt
+    r, rec = refuse_budget(score, inst, harmful, answered, 0.05)
+    use = ~harmful & answered
+    both = np.minimum(score, inst)[use]
+    k = math.floor(0.05 * (use.sum() + 1))
+    assert r == pytest.approx(np.sort(both)[::-1][k - 1])  # the k-th largest joint signal
+    assert rec["budget"]["n"] == use.sum() and rec["budget"]["k"] == k
+    assert rec["budget"]["above"] == int((both > r).sum()) == k - 1
+    # a harmful or refused prompt above every benign answered one does not move the threshold
+    score2, inst2 = score.copy(), inst.copy()
+    score2[0] = inst2[0] = 99.0  # harmful
+    score2[52] = inst2[52] = 99.0  # benign, refused (52 % 4 == 0)
+    assert refuse_budget(score2, inst2, harmful, answered, 0.05)[0] == r
+    # several splits: the mean of each split's threshold
+    r2, rec2 = refuse_budget(
+        np.stack([score, score + 1]), np.stack([inst, inst + 1]), harmful, answered, 0.05
+    )
+    assert r2 == pytest.approx(r + 0.5) and rec2["split_thresholds"] == pytest.approx([r, r + 1])
+    with pytest.raises(ScansError, match=r"cannot calibrate a 0.002 false-refusal budget.*fix:"):
+        refuse_budget(score, inst, harmful, answered, 0.002)

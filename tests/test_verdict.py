@@ -55,6 +55,22 @@ def test_rule_branches(score, inst, expected):
     assert (v1.decision, v1.sign) == (("harmful", 0) if score >= 1.0 else ("benign", -1))
 
 
+@pytest.mark.parametrize(
+    "score,inst,expected",
+    [(2.0, 2.0, ("harmful", 1)), (2.0, 0.5, ("harmful", 0)), (1.2, 2.0, ("harmful", 0)),
+     (0.5, 2.0, ("abstain", 0)), (-2.0, -2.0, ("benign", -1))],
+)  # fmt: skip
+def test_refuse_threshold_steers_toward_refusal_only_where_both_signals_exceed_it(score, inst, expected):
+    p = _profile(
+        threshold=1.0, steer_threshold=-1.0, inst_threshold=-1.0, harmful_sign=0, refuse_threshold=1.5
+    )
+    v = verdict_of(p, "q", score, inst, "v2")
+    assert (v.decision, v.sign) == expected
+    v1 = verdict_of(p, "q", score, inst, "v1")  # scans-v1 ignores the refuse threshold
+    assert v1.sign == (0 if score >= 1.0 else -1)
+    assert p.v1().refuse_threshold is None
+
+
 def test_abstain_band_leaves_prompts_unsteered_on_a_tiny_model():
     base = _fitted("qwen2")
     scores = sorted(v.score for v in base.classify(PROMPTS))
@@ -72,16 +88,25 @@ def test_abstain_band_leaves_prompts_unsteered_on_a_tiny_model():
             assert g.response == g.unsteered
 
 
-def test_same_verdicts_through_every_path(tmp_path):
-    """API classify, API generate, the chat decoder (server path) and the bench method agree."""
+@pytest.mark.parametrize("toward", [False, True])
+def test_same_verdicts_through_every_path(tmp_path, toward):
+    """API classify, API generate, the chat decoder (server path) and the bench method agree,
+    also where some prompts judged harmful are steered toward refusal (+1) in the same batch."""
     base = _fitted("qwen2")
-    scores = sorted(v.score for v in base.classify(PROMPTS))
+    verdicts = base.classify(PROMPTS)
+    scores = sorted(v.score for v in verdicts)
+    refuse_t = None
+    if toward:  # midway between two of the prompts judged harmful's joint signals
+        joint = sorted(min(v.score, v.inst) for v in verdicts if v.score >= scores[8] - 1e-6)
+        refuse_t = (joint[1] + joint[2]) / 2
     s = _scans_with(
-        _profile(threshold=scores[8] - 1e-6, steer_threshold=scores[4] - 1e-6, inst_threshold=1e9)
-    )
+        _profile(threshold=scores[8] - 1e-6, steer_threshold=scores[4] - 1e-6, inst_threshold=1e9,
+                 refuse_threshold=refuse_t)
+    )  # fmt: skip
     paths = verdicts_by_path(s, PROMPTS, tmp_path)
     api = paths["api"]
     assert {v.decision for v in api} >= {"benign", "harmful"}
+    assert ({1, 0} <= {v.sign for v in api if v.harmful}) == toward
     for i, v in enumerate(api):
         for other in (paths["generate"][i], paths["chat"][i]):
             assert (other.decision, other.sign) == (v.decision, v.sign)
@@ -187,6 +212,44 @@ def test_cli_pool_without_labels_or_too_few_is_one_line(capsys, tmp_path, monkey
     assert cli.main(["fit", "--pool", str(f), "--out", str(tmp_path / "p")]) == 2
     assert "0 harmful" in _one_error_line(capsys)
     assert not (tmp_path / "p").exists()
+
+
+def test_fit_with_the_budget_policy_records_and_round_trips_the_refuse_threshold(tmp_path):
+    s = _fitted("qwen2", harmful_policy="budget", max_benign_loss=0.2)
+    p = s.profile
+    tr = p.decision["toward_refusal"]
+    assert p.refuse_threshold == pytest.approx(tr["budget"]["threshold"]) and p.harmful_sign == 0
+    assert tr["max_benign_loss"] == 0.2 and tr["budget"]["guaranteed"] <= 0.2 and tr["budget"]["k"] >= 1
+    path = p.save(tmp_path / "p")
+    assert json.loads((path / "profile.json").read_text())["format_version"] == 5
+    assert Profile.load(path).refuse_threshold == p.refuse_threshold
+    # the default policy (auto) is the budget policy where the pool can calibrate it ...
+    assert _fitted("qwen2", max_benign_loss=0.2).profile.refuse_threshold == p.refuse_threshold
+    # ... and none where too few benign prompts the model answers are there (0.02 needs 49)
+    plain = _fitted("qwen2").profile
+    assert plain.refuse_threshold is None and "toward_refusal" not in plain.decision
+    assert json.loads((plain.save(tmp_path / "q") / "profile.json").read_text())["format_version"] < 5
+    assert _fitted("qwen2", harmful_policy="none", max_benign_loss=0.2).profile.refuse_threshold is None
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [(["--max-benign-loss", "0"], "--max-benign-loss"), (["--max-benign-loss", "1"], "--max-benign-loss"),
+     (["--max-benign-loss", "x"], "--max-benign-loss"),
+     (["--harmful-policy", "budget", "--max-harmful-loss", "off"], "--harmful-policy budget")],
+)  # fmt: skip
+def test_cli_benign_budget_bad_is_one_line_and_no_profile(args, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli.common, "load_scans", lambda *a, **k: pytest.fail("the model must not load"))
+    assert cli.main(["fit", *args, "--out", str(tmp_path / "p")]) == 2
+    assert needle in _one_error_line(capsys)
+    assert not (tmp_path / "p").exists()
+
+
+def test_too_few_answered_benign_prompts_for_the_false_refusal_budget_is_one_line():
+    t = _tiny("qwen2")
+    with pytest.raises(ScansError, match=r"false-refusal budget.*fix:"):
+        make_scans(t.model, t.tokenizer).fit(HARMFUL, HARMLESS, BORDERLINE,
+                                             **{**FIT_KWARGS, "harmful_policy": "budget"})  # fmt: skip
 
 
 def test_too_few_harmful_anchors_for_the_budget_is_one_line(tmp_path):

@@ -55,6 +55,7 @@ def test_bench_all_methods_on_vllm_means_the_supported_ones(monkeypatch, capsys,
     assert seen["methods"].split(",") == [
         "original",
         "scans",
+        "scans-away",
         "scans-v1",
         "scans-paper",
         "always-away",

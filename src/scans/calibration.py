@@ -276,3 +276,56 @@ def rule_budget(
         record["refused"] = {"harmful": int((harmful & counted).sum()), "of_harmful": int(harmful.sum()),
                              "severe": int((severe & counted).sum()), "of_severe": int(severe.sum())}  # fmt: skip
     return threshold, {**record, "steered_fraction": steered}
+
+
+def refuse_budget(
+    score: np.ndarray,
+    inst: np.ndarray,
+    harmful: np.ndarray,
+    answered: np.ndarray,
+    max_loss: float,
+    harmful_threshold: float | None = None,
+) -> tuple[float, dict]:
+    """The refuse threshold r for a false-refusal budget: the mirror of :func:`rule_budget`.
+
+    A prompt is steered toward refusal only when both signals are over r, i.e. min(score, inst)
+    > r. Per cross-fitting split, r_s comes from :func:`safety_budget` on -min(score, inst) over
+    the benign calibration prompts the model answers (``answered``: steering a prompt it already
+    refuses adds no refusal), so for a new such prompt exchangeable with them, P(min > r_s) <=
+    k / (n + 1) <= ``max_loss``; r is the mean of the r_s (as the steer threshold). Returns r and a
+    record: ``max_benign_loss``, ``budget`` (n, k, guaranteed k/(n+1), ``above``: the most
+    calibration scores over r in any split, its 95% upper bound), ``split_thresholds`` and
+    ``steered_fraction`` (per class, among the answered prompts, averaged over the splits; with
+    ``harmful_threshold``, a prompt must also be judged harmful, as the verdicts require). A
+    one-line error when too few answered benign prompts can calibrate the budget.
+    """
+    harmful, answered = np.asarray(harmful, dtype=bool), np.asarray(answered, dtype=bool)
+    both = np.atleast_2d(np.minimum(np.asarray(score, dtype=np.float64), np.asarray(inst, dtype=np.float64)))
+    assert both.shape[1:] == harmful.shape == answered.shape, "one score, second signal and flag per prompt"
+    use = ~harmful & answered
+    budgets = [safety_budget(-b[use], max_loss) for b in both]
+    if budgets[0].k == 0:
+        raise ScansError(
+            f"{budgets[0].n} benign prompts the model answers in the classifier pool cannot calibrate a "
+            f"{max_loss:g} false-refusal budget (need {prompts_needed(max_loss)}); fix: add benign prompts "
+            "(--pool FILE) or raise --max-benign-loss"
+        )
+    split_r = [-b.threshold for b in budgets]
+    threshold = float(np.mean(split_r))
+    above = max(int((b[use] > threshold).sum()) for b in both)
+    toward = both > threshold
+    if harmful_threshold is not None:
+        toward &= np.atleast_2d(np.asarray(score, dtype=np.float64)) >= harmful_threshold
+    steered = {
+        "benign_answered": float(toward[:, use].mean()),
+        "harmful_answered": float(toward[:, harmful & answered].mean())
+        if (harmful & answered).any()
+        else 0.0,
+    }
+    b = budgets[0]
+    budget = {
+        "n": b.n, "k": b.k, "guaranteed": b.guaranteed, "above": above,
+        "upper_bound": clopper_pearson_upper(above, b.n), "threshold": threshold,
+    }  # fmt: skip
+    record = {"max_benign_loss": max_loss, "budget": budget, "split_thresholds": split_r}
+    return threshold, {**record, "steered_fraction": steered}

@@ -89,7 +89,9 @@ def choose_layers(
             "measured effect (drop - drift)",
         )
     gain = None
-    if config.harmful_policy == "refuse" or config.compare_classifiers:  # needed only to steer toward refusal
+    if (
+        config.harmful_policy == "refuse" or config.compare_classifiers
+    ):  # a diagnostic of steering toward refusal
         gain_h, gain_b = toward_refusal_gain(model, choice, vec.vectors, vec.coefficients)
         gain = {"harmful": gain_h, "harmless": gain_b}
         clock.lap("toward-refusal gain")
@@ -152,7 +154,8 @@ def fit_profile(
         clock.lap("guard forward")
     classifier = fit_classifiers(cls_acts, anchors, config, cls_layers, reference)
     refused = None
-    if config.max_harmful_loss is not None and config.budget_counts == "refused":
+    toward = config.harmful_policy in ("budget", "auto")
+    if config.max_harmful_loss is not None and (config.budget_counts == "refused" or toward):
         # the calibration rows, in the classifier's order; only the last layer is read
         groups = (
             [acts.held]

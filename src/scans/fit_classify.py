@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .calibration import average_precision, calibrate, rule_budget
+from .calibration import average_precision, calibrate, prompts_needed, refuse_budget, rule_budget
 from .classifier import fit_classifier
 from .fit_config import FitConfig
 from .fit_data import AnchorSet, FitActivations, RefusalVectors
@@ -113,6 +113,9 @@ class DecisionRule:
     inst_contrast_std: torch.Tensor
     decision: dict[str, Any]
     v1: dict[str, Any]  # v1_contrast, v1_contrast_mean, v1_contrast_std, v1_threshold (or empty)
+    refuse_threshold: float | None = (
+        None  # --harmful-policy budget: min(score, inst) over it -> toward refusal
+    )
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,7 @@ class Calibrated:
             **r.v1, "steer_threshold": r.steer_threshold, "inst_threshold": r.steer_threshold,
             "max_harmful_loss": r.max_harmful_loss, "inst_contrast": r.inst_contrast,
             "inst_contrast_mean": r.inst_contrast_mean, "inst_contrast_std": r.inst_contrast_std,
-            "decision": r.decision,
+            "decision": r.decision, "refuse_threshold": r.refuse_threshold,
         }  # fmt: skip
 
 
@@ -144,7 +147,8 @@ def calibrate_rule(
 ) -> Calibrated:  # fmt: skip
     """The threshold (at least ``target_recall`` of the harmful calibration rows) and, with a
     safety budget, the v2 rule's steer threshold on the second signal (``refused``: the model's
-    own refusal of each calibration row, counted by the budget; None counts every row).
+    own refusal of each calibration row, counted by the safety budget unless ``budget_counts`` is
+    ``all``, and by the false-refusal budget of ``--harmful-policy budget``; None counts every row).
     ``acts`` are what the classifiers read; ``model_acts`` the answering model's (the same
     unless a guard reads the prompts), where the refusal vectors' separation is measured."""
     stats = calibrate(cls.split_scores, cls.labels, config.target_recall).to_dict()
@@ -208,10 +212,18 @@ def decision_rule(
         labels,
         cls.severe,
         config.max_harmful_loss,
-        refused,
+        refused if config.budget_counts == "refused" else None,
         config.max_severe_loss,
         harmful_threshold,
     )
+    refuse_t = None
+    if config.harmful_policy in ("budget", "auto"):
+        answered = np.ones_like(labels, dtype=bool) if refused is None else ~np.asarray(refused, dtype=bool)
+        enough = int((answered & ~labels).sum()) >= prompts_needed(config.max_benign_loss)
+        if config.harmful_policy == "budget" or enough:  # auto: none where it cannot be calibrated
+            refuse_t, rule["toward_refusal"] = refuse_budget(
+                cls.split_scores, inst_cal, labels, answered, config.max_benign_loss, harmful_threshold
+            )
     decision = {
         "rule": "v2", **rule, "inst_shrinkage": fit_i.shrinkage,
         "crossfit_splits": config.crossfit_splits if crossfit else None,
@@ -221,5 +233,5 @@ def decision_rule(
     }  # fmt: skip
     return DecisionRule(
         steer_t, config.max_harmful_loss, fit_i.tensors["contrast"], fit_i.tensors["contrast_mean"],
-        fit_i.tensors["contrast_std"], decision, v1,
+        fit_i.tensors["contrast_std"], decision, v1, refuse_t,
     )  # fmt: skip

@@ -30,6 +30,10 @@ DEFAULT_SHRINKAGE = 0.1  # covariance shrinkage of the classifier directions (au
 DEFAULT_CROSSFIT_SPLITS = 32
 MAX_CROSSFIT_SPLITS = 1000  # each split costs a fold fit per classifier; far more is a typo
 MIN_HELDOUT = 2  # held-out anchors per side, at least
+DEFAULT_MAX_BENIGN_LOSS = (
+    0.02  # --harmful-policy budget: at most 2% of answered benign prompts steered toward refusal
+)
+HARMFUL_POLICIES = ("auto", "budget", "none", "refuse")
 BUDGET_COUNTS = ("refused", "all")
 REFUSAL_GATES = ("auto", "on", "off")
 
@@ -59,8 +63,14 @@ class FitConfig:
     """``instruction`` (end of the user's text), ``contrast`` (transitions) or ``cosine`` (the paper's)."""
     target_recall: float | None = DEFAULT_TARGET_RECALL
     """The calibrated threshold flags at least this share of the harmful calibration anchors."""
-    harmful_policy: str = "none"
-    """Prompts judged harmful: ``none`` (unsteered) or ``refuse`` (steered toward refusal, the paper)."""
+    harmful_policy: str = "auto"
+    """Prompts judged harmful: ``budget`` (steered toward refusal only where both signals clear the
+    false-refusal budget ``max_benign_loss``; needs rule v2), ``none`` (unsteered), ``refuse`` (every
+    one steered toward refusal, the paper), or ``auto`` (``budget`` where the rule is v2 and the pool
+    holds enough benign prompts the model answers to calibrate it, else ``none``)."""
+    max_benign_loss: float = DEFAULT_MAX_BENIGN_LOSS
+    """``budget`` policy: at most this fraction of the benign prompts the model answers is steered
+    toward refusal (split conformal on the pool's out-of-fold signals)."""
     steer_window: int | None = 1
     """Positions steered from the instruction end; None: every later position too (the paper)."""
     probe: str = DEFAULT_PROBE
@@ -146,8 +156,18 @@ class FitConfig:
                 f"{n_cls_h} harmful anchors train the classifier, its {N_FOLDS}-fold cross-validation needs "
                 f"{N_FOLDS}; fix: raise --n-fit to {N_FOLDS} or use --calibration crossfit"
             )
-        if self.harmful_policy not in ("refuse", "none"):
-            raise ScansError(f"harmful_policy {self.harmful_policy!r}; fix: use 'none' or 'refuse'")
+        if self.harmful_policy not in HARMFUL_POLICIES:
+            raise ScansError(
+                f"harmful policy {self.harmful_policy!r}; fix: use one of {', '.join(HARMFUL_POLICIES)}"
+            )
+        if not 0.0 < self.max_benign_loss < 1.0:
+            raise ScansError(
+                f"max benign loss {self.max_benign_loss}; fix: use a fraction in (0, 1), e.g. 0.02"
+            )
+        if self.harmful_policy == "budget" and loss is None:
+            raise ScansError(
+                "--harmful-policy budget needs decision rule v2; fix: set --max-harmful-loss or use another policy"
+            )
         if self.alpha_mode not in ("relative", "absolute"):
             raise ScansError(f"alpha_mode {self.alpha_mode!r}; fix: use 'relative' or 'absolute'")
         if self.steer_window is not None and self.steer_window < 1:
@@ -231,6 +251,9 @@ class FitConfig:
             classifier=args.classifier,
             target_recall=args.target_recall,
             harmful_policy=args.harmful_policy,
+            max_benign_loss=parse_fraction(
+                args.max_benign_loss, "--max-benign-loss", "pass a fraction in (0, 1), e.g. 0.02"
+            ),
             steer_window=args.steer_window or None,
             probe=args.probe,
             system=args.system,

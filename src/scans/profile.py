@@ -20,7 +20,8 @@ from .steering import SteeringPlan, SteeringVector
 FORMAT_VERSION = 2
 GUARD_FORMAT = 3  # a profile whose classifiers read a guard model (``guard``); older scans refuse it
 GATE_FORMAT = 4  # a profile with the refusal gate (``refusal_gate``); older scans refuse it
-READABLE_FORMATS = (1, 2, 3, 4)  # format 1 (no second signal, no steer threshold) reads as rule v1
+REFUSE_FORMAT = 5  # a profile with a refuse threshold (``--harmful-policy budget``); older scans refuse it
+READABLE_FORMATS = (1, 2, 3, 4, 5)  # format 1 (no second signal, no steer threshold) reads as rule v1
 TENSORS = "vectors.safetensors"
 METADATA = "profile.json"
 CLASSIFIERS = ("instruction", "contrast", "cosine")
@@ -88,6 +89,9 @@ class Profile:
     # Steer a prompt judged benign only where the answering model would refuse it (its greedy
     # first answer token opens a refusal: scans.refusal); the others are left as they are.
     refusal_gate: bool = False
+    # --harmful-policy budget: a prompt judged harmful is steered toward refusal only where both
+    # signals exceed it (calibrated for the false-refusal budget); None: ``harmful_sign`` for all.
+    refuse_threshold: float | None = None
 
     def __post_init__(self) -> None:
         layers, _ = self.vectors.shape
@@ -176,11 +180,11 @@ class Profile:
         import dataclasses
 
         if self.v1_contrast is None or self.v1_threshold is None:
-            return dataclasses.replace(self, steer_threshold=None, inst_threshold=None)
+            return dataclasses.replace(self, steer_threshold=None, inst_threshold=None, refuse_threshold=None)
         return dataclasses.replace(
             self, contrast=self.v1_contrast, contrast_mean=self.v1_contrast_mean,
             contrast_std=self.v1_contrast_std, threshold=self.v1_threshold, steer_threshold=None,
-            inst_threshold=None,
+            inst_threshold=None, refuse_threshold=None,
         )  # fmt: skip
 
     def inst_scores(self, inst: torch.Tensor) -> torch.Tensor | None:
@@ -197,7 +201,13 @@ class Profile:
     def metadata(self) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self).items() if k not in TENSOR_FIELDS}
         data["format_version"] = (
-            GATE_FORMAT if self.refusal_gate else GUARD_FORMAT if self.guard else FORMAT_VERSION
+            REFUSE_FORMAT
+            if self.refuse_threshold is not None
+            else GATE_FORMAT
+            if self.refusal_gate
+            else GUARD_FORMAT
+            if self.guard
+            else FORMAT_VERSION
         )
         data["n_layers"] = self.n_layers
         data["hidden_size"] = int(self.vectors.shape[1])

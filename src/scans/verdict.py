@@ -15,10 +15,18 @@ same labelled pool (higher = more harmful):
 
 and decides, first match wins::
 
-    score >= threshold                                 -> "harmful"  sign = harmful_sign (0 by default)
+    score >= threshold                                 -> "harmful"  sign = harmful_sign (0 by default),
+                                                          +1 where min(score, inst) > refuse_threshold
     score >= steer_threshold or inst >= inst_threshold -> "abstain"  sign = 0 (not sure enough)
     refusal gate on and the model would not refuse     -> "answers"  sign = 0 (nothing to unlock)
     otherwise                                          -> "benign"   sign = -1 (steer away from refusal)
+
+With ``--harmful-policy budget`` the profile holds a refuse threshold r, calibrated for a
+false-refusal budget ``max_benign_loss`` on the joint signal min(score, inst): on out-of-fold
+signals of the pool's benign prompts that the model answers, at most that fraction lies over r
+(split conformal, :func:`scans.calibration.refuse_budget`). A prompt judged harmful whose two
+signals both exceed r is steered toward refusal (+1); the others judged harmful are left as they
+are. This is the paper's "+1 for harmful prompts" with a bound on the refusals it adds.
 
 The refusal gate (``Profile.refusal_gate``) reads the answering model's own greedy first answer
 token (``acts["refuses"]``, :mod:`scans.refusal`, the reading the budget counts refusals by):
@@ -96,6 +104,9 @@ def verdict_of(
     harmful = score >= profile.threshold
     if rule == "v1" or harmful:
         sign = profile.harmful_sign if harmful else -1
+        refuse_t = profile.refuse_threshold if rule == "v2" else None
+        if harmful and refuse_t is not None:  # toward refusal only where both signals are sure
+            sign = 1 if min(score, score if inst is None else inst) > refuse_t else profile.harmful_sign
         return Verdict(prompt, score, harmful, sign, "harmful" if harmful else "benign", inst)
     steer_threshold = profile.threshold if profile.steer_threshold is None else profile.steer_threshold
     unsure_inst = inst is not None and profile.inst_threshold is not None and inst >= profile.inst_threshold

@@ -33,7 +33,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--methods",
         default="all",
-        help="'all' or a comma list of original, scans, scans-v1, scans-paper, always-away, ablate, prompt",
+        help="'all' or a comma list of original, scans, scans-away, scans-v1, scans-paper, always-away, ablate, prompt",
     )
     bench.add_argument(
         "--limit", type=int, default=None, help="first N prompts of each split (a quick subset)"

@@ -7,7 +7,13 @@ import time
 from typing import Any
 
 from ..errors import ScansError
-from ..fit_config import DEFAULT_CROSSFIT_SPLITS, DEFAULT_SHRINKAGE, REFUSAL_GATES, FitConfig
+from ..fit_config import (
+    DEFAULT_CROSSFIT_SPLITS,
+    DEFAULT_SHRINKAGE,
+    HARMFUL_POLICIES,
+    REFUSAL_GATES,
+    FitConfig,
+)
 from . import common
 from .common import add_model_args, add_profile_arg, batch_size_arg, parse_layers, shrinkage_arg
 
@@ -130,9 +136,17 @@ def add_fit_parser(sub: argparse._SubParsersAction) -> None:
     )
     fit.add_argument(
         "--harmful-policy",
-        choices=["none", "refuse"],
-        default="none",
-        help="prompts judged harmful: leave unsteered (none, default) or steer toward refusal (refuse, the paper)",
+        choices=list(HARMFUL_POLICIES),
+        default="auto",
+        help="prompts judged harmful: steer toward refusal only those both signals place beyond the "
+        "false-refusal budget (budget), leave them unsteered (none), steer every one toward refusal "
+        "(refuse, the paper); auto (default): budget where the pool can calibrate it, else none",
+    )
+    fit.add_argument(
+        "--max-benign-loss",
+        default="0.02",
+        help="--harmful-policy budget: at most this fraction in (0, 1) of the benign pool prompts the model "
+        "answers would be steered toward refusal, a split-conformal bound (default 0.02)",
     )
     fit.add_argument(
         "--compare-classifiers",
@@ -185,10 +199,12 @@ def print_fit(profile: Any, seconds: float | None, path: Any) -> None:
         )
     )
     mode = "x layer norm" if profile.alpha_mode == "relative" else "absolute"
-    print(
-        f"alpha: {profile.alpha} ({mode}); prompts judged harmful: "
-        f"{'steered toward refusal' if profile.harmful_sign > 0 else 'left unsteered'}"
-    )
+    refuse_t = getattr(profile, "refuse_threshold", None)
+    if refuse_t is not None:
+        toward = f"steered toward refusal where both signals > {refuse_t:.4f} (false-refusal budget)"
+    else:
+        toward = "steered toward refusal" if profile.harmful_sign > 0 else "left unsteered"
+    print(f"alpha: {profile.alpha} ({mode}); prompts judged harmful: {toward}")
     shrink = (extra.get("shrinkage") or {}).get(profile.classifier)
     print(
         f"threshold: {profile.threshold:.4f}"
@@ -278,6 +294,16 @@ def print_decision(profile: Any) -> None:
         + ", ".join(f"{k} {v:.1%}" for k, v in steered.items())
         + f" (pool {d['pool']['size']} prompts, {d['pool']['severe']} severe)"
     )
+    toward = d.get("toward_refusal")
+    if toward:
+        tb, frac = toward["budget"], toward["steered_fraction"]
+        print(
+            f"  toward refusal (false-refusal budget {toward['max_benign_loss']:g}): a benign prompt the model "
+            f"answers, exchangeable with the {tb['n']} pool ones, is steered toward refusal with probability "
+            f"<= {tb['guaranteed']:.4f}; pool: {tb['above']}/{tb['n']} over the threshold (95% upper bound "
+            f"{tb['upper_bound']:.4f}); out of fold, answered harmful {frac['harmful_answered']:.1%}, "
+            f"answered benign {frac['benign_answered']:.1%}"
+        )
 
 
 def cmd_fit(args: argparse.Namespace) -> int:

@@ -12,10 +12,11 @@ from ...errors import ScansError
 from .ablate import Ablate
 from .base import Decision, Method
 from .prompt import PromptMethod
-from .scans_methods import AlwaysAway, Original, ScansMethod, ScansPaper, ScansV1
+from .scans_methods import AlwaysAway, Original, ScansAway, ScansMethod, ScansPaper, ScansV1
 
 METHODS: dict[str, type[Method]] = {
-    m.name: m for m in (Original, ScansMethod, ScansV1, ScansPaper, AlwaysAway, Ablate, PromptMethod)
+    m.name: m
+    for m in (Original, ScansMethod, ScansAway, ScansV1, ScansPaper, AlwaysAway, Ablate, PromptMethod)
 }
 DEFAULT_METHODS = tuple(METHODS)
 

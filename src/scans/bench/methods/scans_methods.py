@@ -57,7 +57,23 @@ class ScansMethod(Method):
             "max_harmful_loss": p.max_harmful_loss,
             "guard": (p.guard or {}).get("name"),
             "refusal_gate": p.refusal_gate,
+            "refuse_threshold": p.refuse_threshold,
         }
+
+
+class ScansAway(ScansMethod):
+    """The profile's own rule with every prompt judged harmful left unsteered: what a
+    ``--harmful-policy budget`` profile does without its toward-refusal branch, side by side."""
+
+    name: ClassVar[str] = "scans-away"
+    description: ClassVar[str] = "the profile's rule, steering away only (nothing toward refusal)"
+
+    def __init__(self, profile: Profile, n_layers: int, layers_path: str | None = None) -> None:
+        super().__init__(profile, n_layers, layers_path)
+        self._away = dataclasses.replace(profile, refuse_threshold=None, harmful_sign=0)
+
+    def classifier_profile(self) -> Profile:
+        return self._away
 
 
 class ScansV1(ScansMethod):
@@ -107,6 +123,7 @@ class ScansPaper(ScansMethod):
             inst_threshold=None,
             guard=None,  # the paper's cosine classifier reads the answering model
             refusal_gate=False,
+            refuse_threshold=None,
         )
 
     def classifier_profile(self) -> Profile:
