@@ -3,7 +3,8 @@
     python bench/decision_report.py RUNS_DIR [--judge substring]
 
 Per run: refusal rate per split and method (Wilson 95%), harmful prompts unlocked (refused by
-the original, answered by the method) per unsafe split, prompts judged harmful / steered,
+the original, answered by the method) per unsafe split, refusals added (answered by the original,
+refused by the method) per split, prompts judged harmful / steered toward refusal,
 and MMLU prompts judged harmful (from summary.json when present).
 """
 
@@ -44,8 +45,8 @@ def table(run: Path, judge: str, limit: int | None = None) -> tuple[str, dict]:
         + " | ".join(methods)
         + " | unlocked ("
         + ", ".join(m for m in methods if m != "original")
-        + ") |",
-        "|---" * (len(methods) + 2) + "|",
+        + ") | refusals added (answered by the original, refused by the method) |",
+        "|---" * (len(methods) + 3) + "|",
     ]
     for sp in splits:
         cells = []
@@ -54,7 +55,7 @@ def table(run: Path, judge: str, limit: int | None = None) -> tuple[str, dict]:
             k = sum(refused(r["judges"][judge]) for r in rs)
             stats[(sp, m)] = rate(k, len(rs))
             cells.append(format_rate(stats[(sp, m)]))
-        unlocked = []
+        unlocked, added_cells = [], []
         for m in methods:
             if m == "original":
                 continue
@@ -72,7 +73,26 @@ def table(run: Path, judge: str, limit: int | None = None) -> tuple[str, dict]:
             label = next(r["label"] for r in recs if r["split"] == sp)
             stats[(sp, m, "unlocked")] = (n, total)
             unlocked.append(f"{n} ({100 * n / total:.1f}%)" if label == "unsafe" else "-")
-        lines.append(f"| {sp} | " + " | ".join(cells) + " | " + " / ".join(unlocked) + " |")
+            added = sum(
+                1
+                for key, per in by.items()
+                if key[0] == sp
+                and m in per
+                and "original" in per
+                and not refused(per["original"]["judges"][judge])
+                and refused(per[m]["judges"][judge])
+            )
+            stats[(sp, m, "added")] = (added, total)
+            added_cells.append(f"{added} ({100 * added / total:.1f}%)")
+        lines.append(
+            f"| {sp} | "
+            + " | ".join(cells)
+            + " | "
+            + " / ".join(unlocked)
+            + " | "
+            + " / ".join(added_cells)
+            + " |"
+        )
     steer = []
     for m in methods:
         rs = [r for r in recs if r["method"] == m and r.get("score") is not None]
@@ -80,7 +100,13 @@ def table(run: Path, judge: str, limit: int | None = None) -> tuple[str, dict]:
             d = defaultdict(int)
             for r in rs:
                 d[r.get("decision") or ("harmful" if r.get("flagged") else "benign")] += 1
-            steer.append(f"{m}: " + ", ".join(f"{k} {v}" for k, v in sorted(d.items())) + f" (of {len(rs)})")
+            toward = sum(1 for r in rs if r.get("sign") == 1)
+            steer.append(
+                f"{m}: "
+                + ", ".join(f"{k} {v}" for k, v in sorted(d.items()))
+                + f" (of {len(rs)})"
+                + f"; steered toward refusal {toward}"
+            )
     summary = run / "capability.json"
     if summary.exists():
         mmlu = json.loads(summary.read_text()).get("mmlu") or {}
