@@ -465,7 +465,7 @@ def test_serve_vllm_mixed_batch_same_as_alone(both):
             assert info == info_alone
         (on, on_info), (b, b_info), (off, off_info) = alone[:3]
         assert on_info["sign"] == -1 and on_info["steered"] and not on_info["harmful"]
-        assert b_info["harmful"] and not b_info["steered"]
+        assert b_info["harmful"] and b_info["sign"] >= 0  # never steered away (+1: toward refusal)
         assert off_info["sign"] == 0 and not off_info["steered"] and off_info["harmful"] == on_info["harmful"]
         assert is_refusal(off) and not is_refusal(on) and is_refusal(b), (off, on, b)
         assert "\n" not in alone[4][0]
