@@ -179,7 +179,9 @@ class Scans:
         split when the shipped anchors are used, else none), ``pool_size`` of them sampled.
         ``max_harmful_loss``: the safety budget of the decision rule (see :mod:`scans.verdict`);
         None fits the v1 rule; ``max_severe_loss``: the severe class's own, tighter budget (None:
-        the same). The fit's diagnostics are in the profile's ``extra``
+        the same); ``harmful_policy`` (``"auto"``: ``"budget"`` where the pool can calibrate it) with
+        ``max_benign_loss``: prompts judged harmful are steered toward refusal only where both
+        signals clear that false-refusal budget. The fit's diagnostics are in the profile's ``extra``
         (:class:`~scans.fit_diagnostics.FitDiagnostics`). ``guard`` (a model spec such as
         ``"embedded:qwen-1.5b"``, or a loaded model): the classifiers read that model instead
         (:mod:`scans.guard`).
