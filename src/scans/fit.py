@@ -89,9 +89,8 @@ def choose_layers(
             "measured effect (drop - drift)",
         )
     gain = None
-    if (
-        config.harmful_policy == "refuse" or config.compare_classifiers
-    ):  # a diagnostic of steering toward refusal
+    # a diagnostic of steering toward refusal: only where every prompt judged harmful is steered so
+    if config.harmful_policy == "refuse" or config.compare_classifiers:
         gain_h, gain_b = toward_refusal_gain(model, choice, vec.vectors, vec.coefficients)
         gain = {"harmful": gain_h, "harmless": gain_b}
         clock.lap("toward-refusal gain")
@@ -154,8 +153,8 @@ def fit_profile(
         clock.lap("guard forward")
     classifier = fit_classifiers(cls_acts, anchors, config, cls_layers, reference)
     refused = None
-    toward = config.harmful_policy in ("budget", "auto")
-    if config.max_harmful_loss is not None and (config.budget_counts == "refused" or toward):
+    by_refusal = config.max_harmful_loss is not None and config.budget_counts == "refused"
+    if by_refusal or config.toward_refusal_budget:
         # the calibration rows, in the classifier's order; only the last layer is read
         groups = (
             [acts.held]

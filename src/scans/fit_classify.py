@@ -113,9 +113,8 @@ class DecisionRule:
     inst_contrast_std: torch.Tensor
     decision: dict[str, Any]
     v1: dict[str, Any]  # v1_contrast, v1_contrast_mean, v1_contrast_std, v1_threshold (or empty)
-    refuse_threshold: float | None = (
-        None  # --harmful-policy budget: min(score, inst) over it -> toward refusal
-    )
+    # --harmful-policy budget: min(score, inst) over it -> steered toward refusal
+    refuse_threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -217,7 +216,7 @@ def decision_rule(
         harmful_threshold,
     )
     refuse_t = None
-    if config.harmful_policy in ("budget", "auto"):
+    if config.toward_refusal_budget:
         answered = np.ones_like(labels, dtype=bool) if refused is None else ~np.asarray(refused, dtype=bool)
         enough = int((answered & ~labels).sum()) >= prompts_needed(config.max_benign_loss)
         if config.harmful_policy == "budget" or enough:  # auto: none where it cannot be calibrated

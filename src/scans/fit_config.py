@@ -30,9 +30,8 @@ DEFAULT_SHRINKAGE = 0.1  # covariance shrinkage of the classifier directions (au
 DEFAULT_CROSSFIT_SPLITS = 32
 MAX_CROSSFIT_SPLITS = 1000  # each split costs a fold fit per classifier; far more is a typo
 MIN_HELDOUT = 2  # held-out anchors per side, at least
-DEFAULT_MAX_BENIGN_LOSS = (
-    0.02  # --harmful-policy budget: at most 2% of answered benign prompts steered toward refusal
-)
+# --harmful-policy budget: at most 2% of the benign prompts the model answers steered toward refusal
+DEFAULT_MAX_BENIGN_LOSS = 0.02
 HARMFUL_POLICIES = ("auto", "budget", "none", "refuse")
 BUDGET_COUNTS = ("refused", "all")
 REFUSAL_GATES = ("auto", "on", "off")
@@ -176,6 +175,11 @@ class FitConfig:
             )
         if self.batch_size is not None and self.batch_size < 1:
             raise ScansError(f"batch size {self.batch_size}; fix: use a batch size of at least 1")
+
+    @property
+    def toward_refusal_budget(self) -> bool:
+        """Whether the fit calibrates the refuse threshold (``budget``; ``auto`` where it can)."""
+        return self.max_harmful_loss is not None and self.harmful_policy in ("budget", "auto")
 
     @property
     def needs_transitions(self) -> bool:
