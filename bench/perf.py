@@ -23,7 +23,9 @@ by ``scans.packing`` as ``scans fit`` runs them).
 With ``--fit-runs K``: the whole ``scans --quiet fit`` command (defaults, the model already
 cached), K times with its prepacked linears and K times with ``--no-pack``, alternating;
 prints every wall time, the medians and their ratio, and where the fit's time went (the
-stage timings each profile records).
+stage timings each profile records); then the token positions the fit ran through the decoder
+blocks and their FLOPs (2 x block parameters each, as the profile records them) against the
+machine's measured fp32 matmul rate: the time no fp32 fit of these anchors can beat here.
 """
 
 from __future__ import annotations
@@ -189,13 +191,15 @@ def machine_throughput() -> dict:
     }
 
 
-def time_fits(runs: int, extra: list[str]) -> None:
-    """``scans --quiet fit`` with and without packed linears, alternating, in fresh processes."""
+def time_fits(runs: int, extra: list[str], gflops: float) -> None:
+    """``scans --quiet fit`` with and without packed linears, alternating, in fresh processes;
+    ``gflops``: the machine's measured fp32 matmul rate, to set against the fit's forward FLOPs."""
     import statistics
     import tempfile
 
     walls: dict[str, list[float]] = {"packed": [], "--no-pack": []}
     stages: dict[str, dict] = {}
+    last_extra: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(runs):
             for mode in walls:
@@ -216,6 +220,7 @@ def time_fits(runs: int, extra: list[str]) -> None:
                 walls[mode].append(time.perf_counter() - start)
                 profile = json.loads((out / "profile.json").read_text())
                 stages[mode] = profile["extra"]["timings_s"]
+                last_extra = profile["extra"]
                 print(
                     f"run {i + 1} {mode:9s} wall {walls[mode][-1]:6.1f} s  layers {profile['steer_layers'][0]}-"
                     f"{profile['steer_layers'][-1]}  threshold {profile['threshold']:.4f}",
@@ -228,6 +233,14 @@ def time_fits(runs: int, extra: list[str]) -> None:
             f"stages of its last run: {stages[mode]}"
         )
     print(f"packed / --no-pack median wall time: {med['packed'] / med['--no-pack']:.3f}")
+    tokens, flops = last_extra.get("forward_tokens") or {}, last_extra.get("forward_flops") or {}
+    if tokens:  # what the fit's forward passes cost at the machine's best measured matmul rate
+        total = sum(flops.values())
+        print(
+            f"the fit's forward passes: {sum(tokens.values()):,} token positions through the decoder "
+            f"blocks, {total / 1e12:.2f} TFLOP in their weights ({tokens}); at this machine's "
+            f"fp32 matmul rate ({gflops:.0f} GFLOP/s) no fp32 fit runs them in under {total / gflops / 1e9:.0f} s"
+        )
 
 
 def main() -> None:
@@ -285,7 +298,7 @@ def main() -> None:
             f"batched forward {m['forward_gflops']:.0f} (prepacked {m['forward_packed_gflops']:.0f})",
             flush=True,
         )
-        time_fits(args.fit_runs, extra)
+        time_fits(args.fit_runs, extra, max(m["matmul_gflops"], m["matmul_packed_gflops"]))
         return
     if args.only:
         if args.only == "machine":

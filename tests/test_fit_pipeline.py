@@ -225,3 +225,40 @@ def test_the_pool_sample_follows_pool_seed_not_seed():
 
     assert pool_of(seed=0) == pool_of(seed=1) == pool_of(seed=2, pool_seed=0)
     assert pool_of(pool_seed=1) != pool_of(pool_seed=0)
+
+
+def test_token_meter_counts_positions_through_the_first_block():
+    """Every position (padding included) entering the first decoder block is counted, also one
+    cached step at a time; FLOPs are 2 x the blocks' parameters per position."""
+    from scans.fit import TokenMeter
+    from scans.kvcache import new_cache
+
+    t = _tiny("llama")
+    meter = TokenMeter(t.model)
+    params = sum(p.numel() for layer in t.model.model.layers for p in layer.parameters())
+    ids = torch.randint(3, 60, (3, 7))
+    with torch.no_grad():
+        t.model(input_ids=ids)  # not counting yet
+        with meter.counting():
+            cache = new_cache(t.model)
+            t.model(input_ids=ids, past_key_values=cache, use_cache=True)
+            t.model(input_ids=ids[:, :1], past_key_values=cache, use_cache=True)
+        t.model(input_ids=ids)  # the hook is gone
+    assert meter.tokens == 3 * 7 + 3 and meter.flops == 2.0 * params * (3 * 7 + 3)
+    assert not t.model.model.layers[0]._forward_pre_hooks
+
+
+def test_the_fit_records_what_its_forward_passes_ran(fitted):
+    """The stages' token counts add up to what a meter around the whole fit counts, and only
+    the stages that run the model have any."""
+    from scans.fit import TokenMeter
+
+    t = _tiny("qwen2")
+    meter = TokenMeter(t.model)
+    with meter.counting():
+        p = make_scans(t.model, t.tokenizer).fit(HARMFUL, HARMLESS, BORDERLINE, progress=False, **OPTIONS)
+    tokens, flops = p.extra["forward_tokens"], p.extra["forward_flops"]
+    assert sum(tokens.values()) == meter.tokens and sum(flops.values()) == pytest.approx(meter.flops)
+    assert set(tokens) == {"anchors forward", "layer bands (refusal opening, band effects)"}
+    assert all(n > 0 for n in tokens.values())
+    assert FitDiagnostics.from_extra(p.extra).forward_tokens == tokens

@@ -13,7 +13,8 @@ and records what it measured on the way in a :class:`~scans.fit_diagnostics.FitD
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -32,8 +33,9 @@ from .fit_data import (
 )
 from .fit_diagnostics import BandRecord, FitDiagnostics
 from .guard import Guard
+from .hooks import hooks
 from .layers import LayerChoice, choose_band, classification_layers, logit_lens, toward_refusal_gain
-from .models import dtype_name, model_device
+from .models import dtype_name, find_layers, model_device
 from .packing import packed_linears
 from .profile import Profile
 from .refusal import first_token_refuses
@@ -98,17 +100,56 @@ def choose_layers(
 
 
 # ------------------------------------------------------------------ the pipeline
-class Clock:
-    """Wall-clock laps of the fit stages, recorded in the profile (where the time goes)."""
+class TokenMeter:
+    """Counts the token positions (padding included) that enter a model's first decoder block
+    while :meth:`counting`, and the multiply-adds they cost in the blocks' weights: 2 x (block
+    parameters) FLOPs per position, the floor of any dense forward pass (attention scores and the
+    unembedding are left out). The fit records both per stage, to set its time against the
+    machine's arithmetic."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: nn.Module, layers_path: str | None = None) -> None:
+        layers = find_layers(model, layers_path)
+        self.first = layers[0]
+        self.parameters = sum(p.numel() for p in layers.parameters())
+        self.tokens = 0
+
+    def _count(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        self.tokens += int(hidden.shape[0]) * int(hidden.shape[1])
+
+    @contextmanager
+    def counting(self) -> Iterator[TokenMeter]:
+        with hooks(pre=[(self.first, self._count)]):
+            yield self
+
+    @property
+    def flops(self) -> float:
+        return 2.0 * self.parameters * self.tokens
+
+
+class Clock:
+    """Wall-clock laps of the fit stages, and the decoder tokens and FLOPs each ran (the
+    ``meters``' growth), recorded in the profile (where the time goes)."""
+
+    def __init__(self, meters: Sequence[TokenMeter] = ()) -> None:
         self.laps: dict[str, float] = {}
+        self.tokens: dict[str, int] = {}
+        self.flops: dict[str, float] = {}
+        self.meters = list(meters)
         self._last = time.perf_counter()
+        self._tokens, self._flops = self._read()
+
+    def _read(self) -> tuple[int, float]:
+        return sum(m.tokens for m in self.meters), sum(m.flops for m in self.meters)
 
     def lap(self, name: str) -> None:
         now = time.perf_counter()
+        tokens, flops = self._read()
         self.laps[name] = round(now - self._last, 2)
-        self._last = now
+        if tokens > self._tokens:
+            self.tokens[name] = tokens - self._tokens
+            self.flops[name] = flops - self._flops
+        self._last, self._tokens, self._flops = now, tokens, flops
 
 
 def fit_profile(
@@ -133,41 +174,47 @@ def fit_profile(
     anchors = build_anchors(harmful, harmless, borderline, config)
     check_layers(config.layers, n_layers)
     batch_size = config.batch_size if config.batch_size is not None else auto_batch_size(model)
-    clock = Clock()
-    with packed_linears(model, enabled=config.pack_linears):  # CPU float32: see scans.packing
-        acts = collect_activations(model, tokenizer, anchors, config, batch_size=batch_size,
-                                   layers_path=layers_path, progress=progress)  # fmt: skip
-        vec = refusal_vectors(acts, config)
-        clock.lap("anchors forward")
-        layers = choose_layers(model, tokenizer, vec, acts, config, clock, progress)
-    assert acts.harmful.inst is not None and acts.harmful.probe is not None
-    reference = reference_transition(transitions(acts.harmful.inst, acts.harmful.probe))
-    # the classifiers read the upper half of the layers of the model they read (a guard, if any)
-    cls_acts, cls_layers = acts, classification_layers(n_layers)
-    if guard is not None:  # the same anchors and pool through the guard
-        guard_batch = config.batch_size if config.batch_size is not None else auto_batch_size(guard.model)
-        with packed_linears(guard.model, enabled=config.pack_linears):
-            cls_acts = collect_activations(guard.model, guard.tokenizer, anchors, config, batch_size=guard_batch,
-                                           layers_path=guard.layers_path, progress=progress)  # fmt: skip
-        cls_layers = classification_layers(guard.n_layers)
-        clock.lap("guard forward")
-    classifier = fit_classifiers(cls_acts, anchors, config, cls_layers, reference)
-    refused = None
-    by_refusal = config.max_harmful_loss is not None and config.budget_counts == "refused"
-    if by_refusal or config.toward_refusal_budget:
-        # the calibration rows, in the classifier's order; only the last layer is read
-        groups = (
-            [acts.held]
-            if config.calibration == "heldout"
-            else [acts.harmful, acts.harmless, acts.borderline, acts.held]
+    meters = [TokenMeter(model, layers_path)]
+    if guard is not None:
+        meters.append(TokenMeter(guard.model, guard.layers_path))
+    clock = Clock(meters)
+    with ExitStack() as counting:
+        for meter in meters:
+            counting.enter_context(meter.counting())
+        with packed_linears(model, enabled=config.pack_linears):  # CPU float32: see scans.packing
+            acts = collect_activations(model, tokenizer, anchors, config, batch_size=batch_size,
+                                       layers_path=layers_path, progress=progress)  # fmt: skip
+            vec = refusal_vectors(acts, config)
+            clock.lap("anchors forward")
+            layers = choose_layers(model, tokenizer, vec, acts, config, clock, progress)
+        assert acts.harmful.inst is not None and acts.harmful.probe is not None
+        reference = reference_transition(transitions(acts.harmful.inst, acts.harmful.probe))
+        # the classifiers read the upper half of the layers of the model they read (a guard, if any)
+        cls_acts, cls_layers = acts, classification_layers(n_layers)
+        if guard is not None:  # the same anchors and pool through the guard
+            guard_batch = config.batch_size if config.batch_size is not None else auto_batch_size(guard.model)
+            with packed_linears(guard.model, enabled=config.pack_linears):
+                cls_acts = collect_activations(guard.model, guard.tokenizer, anchors, config, batch_size=guard_batch,
+                                               layers_path=guard.layers_path, progress=progress)  # fmt: skip
+            cls_layers = classification_layers(guard.n_layers)
+            clock.lap("guard forward")
+        classifier = fit_classifiers(cls_acts, anchors, config, cls_layers, reference)
+        refused = None
+        by_refusal = config.max_harmful_loss is not None and config.budget_counts == "refused"
+        if by_refusal or config.toward_refusal_budget:
+            # the calibration rows, in the classifier's order; only the last layer is read
+            groups = (
+                [acts.held]
+                if config.calibration == "heldout"
+                else [acts.harmful, acts.harmless, acts.borderline, acts.held]
+            )
+            assert all(g.inst is not None for g in groups)
+            last = torch.cat([g.inst[:, -1] for g in groups])  # type: ignore[index]
+            refused = first_token_refuses(model, tokenizer, last).numpy()
+        calibrated = calibrate_rule(
+            cls_acts, anchors, config, classifier, vec, layers.steer_layers, refused, acts
         )
-        assert all(g.inst is not None for g in groups)
-        last = torch.cat([g.inst[:, -1] for g in groups])  # type: ignore[index]
-        refused = first_token_refuses(model, tokenizer, last).numpy()
-    calibrated = calibrate_rule(
-        cls_acts, anchors, config, classifier, vec, layers.steer_layers, refused, acts
-    )
-    clock.lap("classifiers and calibration")
+        clock.lap("classifiers and calibration")
     diagnostics = FitDiagnostics(
         bands=[
             BandRecord(e.start, e.end, e.drop, e.drift, e.score, e.anchors) for e in layers.choice.effects
@@ -183,6 +230,8 @@ def fit_profile(
         vector_separation_auprc=calibrated.vector_separation_auprc,
         heldout_scores=calibrated.heldout_scores,
         timings_s=clock.laps,
+        forward_tokens=clock.tokens,
+        forward_flops=clock.flops,
         dtype=dtype_name(next(model.parameters()).dtype),
         device=str(model_device(model)),
     )

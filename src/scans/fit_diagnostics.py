@@ -46,6 +46,10 @@ class FitDiagnostics:
     vector_separation_auprc: float | None = None  # the refusal vector's projection as a classifier
     heldout_scores: dict[str, list[float]] = field(default_factory=dict)  # anchor group -> scores
     timings_s: dict[str, float] = field(default_factory=dict)  # fit stage -> wall-clock seconds
+    # fit stage -> token positions its forward passes ran through the decoder blocks (padding
+    # included), and 2 x block parameters x those positions: the FLOPs no dense forward avoids
+    forward_tokens: dict[str, int] = field(default_factory=dict)
+    forward_flops: dict[str, float] = field(default_factory=dict)
     dtype: str | None = None  # the model's parameter dtype during the fit, e.g. "float32"
     device: str | None = None  # where the fit's forward passes ran, e.g. "cpu", "cuda:0"
     other: dict[str, Any] = field(default_factory=dict)  # keys of other versions, kept as read
@@ -68,6 +72,9 @@ class FitDiagnostics:
             extra["vector_separation_auprc"] = self.vector_separation_auprc
         extra["heldout_scores"] = {g: list(v) for g, v in self.heldout_scores.items()}
         extra["timings_s"] = dict(self.timings_s)
+        if self.forward_tokens:
+            extra["forward_tokens"] = dict(self.forward_tokens)
+            extra["forward_flops"] = dict(self.forward_flops)
         if self.dtype is not None:
             extra["dtype"], extra["device"] = self.dtype, self.device
         return {**self.other, **extra}

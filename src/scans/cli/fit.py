@@ -187,6 +187,12 @@ def print_fit(profile: Any, seconds: float | None, path: Any) -> None:
         took = f", fit in {seconds:.0f} s"
     dtype = f", {extra['dtype']} on {extra.get('device')}" if extra.get("dtype") else ""
     print(f"model: {profile.model_name} (fingerprint {profile.fingerprint}){took}{dtype}")
+    tokens, flops = extra.get("forward_tokens") or {}, extra.get("forward_flops") or {}
+    if tokens:
+        print(
+            f"forward passes: {sum(tokens.values()):,} token positions through the decoder blocks, "
+            f"{sum(flops.values()) / 1e12:.1f} TFLOP in their weights"
+        )
     print(
         f"steering layers: {profile.steer_layers[0]}-{profile.steer_layers[-1]} ({extra.get('layers_source')})"
     )
