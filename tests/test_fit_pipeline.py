@@ -246,6 +246,10 @@ def test_token_meter_counts_positions_through_the_first_block():
         t.model(input_ids=ids)  # the hook is gone
     assert meter.tokens == 3 * 7 + 3 and meter.flops == 2.0 * params * (3 * 7 + 3)
     assert not t.model.model.layers[0]._forward_pre_hooks
+    # hidden states passed by keyword count the same; a call it cannot read counts nothing
+    meter._count(t.model.model.layers[0], (), {"hidden_states": torch.zeros(2, 5, 32)})
+    meter._count(t.model.model.layers[0], (), {})
+    assert meter.tokens == 3 * 7 + 3 + 2 * 5
 
 
 def test_the_fit_records_what_its_forward_passes_ran(fitted):

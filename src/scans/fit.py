@@ -114,8 +114,9 @@ class TokenMeter:
         self.tokens = 0
 
     def _count(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
-        hidden = args[0] if args else kwargs["hidden_states"]
-        self.tokens += int(hidden.shape[0]) * int(hidden.shape[1])
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        if isinstance(hidden, torch.Tensor) and hidden.dim() == 3:  # a diagnostic never stops a fit
+            self.tokens += int(hidden.shape[0]) * int(hidden.shape[1])
 
     @contextmanager
     def counting(self) -> Iterator[TokenMeter]:
