@@ -252,7 +252,7 @@ def test_token_meter_counts_positions_through_the_first_block():
     assert meter.tokens == 3 * 7 + 3 + 2 * 5
 
 
-def test_the_fit_records_what_its_forward_passes_ran(fitted):
+def test_the_fit_records_what_its_forward_passes_ran():
     """The stages' token counts add up to what a meter around the whole fit counts, and only
     the stages that run the model have any."""
     from scans.fit import TokenMeter

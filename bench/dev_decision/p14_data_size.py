@@ -16,7 +16,6 @@ from p12_layers_splits import dev_rows
 from scans.api import Scans
 from scans.engine import probe_pass
 from scans.fit_data import prompt_key
-from scans.profile import Profile
 from scans.refusal import first_token_refuses
 from scans.verdict import decide
 
