@@ -266,3 +266,22 @@ def test_the_fit_records_what_its_forward_passes_ran():
     assert set(tokens) == {"anchors forward", "layer bands (refusal opening, band effects)"}
     assert all(n > 0 for n in tokens.values())
     assert FitDiagnostics.from_extra(p.extra).forward_tokens == tokens
+
+
+def test_info_prints_the_recorded_totals_and_skips_unreadable_ones(capsys):
+    """`scans info` sums the recorded stage times and forward counts; a hand-edited profile whose
+    entries are not numbers loses those lines, never the rest of the summary."""
+    import copy
+
+    from scans.cli.fit import print_fit
+
+    p = copy.deepcopy(_fitted("qwen2").profile)
+    p.extra["forward_tokens"], p.extra["forward_flops"] = {"a": 1500, "b": 500}, {"a": 3e12, "b": 1e12}
+    print_fit(p, None, "P")
+    out = capsys.readouterr().out
+    assert "fit stages" in out and "forward passes: 2,000 token positions" in out and "4.0 TFLOP" in out
+    for bad in ("x", {"a": "b"}, {"a": True}, {}, {"a": 10**400}, {"a": float("nan")}):
+        p.extra["timings_s"] = p.extra["forward_tokens"] = bad
+        print_fit(p, None, "P")
+        out = capsys.readouterr().out
+        assert "fit stages" not in out and "forward passes" not in out and "decision rule" in out

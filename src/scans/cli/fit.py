@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from typing import Any
 
@@ -175,23 +176,38 @@ def add_info_parser(sub: argparse._SubParsersAction) -> None:
     add_profile_arg(info)
 
 
+def stage_total(entry: Any) -> float | None:
+    """The sum of a recorded per-stage mapping (stage -> number); None where it is absent, empty
+    or not numbers (a hand-edited profile), so a diagnostic line never stops ``scans info``."""
+    if not isinstance(entry, dict) or not entry:
+        return None
+    values = list(entry.values())
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return None
+    try:
+        total = float(sum(values))
+    except OverflowError:  # an integer beyond any float
+        return None
+    return total if math.isfinite(total) else None
+
+
 def print_fit(profile: Any, seconds: float | None, path: Any) -> None:
     """The fit's summary; ``seconds`` None (``scans info``) reads the fit's recorded stage times."""
     c = profile.calibration
     extra = profile.extra
     print(f"profile: {path}")
     if seconds is None:
-        stages = extra.get("timings_s") or {}
-        took = f", fit stages {sum(stages.values()):.0f} s" if stages else ""
+        stages = stage_total(extra.get("timings_s"))
+        took = f", fit stages {stages:.0f} s" if stages is not None else ""
     else:
         took = f", fit in {seconds:.0f} s"
     dtype = f", {extra['dtype']} on {extra.get('device')}" if extra.get("dtype") else ""
     print(f"model: {profile.model_name} (fingerprint {profile.fingerprint}){took}{dtype}")
-    tokens, flops = extra.get("forward_tokens") or {}, extra.get("forward_flops") or {}
-    if tokens:
+    tokens, flops = stage_total(extra.get("forward_tokens")), stage_total(extra.get("forward_flops"))
+    if tokens is not None and flops is not None:
         print(
-            f"forward passes: {sum(tokens.values()):,} token positions through the decoder blocks, "
-            f"{sum(flops.values()) / 1e12:.1f} TFLOP in their weights"
+            f"forward passes: {tokens:,.0f} token positions through the decoder blocks, "
+            f"{flops / 1e12:.1f} TFLOP in their weights"
         )
     print(
         f"steering layers: {profile.steer_layers[0]}-{profile.steer_layers[-1]} ({extra.get('layers_source')})"
