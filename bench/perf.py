@@ -217,7 +217,12 @@ def time_fits(runs: int, extra: list[str], gflops: float) -> None:
                 cmd += [mode] if mode != "packed" else []  # the same as the `scans` console command
                 cmd += extra
                 start = time.perf_counter()
-                subprocess.run(cmd, check=True, capture_output=True, text=True)
+                done = subprocess.run(cmd, capture_output=True, text=True)
+                if done.returncode != 0:  # the fit's own one-line error (e.g. a bad --fit-args option)
+                    lines = (done.stderr or done.stdout).strip().splitlines() or [
+                        f"exit status {done.returncode}"
+                    ]
+                    sys.exit(f"perf.py: `scans fit {' '.join(cmd[5:])}` failed: {lines[-1]}")
                 walls[mode].append(time.perf_counter() - start)
                 profile = json.loads((out / "profile.json").read_text())
                 stages[mode] = profile["extra"]["timings_s"]
